@@ -1,0 +1,512 @@
+//! Benchmark harness (issue 7): figures as ratios against a baseline
+//! measured in the same run, written to `BENCHMARKS.md`.
+//!
+//! ```text
+//! cargo build --release && cargo run --release --bin bench -- [--records N] [--out BENCHMARKS.md]
+//! ```
+//!
+//! * Ingest ceiling: the fastest plain insert of N ~1 KB payloads into a
+//!   fresh database with synchro's schema (prepared statement, one
+//!   transaction per 1,000 rows, WAL, `synchronous=NORMAL`); no HTTP, no JSON.
+//! * End to end: `synchro sync` (the release binary, as a child process)
+//!   of N records from the in-process simulator, per connector; records/s
+//!   and ratio to the ceiling; peak RSS of the child (VmHWM, polled).
+//! * No-change cycle: requests a second `sync` sends when nothing changed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sqlx::Connection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use synchro::simulate::{self, Simulator};
+
+const DEFAULT_RECORDS: usize = 50_000;
+const CEILING_TX_ROWS: usize = 1_000;
+const CEILING_ATTEMPTS: usize = 3;
+const CEILING_PAYLOAD_BYTES: usize = 1_024;
+/// Targets from issue 7.
+const TARGET_INGEST_RATIO: f64 = 0.60;
+const TARGET_RSS_MB: f64 = 100.0;
+
+struct Args {
+    records: usize,
+    out: PathBuf,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        records: DEFAULT_RECORDS,
+        out: PathBuf::from("BENCHMARKS.md"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--records" => {
+                args.records = it
+                    .next()
+                    .context("--records needs a number")?
+                    .parse()
+                    .context("--records needs a number")?;
+            }
+            "--out" => args.out = PathBuf::from(it.next().context("--out needs a path")?),
+            "-h" | "--help" => {
+                println!(
+                    "usage: bench [--records N (default {DEFAULT_RECORDS})] [--out BENCHMARKS.md]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if args.records == 0 {
+        bail!("--records must be at least 1");
+    }
+    Ok(args)
+}
+
+/// The `synchro` binary next to this one. `cargo run --bin bench` builds
+/// only the bench, so build both first (`cargo build --release`); a nested
+/// `cargo build` from here would see `cargo run`'s environment and rebuild
+/// the dependency tree at every run.
+fn synchro_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the bench binary")?;
+    let bin = exe
+        .parent()
+        .context("bench binary has no folder")?
+        .join("synchro");
+    if !bin.exists() {
+        bail!(
+            "{} not found: run `cargo build --release` first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+// ---------------------------------------------------------------- ceiling
+
+/// How the ceiling inserts: one row per statement, or this many rows per
+/// multi-row `VALUES` statement (fewer driver round trips).
+const MULTI_ROWS: usize = 100;
+
+async fn ingest_ceiling(dir: &Path, n: usize, attempt: usize, rows_per_stmt: usize) -> Result<f64> {
+    let db = dir.join(format!("ceiling-{attempt}-{rows_per_stmt}.db"));
+    let store = synchro::store::Store::open(&format!("sqlite://{}", db.display())).await?;
+    store.close().await;
+
+    // Payloads prepared before the clock starts: ~1 KB of JSON text each.
+    let filler: String = (0..CEILING_PAYLOAD_BYTES)
+        .map(|i| (b'a' + (i * 7 % 26) as u8) as char)
+        .collect();
+    let rows: Vec<(String, String, i64, String)> = (0..n)
+        .map(|i| {
+            let data = format!(
+                r#"{{"number":{i},"state":"en_construction","text":"{}"}}"#,
+                &filler[..CEILING_PAYLOAD_BYTES - 60]
+            );
+            let us = 1_700_000_000_000_000 + i as i64;
+            (i.to_string(), synchro::time::format_us(us), us, data)
+        })
+        .collect();
+
+    let opts = SqliteConnectOptions::new()
+        .filename(&db)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal);
+    let mut conn = SqliteConnection::connect_with(&opts).await?;
+    let started = Instant::now();
+    let statement = |rows: usize| {
+        let values = vec!["(?, ?, ?, 'demarches', ?, ?, 0, ?, ?)"; rows].join(", ");
+        format!(
+            "INSERT INTO records (tenant, source, id, kind, updated_at, updated_us, deleted, data, stored_at) \
+             VALUES {values}"
+        )
+    };
+    let full = statement(rows_per_stmt);
+    for chunk in rows.chunks(CEILING_TX_ROWS) {
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        for group in chunk.chunks(rows_per_stmt) {
+            let partial;
+            let sql = if group.len() == rows_per_stmt {
+                &full
+            } else {
+                partial = statement(group.len());
+                &partial
+            };
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for (id, at, us, data) in group {
+                q = q
+                    .bind("bench")
+                    .bind("ceiling")
+                    .bind(id)
+                    .bind(at)
+                    .bind(us)
+                    .bind(data)
+                    .bind(us);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    }
+    let elapsed = started.elapsed();
+    conn.close().await?;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+// ---------------------------------------------------------------- end to end
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Demarches,
+    Calendar,
+    Content,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Demarches => "demarches",
+            Kind::Calendar => "calendar",
+            Kind::Content => "content",
+        }
+    }
+
+    fn source_toml(self, sim: &Simulator) -> String {
+        match self {
+            Kind::Demarches => format!(
+                "endpoint = \"{}\"\ntoken = \"{}\"\ndemarche = 1\npage_size = 100\n",
+                sim.ds_endpoint(),
+                simulate::DEFAULT_DS_TOKEN
+            ),
+            Kind::Calendar => format!(
+                "endpoint = \"{}\"\ncalendar_id = \"bench\"\nmax_results = 250\naccess_token = \"{}\"\n",
+                sim.calendar_endpoint(),
+                simulate::DEFAULT_CALENDAR_TOKEN
+            ),
+            Kind::Content => format!(
+                "endpoint = \"{}\"\ntoken = \"{}\"\nreport_import_state = false\n",
+                sim.content_endpoint(),
+                simulate::DEFAULT_CONTENT_TOKEN
+            ),
+        }
+    }
+
+    fn seed(self, sim: &Simulator, n: usize) {
+        match self {
+            Kind::Demarches => {
+                sim.ds().seed(1, n);
+            }
+            Kind::Calendar => {
+                sim.calendar().seed("bench", n);
+            }
+            Kind::Content => {
+                sim.content().seed(n, 50);
+            }
+        }
+    }
+
+    fn requests(self, sim: &Simulator) -> u64 {
+        match self {
+            Kind::Demarches => sim.ds().requests(),
+            Kind::Calendar => sim.calendar().requests(),
+            Kind::Content => sim.content().requests(),
+        }
+    }
+}
+
+struct Child {
+    wall: Duration,
+    max_rss_kb: i64,
+}
+
+/// Runs `synchro --config CONFIG sync` and reaps it with `wait4`, which
+/// gives this child's own peak RSS.
+async fn run_sync(bin: &Path, config: &Path, dir: &Path) -> Result<Child> {
+    let log = |name: &str| std::fs::File::create(dir.join(name));
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config")
+        .arg(config)
+        .args(["--log-format", "text", "sync"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(log("sync.out")?)
+        .stderr(log("sync.err")?);
+    let started = Instant::now();
+    let child = cmd.spawn().context("cannot start synchro")?;
+    let pid = child.id() as libc::pid_t;
+    // Peak RSS: VmHWM of the child's own address space, polled until it
+    // exits. (`wait4`'s ru_maxrss would also count the bench's own memory,
+    // shared with the child between spawn and exec.)
+    let (status, max_rss_kb) = tokio::task::spawn_blocking(move || {
+        let status_file = format!("/proc/{pid}/status");
+        let mut hwm: i64 = 0;
+        loop {
+            if let Some(kb) = std::fs::read_to_string(&status_file).ok().and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<i64>().ok())
+            }) {
+                hwm = hwm.max(kb);
+            }
+            let mut status: libc::c_int = 0;
+            // SAFETY: waits for our own child without blocking.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                return (Some(status), hwm);
+            }
+            if r < 0 {
+                return (None, hwm);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+    .await?;
+    let wall = started.elapsed();
+    drop(child);
+    let ok = status.is_some_and(|s| libc::WIFEXITED(s) && libc::WEXITSTATUS(s) == 0);
+    if !ok {
+        let err = std::fs::read_to_string(dir.join("sync.err")).unwrap_or_default();
+        bail!("synchro sync failed ({status:?}):\n{err}");
+    }
+    Ok(Child { wall, max_rss_kb })
+}
+
+struct E2e {
+    kind: Kind,
+    records: i64,
+    avg_bytes: f64,
+    run: Duration,
+    wall: Duration,
+    pages: i64,
+    max_rss_kb: i64,
+    nochange_requests: u64,
+    nochange_wall: Duration,
+}
+
+async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result<E2e> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("synchro.db");
+    let config = dir.path().join("synchro.toml");
+    let toml = format!(
+        "[storage]\ndatabase = \"sqlite://{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n\
+         [http]\nper_host_requests_per_second = 10000\nper_host_concurrency = 16\n\n\
+         [[tenants]]\nid = \"bench\"\n\n[[tenants.sources]]\nid = \"{}\"\nkind = \"{}\"\n\
+         schedule = \"every 1h\"\n{}",
+        db.display(),
+        kind.name(),
+        kind.name(),
+        kind.source_toml(sim)
+    );
+    std::fs::write(&config, toml)?;
+    kind.seed(sim, n);
+
+    let first = run_sync(bin, &config, dir.path()).await?;
+    let before = kind.requests(sim);
+    let second = run_sync(bin, &config, dir.path()).await?;
+    let nochange_requests = kind.requests(sim) - before;
+
+    let opts = SqliteConnectOptions::new().filename(&db).read_only(true);
+    let mut conn = SqliteConnection::connect_with(&opts).await?;
+    let (records, avg_bytes): (i64, f64) =
+        sqlx::query_as("SELECT count(*), coalesce(avg(length(data)), 0.0) FROM records")
+            .fetch_one(&mut conn)
+            .await?;
+    let (run_us, pages): (i64, i64) = sqlx::query_as(
+        "SELECT finished_at - started_at, pages FROM runs WHERE outcome = 'success' ORDER BY id LIMIT 1",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .context("the first run is not recorded as a success")?;
+    conn.close().await?;
+    if records < n as i64 {
+        bail!("{}: {records} records stored, {n} expected", kind.name());
+    }
+    Ok(E2e {
+        kind,
+        records,
+        avg_bytes,
+        run: Duration::from_micros(run_us.max(0) as u64),
+        wall: first.wall,
+        pages,
+        max_rss_kb: first.max_rss_kb.max(second.max_rss_kb),
+        nochange_requests,
+        nochange_wall: second.wall,
+    })
+}
+
+// ---------------------------------------------------------------- report
+
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{model}, {cores} cores available")
+}
+
+fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64)], e2e: &[E2e]) -> String {
+    let mut s = String::new();
+    s.push_str("# Benchmarks\n\n");
+    s.push_str("Generated by `cargo build --release && cargo run --release --bin bench");
+    if n != DEFAULT_RECORDS {
+        s.push_str(&format!(" -- --records {n}"));
+    }
+    s.push_str("`; rerun it to refresh this file. Absolute figures depend on the machine; ");
+    s.push_str("the ratios compare against a baseline measured in the same run.\n\n");
+    s.push_str(&format!(
+        "- Date: {}\n- Machine: {}\n- Records per figure: {n}\n\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        machine()
+    ));
+
+    s.push_str("## Ingest ceiling (baseline)\n\n");
+    let runs = |per: usize| {
+        ceilings
+            .iter()
+            .filter(|c| c.0 == per)
+            .map(|c| format!("{:.0}", c.1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    s.push_str(&format!(
+        "Plain insert of {n} payloads of ~1 KB into a fresh database with synchro's schema \
+         (`Store::open`), prepared `INSERT` statements through sqlx, one transaction per \
+         {CEILING_TX_ROWS} rows, WAL, `synchronous=NORMAL`; no HTTP, no JSON. Two variants, \
+         {CEILING_ATTEMPTS} runs each; the ceiling is the best of all: **{ceiling:.0} records/s**.\n\n\
+         - one row per statement: {} records/s\n\
+         - {MULTI_ROWS} rows per statement: {} records/s\n\n",
+        runs(1),
+        runs(MULTI_ROWS)
+    ));
+
+    s.push_str("## End-to-end full sync\n\n");
+    s.push_str(
+        "`synchro sync` (release binary, child process) of a fresh database from the \
+         in-process simulator, which serves on the same cores. *Run* is the sync run as \
+         recorded in `runs` (fetch + commit); *process* adds start-up, migration and exit. \
+         Ratio = run throughput / ingest ceiling.\n\n",
+    );
+    s.push_str("| Connector | Records | Avg payload | Pages | Run | Records/s (run) | Ratio to ceiling | Target ≥ 60 % | Process | Peak RSS | Target < 100 MB |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n");
+    let mut misses = Vec::new();
+    for e in e2e {
+        let rate = e.records as f64 / e.run.as_secs_f64().max(1e-9);
+        let ratio = rate / ceiling;
+        let rss_mb = e.max_rss_kb as f64 / 1024.0;
+        let ingest_ok = ratio >= TARGET_INGEST_RATIO;
+        let rss_ok = rss_mb < TARGET_RSS_MB;
+        if !ingest_ok {
+            misses.push(format!(
+                "- **{}: ingest target missed**: {:.0} records/s is {:.1} % of the ceiling; \
+                 the target needs {:.0} records/s, a gap of {:.0} records/s ({:.1} points).",
+                e.kind.name(),
+                rate,
+                ratio * 100.0,
+                ceiling * TARGET_INGEST_RATIO,
+                ceiling * TARGET_INGEST_RATIO - rate,
+                (TARGET_INGEST_RATIO - ratio) * 100.0
+            ));
+        }
+        if !rss_ok {
+            misses.push(format!(
+                "- **{}: RSS target missed**: peak {rss_mb:.1} MB (target < {TARGET_RSS_MB} MB).",
+                e.kind.name()
+            ));
+        }
+        s.push_str(&format!(
+            "| {} | {} | {:.0} B | {} | {:.2} s | {:.0} | {:.1} % | {} | {:.2} s | {:.1} MB | {} |\n",
+            e.kind.name(),
+            e.records,
+            e.avg_bytes,
+            e.pages,
+            e.run.as_secs_f64(),
+            rate,
+            ratio * 100.0,
+            if ingest_ok { "met" } else { "**missed**" },
+            e.wall.as_secs_f64(),
+            rss_mb,
+            if rss_ok { "met" } else { "**missed**" },
+        ));
+    }
+    s.push('\n');
+    if !misses.is_empty() {
+        s.push_str("### Targets missed\n\n");
+        for m in &misses {
+            s.push_str(m);
+            s.push('\n');
+        }
+        s.push('\n');
+    }
+
+    s.push_str("## No-change cycle\n\n");
+    s.push_str(
+        "A second `synchro sync` right after the full sync, nothing changed upstream: \
+         requests it sent to the connector's API (target: 1 per source) and process time.\n\n",
+    );
+    s.push_str("| Connector | Requests | Process |\n|---|---:|---:|\n");
+    for e in e2e {
+        s.push_str(&format!(
+            "| {} | {} | {:.2} s |\n",
+            e.kind.name(),
+            e.nochange_requests,
+            e.nochange_wall.as_secs_f64()
+        ));
+    }
+    s.push('\n');
+    s
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let n = args.records;
+    let bin = synchro_binary()?;
+    let dir = tempfile::tempdir()?;
+
+    let mut ceilings = Vec::new();
+    for attempt in 0..CEILING_ATTEMPTS {
+        for rows_per_stmt in [1, MULTI_ROWS] {
+            let rate = ingest_ceiling(dir.path(), n, attempt, rows_per_stmt).await?;
+            eprintln!(
+                "ingest ceiling run {} ({rows_per_stmt} row(s)/statement): {rate:.0} records/s",
+                attempt + 1
+            );
+            ceilings.push((rows_per_stmt, rate));
+        }
+    }
+    let ceiling = ceilings.iter().map(|c| c.1).fold(0.0, f64::max);
+
+    let sim = Simulator::start(([127, 0, 0, 1], 0).into()).await?;
+    let mut e2e = Vec::new();
+    for kind in [Kind::Demarches, Kind::Calendar, Kind::Content] {
+        let e = end_to_end(&bin, &sim, kind, n).await?;
+        eprintln!(
+            "{}: {} records in {:.2} s ({:.0}/s, {:.1} % of ceiling), peak RSS {:.1} MB, no-change cycle {} request(s)",
+            kind.name(),
+            e.records,
+            e.run.as_secs_f64(),
+            e.records as f64 / e.run.as_secs_f64(),
+            e.records as f64 / e.run.as_secs_f64() / ceiling * 100.0,
+            e.max_rss_kb as f64 / 1024.0,
+            e.nochange_requests
+        );
+        e2e.push(e);
+    }
+    sim.shutdown().await;
+
+    let report = render(n, ceiling, &ceilings, &e2e);
+    std::fs::write(&args.out, &report)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!("{report}");
+    eprintln!("written to {}", args.out.display());
+    Ok(())
+}

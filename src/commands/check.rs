@@ -1,0 +1,40 @@
+//! `synchro check`: every config problem, and whether the database opens.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::{CliError, EX_CONFIG};
+
+pub async fn check(path: &Path) -> Result<ExitCode, CliError> {
+    let config = match crate::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}", e.report());
+            eprintln!("{} problem(s) found", e.problems.len());
+            return Ok(ExitCode::from(EX_CONFIG));
+        }
+    };
+    match crate::store::Store::open(&config.storage.database).await {
+        Ok(store) => {
+            let ping = store.ping().await;
+            store.close().await;
+            if let Err(e) = ping {
+                eprintln!("{}: storage.database: {e}", path.display());
+                return Ok(ExitCode::from(EX_CONFIG));
+            }
+        }
+        Err(e) => {
+            eprintln!("{}: storage.database: {e}", path.display());
+            return Ok(ExitCode::from(EX_CONFIG));
+        }
+    }
+    let sources = config.sources().count();
+    println!(
+        "{}: valid — {} tenant(s), {} source(s); database {} reachable",
+        path.display(),
+        config.tenants.len(),
+        sources,
+        config.storage.database
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,202 @@
+//! The command line (DESIGN.md §1). Each command is its own module; this one
+//! parses arguments, sets up logging and maps errors to exit codes.
+
+mod check;
+mod demo;
+mod export;
+mod progress;
+mod reset;
+mod run;
+mod simulate;
+mod status;
+mod sync;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, SourceKey};
+use crate::telemetry::LogFormat;
+
+/// sysexits.h EX_CONFIG: the configuration is invalid.
+pub const EX_CONFIG: u8 = 78;
+/// Bad usage, e.g. an unknown source on the command line.
+pub const EX_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "synchro",
+    version,
+    about = "Keeps a local SQLite copy of records from remote APIs"
+)]
+pub struct Cli {
+    /// Config file.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNCHRO_CONFIG",
+        default_value = "config/synchro.toml"
+    )]
+    pub config: PathBuf,
+    /// Log format (default: text on a terminal, json otherwise).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// More logs (repeat for more).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Fewer logs (repeat for fewer).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub quiet: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: schedule every source, serve HTTP, until SIGTERM/SIGINT.
+    Run,
+    /// One sync cycle of the named sources (all if none), then exit.
+    Sync {
+        /// TENANT/SOURCE_ID
+        sources: Vec<String>,
+    },
+    /// Per-source state: phase, last success, last error, records, reports.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Records as JSON Lines on stdout.
+    Export {
+        /// TENANT/SOURCE_ID
+        sources: Vec<String>,
+        #[arg(long)]
+        include_deleted: bool,
+    },
+    /// Forget the progress of sources: their next sync is a full resync.
+    Reset {
+        /// TENANT/SOURCE_ID
+        #[arg(required = true)]
+        sources: Vec<String>,
+    },
+    /// Validate the config and the database; exit 78 if invalid.
+    Check,
+    /// Run the simulated upstreams and the daemon against them, offline.
+    Demo {
+        /// How long the daemon keeps running after the first sync.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
+    /// Serve only the simulated upstreams (for tests and benchmarks).
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:9751")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+/// An error that ends a command, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{}", .0.report())]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) => EX_CONFIG,
+            CliError::Usage(_) => EX_USAGE,
+            CliError::Other(_) => 1,
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init(cli.log_format, cli.verbose as i8 - cli.quiet as i8);
+    crate::shutdown::survive_file_size_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("synchro: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("synchro: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Run => run::run(&cli.config).await,
+        Command::Sync { ref sources } => sync::sync(&cli.config, sources).await,
+        Command::Status { json } => status::status(&cli.config, json).await,
+        Command::Export {
+            ref sources,
+            include_deleted,
+        } => export::export(&cli.config, sources, include_deleted).await,
+        Command::Reset { ref sources } => reset::reset(&cli.config, sources).await,
+        Command::Check => check::check(&cli.config).await,
+        Command::Demo { duration } => demo::demo(duration).await,
+        Command::Simulate { listen } => simulate::simulate(listen).await,
+    }
+}
+
+/// Loads the config; every problem is reported and maps to exit 78.
+pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, CliError> {
+    Ok(crate::config::load(path)?)
+}
+
+/// Resolves `TENANT/SOURCE_ID` arguments against the config (all if empty).
+/// An unknown or malformed name is a usage error (exit 2).
+pub(crate) fn select_sources(
+    config: &Config,
+    names: &[String],
+) -> Result<Vec<SourceKey>, CliError> {
+    if names.is_empty() {
+        return Ok(config.sources().map(|s| s.key()).collect());
+    }
+    let mut keys = Vec::with_capacity(names.len());
+    for name in names {
+        let key = SourceKey::parse(name).ok_or_else(|| {
+            CliError::Usage(format!(
+                "{name:?} is not a source name: expected TENANT/SOURCE_ID"
+            ))
+        })?;
+        if config.source(&key).is_none() {
+            let known: Vec<String> = config.sources().map(|s| s.key().to_string()).collect();
+            return Err(CliError::Usage(format!(
+                "unknown source {key} (configured: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}
+
+/// Opens the store named by the config, with a message that names it.
+pub(crate) async fn open_store(config: &Config) -> Result<crate::store::Store, CliError> {
+    crate::store::Store::open_with(&config.storage.database, config.storage.busy_timeout)
+        .await
+        .map_err(|e| CliError::Other(anyhow::anyhow!("{e}")))
+}

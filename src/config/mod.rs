@@ -1,0 +1,249 @@
+//! Typed configuration. Everything here is valid once loaded: the loader
+//! (`load.rs`) parses the TOML file plus `SYNCHRO__` environment overrides,
+//! reports *every* problem with its key path, and only then builds these types,
+//! so the rest of the daemon never re-checks a value.
+
+mod load;
+mod reader;
+mod schedule;
+mod secret;
+mod sources;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use load::{ConfigError, Problem, load, load_str};
+pub use schedule::Schedule;
+pub use secret::{Secret, SecretRef};
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from, for messages.
+    pub path: PathBuf,
+    pub storage: StorageConfig,
+    pub server: ServerConfig,
+    pub scheduler: SchedulerConfig,
+    pub http: HttpConfig,
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    /// `sqlite://path` URL as written by the user.
+    pub database: String,
+    /// How long a write waits for a lock held by another process.
+    pub busy_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: std::net::SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    pub max_concurrent_syncs: usize,
+    /// Random delay in `[0, jitter]` added to each scheduled tick so that many
+    /// sources on one schedule do not hit an upstream at the same instant.
+    pub jitter: Duration,
+    /// How long a shutdown waits for running syncs to finish their page.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_retries: u32,
+    /// First back-off step; doubled on each retry, with full jitter.
+    pub initial_backoff: Duration,
+    /// Upper bound of a single back-off or `Retry-After` wait.
+    pub max_backoff: Duration,
+    /// Requests per second any one upstream host (scheme, host, port) may
+    /// receive from this daemon, whatever the number of sources pointing at
+    /// it: many tenants of one upstream share its quota, not multiply it.
+    pub per_host_requests_per_second: f64,
+    /// Requests any one upstream host may have in flight at once.
+    pub per_host_concurrency: usize,
+    /// Per-host exceptions to the two limits above, keyed by `host` or
+    /// `host:port` in lowercase, as written under `[http.hosts."..."]`.
+    pub hosts: std::collections::BTreeMap<String, HostLimits>,
+}
+
+/// Limits of one upstream host that differ from the `[http]` defaults (an
+/// upstream with a smaller published quota, or a local one that can take more).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostLimits {
+    /// Requests per second; the `[http]` default when not set.
+    pub requests_per_second: Option<f64>,
+    /// Requests in flight; the `[http]` default when not set.
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantConfig {
+    pub id: String,
+    pub sources: Vec<SourceConfig>,
+}
+
+/// One configured source: common scheduling keys plus the kind-specific part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceConfig {
+    pub tenant: String,
+    pub id: String,
+    pub schedule: Schedule,
+    pub endpoint: url::Url,
+    pub kind: SourceKindConfig,
+}
+
+impl SourceConfig {
+    /// `tenant/source`, the name used on the command line, in logs and metrics.
+    pub fn key(&self) -> SourceKey {
+        SourceKey {
+            tenant: self.tenant.clone(),
+            source: self.id.clone(),
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        self.kind.name()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceKindConfig {
+    Demarches(DemarchesConfig),
+    Calendar(CalendarConfig),
+    Content(ContentConfig),
+}
+
+impl SourceKindConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceKindConfig::Demarches(_) => "demarches",
+            SourceKindConfig::Calendar(_) => "calendar",
+            SourceKindConfig::Content(_) => "content",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemarchesConfig {
+    pub token: Secret,
+    pub demarche: i64,
+    /// Dossiers per request; the API silently caps `first` at 100.
+    pub page_size: u32,
+    /// Fixed `updatedSince` of the first full listing (RFC 3339).
+    pub updated_since: String,
+    /// How often the listing is restarted from `watermark - 15 min` to catch
+    /// dossiers committed out of order behind the cursor.
+    pub reconcile_every: Duration,
+    /// How far back each deletion scan looks before the previous scan, since
+    /// `dateSupression` can be backdated by weeks.
+    pub deleted_lookback: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalendarConfig {
+    pub calendar_id: String,
+    pub auth: CalendarAuth,
+    pub max_results: u32,
+    pub single_events: bool,
+    pub show_deleted: bool,
+    /// Lower bound of the full listing only (never sent with a sync token).
+    pub time_min: Option<String>,
+    /// Expected `X-Goog-Channel-Token` of push notifications.
+    pub channel_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CalendarAuth {
+    AccessToken(Secret),
+    OAuth(OAuthConfig),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OAuthConfig {
+    pub token_url: url::Url,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub refresh_token: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContentConfig {
+    pub token: Secret,
+    pub report_import_state: bool,
+    pub webhook_token: Option<Secret>,
+}
+
+/// Identifies a source across the daemon: `tenant/source`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey {
+    pub tenant: String,
+    pub source: String,
+}
+
+impl SourceKey {
+    pub fn new(tenant: impl Into<String>, source: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Parses the command-line form `TENANT/SOURCE_ID`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (t, s) = s.split_once('/')?;
+        if t.is_empty() || s.is_empty() || s.contains('/') {
+            return None;
+        }
+        Some(Self::new(t, s))
+    }
+}
+
+impl std::fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.source)
+    }
+}
+
+impl Config {
+    /// Every configured source, in file order.
+    pub fn sources(&self) -> impl Iterator<Item = &SourceConfig> {
+        self.tenants.iter().flat_map(|t| t.sources.iter())
+    }
+
+    pub fn source(&self, key: &SourceKey) -> Option<&SourceConfig> {
+        self.sources()
+            .find(|s| s.tenant == key.tenant && s.id == key.source)
+    }
+
+    /// Every secret value in the config, so that errors can be scrubbed of them.
+    pub fn secrets(&self) -> Vec<Secret> {
+        let mut out = Vec::new();
+        for s in self.sources() {
+            match &s.kind {
+                SourceKindConfig::Demarches(d) => out.push(d.token.clone()),
+                SourceKindConfig::Calendar(c) => {
+                    match &c.auth {
+                        CalendarAuth::AccessToken(t) => out.push(t.clone()),
+                        CalendarAuth::OAuth(o) => {
+                            out.push(o.client_secret.clone());
+                            out.push(o.refresh_token.clone());
+                        }
+                    }
+                    out.extend(c.channel_token.clone());
+                }
+                SourceKindConfig::Content(c) => {
+                    out.push(c.token.clone());
+                    out.extend(c.webhook_token.clone());
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,234 @@
+//! Runs one sync of one source: asks the source for pages, commits each page
+//! with the progress that follows it, and records the run.
+//!
+//! Fetching the next page overlaps with committing the current one: the
+//! progress a fetch starts from is known before the commit ends, and a
+//! failure or a crash at any instant leaves the database at the last
+//! committed page (the atomicity rule), so the overlap costs no safety.
+
+mod redact;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::SourceKey;
+use crate::sources::{Page, Source, SourceError};
+use crate::store::{PageStats, RunOutcome, RunRecord, Store, StoreError};
+pub use redact::Redactor;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("credentials rejected for {key}: {source}")]
+    Credentials { key: SourceKey, source: SourceError },
+    #[error("{0}")]
+    Source(SourceError),
+    #[error("storing failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The outcome of one run, as recorded in the `runs` table.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub run_id: String,
+    pub outcome: RunOutcome,
+    pub totals: RunRecord,
+    pub elapsed: std::time::Duration,
+}
+
+/// Called after every committed page (progress bars, metrics).
+pub type PageObserver = Arc<dyn Fn(&SourceKey, &PageStats, usize) + Send + Sync>;
+
+/// Everything a run needs besides the source itself.
+#[derive(Clone)]
+pub struct Engine {
+    store: Store,
+    redactor: Redactor,
+    observer: Option<PageObserver>,
+}
+
+impl Engine {
+    pub fn new(store: Store, redactor: Redactor) -> Self {
+        Self {
+            store,
+            redactor,
+            observer: None,
+        }
+    }
+
+    /// Adds a callback run after each committed page.
+    pub fn with_observer(mut self, observer: PageObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs one sync of `source` until it is done, fails, or `stop` fires
+    /// (then it ends after the page in flight). Never panics, never returns
+    /// early without recording the run.
+    pub async fn run(
+        &self,
+        key: &SourceKey,
+        kind: &str,
+        source: &dyn Source,
+        stop: &CancellationToken,
+    ) -> RunReport {
+        let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let span = tracing::info_span!("sync", tenant = %key.tenant, source = %key.source, run_id = %run_id);
+        self.run_inner(key, kind, source, stop, run_id)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_inner(
+        &self,
+        key: &SourceKey,
+        kind: &str,
+        source: &dyn Source,
+        stop: &CancellationToken,
+        run_id: String,
+    ) -> RunReport {
+        let started = Instant::now();
+        let mut totals = RunRecord::default();
+        if let Err(e) = self.store.start_run(key, kind, &run_id).await {
+            // The run cannot even be recorded (locked or full disk): report
+            // it and do not fetch anything we could not store.
+            let msg = self.redactor.scrub(&format!("storing failed: {e}"));
+            tracing::error!(error = %msg, "sync run could not start");
+            totals.error = Some(msg);
+            return RunReport {
+                run_id,
+                outcome: RunOutcome::Failed,
+                totals,
+                elapsed: started.elapsed(),
+            };
+        }
+        let result = self.pages(key, kind, source, stop, &mut totals).await;
+        let outcome = match result {
+            Ok(true) => RunOutcome::Success,
+            Ok(false) => RunOutcome::Cancelled,
+            Err(e) => {
+                let msg = self.redactor.scrub(&e.to_string());
+                totals.error = Some(msg);
+                RunOutcome::Failed
+            }
+        };
+        let elapsed = started.elapsed();
+        match outcome {
+            RunOutcome::Success => tracing::info!(
+                pages = totals.pages,
+                upserted = totals.upserted,
+                deleted = totals.deleted,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "sync run succeeded"
+            ),
+            RunOutcome::Cancelled => tracing::warn!(
+                pages = totals.pages,
+                upserted = totals.upserted,
+                "sync run stopped by shutdown after a committed page"
+            ),
+            RunOutcome::Failed => tracing::error!(
+                pages = totals.pages,
+                upserted = totals.upserted,
+                error = totals.error.as_deref().unwrap_or_default(),
+                "sync run failed; progress stays at the last committed page"
+            ),
+        }
+        if let Err(e) = self.store.finish_run(&run_id, outcome, &totals).await {
+            tracing::error!(error = %e, "could not record the end of the run");
+        }
+        crate::metrics::run_finished(key, kind, outcome, &totals, elapsed);
+        RunReport {
+            run_id,
+            outcome,
+            totals,
+            elapsed,
+        }
+    }
+
+    /// The page loop. `Ok(true)`: done; `Ok(false)`: stopped by shutdown.
+    async fn pages(
+        &self,
+        key: &SourceKey,
+        kind: &str,
+        source: &dyn Source,
+        stop: &CancellationToken,
+        totals: &mut RunRecord,
+    ) -> Result<bool, SyncError> {
+        let stored = self.store.load_progress(key).await?;
+        let mut progress = source.start_run(stored);
+
+        // One page may wait while the previous one commits: fetch N+1
+        // overlaps with commit N, and never more than that is in memory.
+        let (tx, mut rx) = mpsc::channel::<Page>(1);
+        let store = self.store.clone();
+        let observer = self.observer.clone();
+        let writer_key = key.clone();
+        let writer_kind = kind.to_string();
+        let writer = async move {
+            let mut acc = RunRecord::default();
+            while let Some(page) = rx.recv().await {
+                let n = page.upserts.len() + page.deletes.len();
+                let stats = store.commit_page(&writer_key, &writer_kind, &page).await;
+                let stats = match stats {
+                    Ok(s) => s,
+                    Err(e) => return (acc, Err(e)),
+                };
+                acc.pages += 1;
+                acc.upserted += stats.upserted;
+                acc.deleted += stats.deleted + stats.removed;
+                tracing::debug!(
+                    received = n,
+                    upserted = stats.upserted,
+                    deleted = stats.deleted,
+                    removed = stats.removed,
+                    done = page.done,
+                    "page committed"
+                );
+                if let Some(obs) = &observer {
+                    obs(&writer_key, &stats, n);
+                }
+            }
+            (acc, Ok(()))
+        };
+        let fetcher = async move {
+            loop {
+                if stop.is_cancelled() {
+                    return Ok(false);
+                }
+                let page = source.fetch(&progress).await?;
+                progress = page.next_progress.clone();
+                let done = page.done;
+                if tx.send(page).await.is_err() {
+                    // The writer stopped on an error; it reports it.
+                    return Ok(true);
+                }
+                if done {
+                    return Ok(true);
+                }
+            }
+        };
+        let ((acc, written), fetched) = tokio::join!(writer, fetcher);
+        totals.pages = acc.pages;
+        totals.upserted = acc.upserted;
+        totals.deleted = acc.deleted;
+        written?;
+        fetched.map_err(|e: SourceError| {
+            if e.is_credentials() {
+                SyncError::Credentials {
+                    key: key.clone(),
+                    source: e,
+                }
+            } else {
+                SyncError::Source(e)
+            }
+        })
+    }
+}

@@ -1,0 +1,359 @@
+//! The one HTTP client every source shares: timeouts, retries with
+//! exponential back-off and jitter, `Retry-After` / `RateLimit-Reset`,
+//! per-host rate and concurrency limits, and errors that never carry a token.
+
+mod limit;
+mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::HeaderMap;
+use reqwest::{RequestBuilder, StatusCode};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{HttpConfig, SourceKey};
+pub use limit::{HostLimiter, HostPermit, LimitError, origin};
+pub use retry::{backoff_delay, server_delay};
+
+/// Why a request did not produce a usable response.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// 401/403: the token is wrong, expired or lacks rights. Not retried.
+    #[error("credentials rejected (HTTP {status} from {url})")]
+    Credentials { status: u16, url: String },
+    /// A status that is not success, after any retries it deserved.
+    #[error("HTTP {status} from {url} after {attempts} attempt(s): {body}")]
+    Status {
+        status: u16,
+        url: String,
+        attempts: u32,
+        body: String,
+    },
+    /// Connect, TLS, timeout or connection reset, after retries.
+    #[error("request to {url} failed after {attempts} attempt(s): {message}")]
+    Transport {
+        url: String,
+        attempts: u32,
+        message: String,
+    },
+    /// The body is not the JSON the protocol promises.
+    #[error("malformed JSON from {url}: {reason}")]
+    Decode { url: String, reason: String },
+    /// Shutdown was requested while waiting; nothing was lost.
+    #[error("cancelled by shutdown")]
+    Cancelled,
+    /// The client could not be built (bad TLS roots, ...).
+    #[error("HTTP client setup failed: {0}")]
+    Setup(String),
+}
+
+/// A response whose status the caller decides about (everything that was not
+/// retried away). The body is read in full, bounded by [`MAX_BODY`].
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The URL without query string, safe to show.
+    pub url: String,
+}
+
+/// Bodies larger than this are refused rather than buffered.
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+impl Response {
+    /// Parses the body as JSON; the error names the URL and the position.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HttpError> {
+        serde_json::from_slice(&self.body).map_err(|e| HttpError::Decode {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Maps 401/403 to [`HttpError::Credentials`] and any other non-2xx
+    /// status to [`HttpError::Status`].
+    pub fn error_for_status(self, attempts: u32) -> Result<Self, HttpError> {
+        let s = self.status;
+        if s.is_success() {
+            return Ok(self);
+        }
+        if (s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN)
+            && !is_rate_limit_403(s, &self.body)
+        {
+            return Err(HttpError::Credentials {
+                status: s.as_u16(),
+                url: self.url,
+            });
+        }
+        Err(HttpError::Status {
+            status: s.as_u16(),
+            url: self.url,
+            attempts,
+            body: body_excerpt(&self.body),
+        })
+    }
+}
+
+/// A short, printable excerpt of an error body for messages.
+pub fn body_excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut s: String = text.chars().take(300).collect();
+    if text.chars().count() > 300 {
+        s.push('…');
+    }
+    s.replace(['\n', '\r'], " ")
+}
+
+/// Shared client. Cheap to clone (reqwest pools connections inside), and
+/// clones share one per-host budget: build it once per process.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    inner: reqwest::Client,
+    limits: Arc<HostLimiter>,
+    max_retries: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    /// The source this handle works for, for metrics.
+    source: Option<std::sync::Arc<SourceKey>>,
+}
+
+impl HttpClient {
+    /// The same client (same pool), counting its calls for `key`.
+    pub fn for_source(&self, key: &SourceKey) -> Self {
+        Self {
+            source: Some(std::sync::Arc::new(key.clone())),
+            ..self.clone()
+        }
+    }
+
+    /// One client for the whole process, so that every source's requests to
+    /// a host are counted against that host's single budget.
+    pub fn new(cfg: &HttpConfig) -> Result<Self, HttpError> {
+        let inner = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.connect_timeout)
+            .user_agent(concat!("synchro/", env!("CARGO_PKG_VERSION")))
+            .https_only(false)
+            .build()
+            .map_err(|e| HttpError::Setup(e.to_string()))?;
+        Ok(Self {
+            inner,
+            limits: Arc::new(HostLimiter::new(cfg)),
+            max_retries: cfg.max_retries,
+            initial_backoff: cfg.initial_backoff,
+            max_backoff: cfg.max_backoff,
+            source: None,
+        })
+    }
+
+    /// The underlying client, to build requests with. A request sent with it
+    /// directly must hold a [`HttpClient::permit`] for its host meanwhile.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.inner
+    }
+
+    /// How many requests `url`'s host may have in flight at once.
+    pub fn host_concurrency(&self, url: &url::Url) -> usize {
+        self.limits.concurrency(url)
+    }
+
+    /// Waits for `url`'s host budget (an in-flight slot, then a turn in its
+    /// rate schedule). Keep the permit until the response is read. For
+    /// requests sent outside [`HttpClient::send`], such as import reports.
+    pub async fn permit(
+        &self,
+        url: &url::Url,
+        cancel: &CancellationToken,
+    ) -> Result<HostPermit, HttpError> {
+        self.limits.acquire(url, cancel).await.map_err(|e| match e {
+            LimitError::Cancelled => HttpError::Cancelled,
+            LimitError::NoHost => HttpError::Setup(format!("{}: {e}", safe_url(url))),
+        })
+    }
+
+    /// Sends the request built by `build` (called again for each attempt),
+    /// retrying 429, 5xx and transport errors up to `max_retries` times.
+    /// Every attempt waits for its host's budget first (see [`HostLimiter`]);
+    /// the back-off between attempts does not hold an in-flight slot.
+    /// Returns the final response whatever its status, with the number of
+    /// attempts made; callers decide what a 4xx means for them.
+    pub async fn send(
+        &self,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+        cancel: &CancellationToken,
+    ) -> Result<(Response, u32), HttpError> {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let req = build(&self.inner)
+                .build()
+                .map_err(|e| HttpError::Setup(e.without_url().to_string()))?;
+            let url = safe_url(req.url());
+            let host = host_of(req.url());
+            // Waiting for the host's budget gives way to a shutdown; a
+            // request in flight is let finish (bounded by the timeout): a
+            // shutdown ends the run after the current page, not inside it.
+            let permit = self.permit(req.url(), cancel).await?;
+            let outcome = self.execute(req, &url).await;
+            drop(permit);
+            let status = match &outcome {
+                Ok(resp) => Some(resp.status.as_u16()),
+                Err(_) => None,
+            };
+            crate::metrics::http_call(&host, self.source.as_deref(), status);
+            let retry_in = match &outcome {
+                Ok(resp)
+                    if is_retryable_status(resp.status)
+                        || is_rate_limit_403(resp.status, &resp.body) =>
+                {
+                    let server = server_delay(&resp.headers, std::time::SystemTime::now());
+                    tracing::warn!(url = %url, status = resp.status.as_u16(), attempt, "upstream asked to retry");
+                    Some(server)
+                }
+                Ok(_) => None,
+                Err(HttpError::Transport { message, .. }) => {
+                    tracing::warn!(url = %url, attempt, error = %message, "transport error");
+                    Some(None)
+                }
+                Err(_) => None,
+            };
+            match retry_in {
+                Some(server) if attempt <= self.max_retries => {
+                    let delay = server.map(|d| d.min(self.max_backoff)).unwrap_or_else(|| {
+                        backoff_delay(attempt, self.initial_backoff, self.max_backoff)
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = cancel.cancelled() => return Err(HttpError::Cancelled),
+                    }
+                }
+                _ => {
+                    return match outcome {
+                        Ok(resp) => Ok((resp, attempt)),
+                        Err(HttpError::Transport { url, message, .. }) => {
+                            Err(HttpError::Transport {
+                                url,
+                                attempts: attempt,
+                                message,
+                            })
+                        }
+                        Err(e) => Err(e),
+                    };
+                }
+            }
+        }
+    }
+
+    async fn execute(&self, req: reqwest::Request, url: &str) -> Result<Response, HttpError> {
+        let transport = |e: reqwest::Error| HttpError::Transport {
+            url: url.to_string(),
+            attempts: 0,
+            message: describe(&e),
+        };
+        let mut resp = self.inner.execute(req).await.map_err(transport)?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        if resp.content_length().is_some_and(|n| n as usize > MAX_BODY) {
+            return Err(HttpError::Decode {
+                url: url.to_string(),
+                reason: format!("body larger than {MAX_BODY} bytes"),
+            });
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(HttpError::Decode {
+                    url: url.to_string(),
+                    reason: format!("body larger than {MAX_BODY} bytes"),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Response {
+            status,
+            headers,
+            body: body.freeze(),
+            url: url.to_string(),
+        })
+    }
+}
+
+fn is_retryable_status(s: StatusCode) -> bool {
+    s == StatusCode::TOO_MANY_REQUESTS
+        || s == StatusCode::INTERNAL_SERVER_ERROR
+        || s == StatusCode::BAD_GATEWAY
+        || s == StatusCode::SERVICE_UNAVAILABLE
+        || s == StatusCode::GATEWAY_TIMEOUT
+}
+
+/// Google answers quota exhaustion with 403 and reason `rateLimitExceeded`
+/// or `userRateLimitExceeded`: a reason to back off, not bad credentials.
+fn is_rate_limit_403(status: StatusCode, body: &[u8]) -> bool {
+    if status != StatusCode::FORBIDDEN {
+        return false;
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        #[serde(default)]
+        errors: Vec<Reason>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Reason {
+        #[serde(default)]
+        reason: String,
+    }
+    serde_json::from_slice::<Body>(body).is_ok_and(|b| {
+        b.error
+            .errors
+            .iter()
+            .any(|e| e.reason == "rateLimitExceeded" || e.reason == "userRateLimitExceeded")
+    })
+}
+
+/// `host:port`, the unit of per-host accounting.
+fn host_of(u: &url::Url) -> String {
+    match (u.host_str(), u.port_or_known_default()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Scheme, host, port and path only: query strings may carry tokens.
+pub fn safe_url(u: &url::Url) -> String {
+    let mut u = u.clone();
+    u.set_query(None);
+    u.set_fragment(None);
+    let _ = u.set_password(None);
+    let _ = u.set_username("");
+    u.to_string()
+}
+
+/// reqwest's Display includes the URL with its query; build our own text.
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "reading the body failed"
+    } else if e.is_request() {
+        "request failed"
+    } else {
+        "error"
+    };
+    let mut msg = kind.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}

@@ -1,0 +1,5 @@
+//! The `synchro` binary: see `synchro --help` and the README.
+
+fn main() -> std::process::ExitCode {
+    synchro::commands::main()
+}

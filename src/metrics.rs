@@ -1,0 +1,95 @@
+//! Prometheus metrics, labelled by tenant and source. The recorder is only
+//! installed by the daemon (`synchro run`); elsewhere every call is a no-op,
+//! so the code that records never needs to know whether anyone listens.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::SourceKey;
+use crate::store::{RunOutcome, RunRecord};
+
+/// Run durations worth telling apart: sub-second no-change runs to
+/// hour-long full listings.
+const DURATION_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+];
+
+/// Why the recorder could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(String);
+
+/// Installs the global recorder and keeps its histograms trimmed; the
+/// handle renders `/metrics`.
+pub fn install() -> Result<PrometheusHandle, MetricsError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("synchro_sync_duration_seconds".into()),
+            &DURATION_BUCKETS,
+        )
+        .map_err(|e| MetricsError(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| MetricsError(e.to_string()))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// One finished run.
+pub fn run_finished(
+    key: &SourceKey,
+    kind: &str,
+    outcome: RunOutcome,
+    totals: &RunRecord,
+    elapsed: Duration,
+) {
+    let (t, s) = (key.tenant.clone(), key.source.clone());
+    counter!("synchro_runs_total", "tenant" => t.clone(), "source" => s.clone(), "kind" => kind.to_string(), "outcome" => outcome.as_str())
+        .increment(1);
+    counter!("synchro_pages_total", "tenant" => t.clone(), "source" => s.clone())
+        .increment(totals.pages);
+    counter!("synchro_records_upserted_total", "tenant" => t.clone(), "source" => s.clone())
+        .increment(totals.upserted);
+    counter!("synchro_records_deleted_total", "tenant" => t.clone(), "source" => s.clone())
+        .increment(totals.deleted);
+    histogram!("synchro_sync_duration_seconds", "tenant" => t.clone(), "source" => s.clone(), "kind" => kind.to_string())
+        .record(elapsed.as_secs_f64());
+    if outcome == RunOutcome::Success {
+        gauge!("synchro_last_success_timestamp_seconds", "tenant" => t, "source" => s)
+            .set(crate::time::now_us() as f64 / 1e6);
+    }
+}
+
+/// One HTTP attempt: `status` is the code, or `error` when none came back.
+pub fn http_call(host: &str, labels: Option<&SourceKey>, status: Option<u16>) {
+    let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+    let (t, s) = labels.map_or((String::new(), String::new()), |k| {
+        (k.tenant.clone(), k.source.clone())
+    });
+    counter!("synchro_http_requests_total", "host" => host.to_string(), "status" => status, "tenant" => t, "source" => s)
+        .increment(1);
+}
+
+/// Import-state reports: pending now, sent, and failed attempts.
+pub fn reports_pending(key: &SourceKey, pending: i64) {
+    gauge!("synchro_import_reports_pending", "tenant" => key.tenant.clone(), "source" => key.source.clone())
+        .set(pending as f64);
+}
+
+pub fn report_sent(key: &SourceKey) {
+    counter!("synchro_import_reports_sent_total", "tenant" => key.tenant.clone(), "source" => key.source.clone())
+        .increment(1);
+}
+
+pub fn report_failed(key: &SourceKey, permanent: bool) {
+    counter!("synchro_import_report_failures_total", "tenant" => key.tenant.clone(), "source" => key.source.clone(), "permanent" => if permanent { "true" } else { "false" })
+        .increment(1);
+}

@@ -1,0 +1,257 @@
+//! Sends Contentor import-state reports from the outbox. It runs beside the
+//! syncs and never blocks or fails them: each report is one short request
+//! (5 s timeout); a transient failure is retried later with back-off, kept
+//! durably in the outbox, so a restart loses nothing; a success is recorded
+//! at once and the report is never sent again.
+
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::StatusCode;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::{Secret, SourceConfig, SourceKey, SourceKindConfig};
+use crate::http::{HttpClient, HttpError, body_excerpt, safe_url};
+use crate::store::{PendingReport, Store, StoreError};
+use crate::time::now_us;
+
+/// Longest wait for one report: the upstream must not hold us up.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// First retry delay, doubled per attempt (with jitter) up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How often an idle reporter looks for new reports.
+const POLL: Duration = Duration::from_millis(250);
+/// Reports taken per pass.
+const BATCH: i64 = 50;
+
+/// The reporter of one content source.
+#[derive(Clone)]
+pub struct Reporter {
+    store: Store,
+    /// The daemon's shared client: reports count against the host's budget.
+    http: HttpClient,
+    key: SourceKey,
+    base: url::Url,
+    token: Secret,
+}
+
+/// What one pass over the due reports did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub sent: usize,
+    /// Set when an attempt failed: how long to leave the endpoint alone.
+    pub pause: Option<Duration>,
+}
+
+/// How one attempt went.
+enum Attempt {
+    Sent,
+    /// Stopped while waiting for the host's budget: nothing was sent, the
+    /// report stays due as it was.
+    NotSent,
+    Retry(String),
+    Refused(String),
+}
+
+impl Reporter {
+    /// The reporter of `cfg`, if it is a content source that reports.
+    pub fn for_source(store: &Store, http: &HttpClient, cfg: &SourceConfig) -> Option<Self> {
+        match &cfg.kind {
+            SourceKindConfig::Content(c) if c.report_import_state => Some(Self {
+                store: store.clone(),
+                http: http.clone(),
+                key: cfg.key(),
+                base: cfg.endpoint.clone(),
+                token: c.token.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn key(&self) -> &SourceKey {
+        &self.key
+    }
+
+    /// Sends the reports due now, one pass; stops between two reports when
+    /// `stop` fires (the one in flight is finished). Returns how many were sent.
+    pub async fn send_due(&self, stop: &CancellationToken) -> Result<Pass, StoreError> {
+        let due = self.store.due_reports(&self.key, now_us(), BATCH).await?;
+        let mut pass = Pass::default();
+        let any = !due.is_empty();
+        for report in due {
+            if stop.is_cancelled() {
+                break;
+            }
+            match self.attempt(&report, stop).await {
+                Attempt::Sent => {
+                    self.store.report_sent(report.id, now_us()).await?;
+                    crate::metrics::report_sent(&self.key);
+                    pass.sent += 1;
+                    tracing::debug!(request = %report.record_id, state = %report.import_state, "import state reported");
+                }
+                Attempt::NotSent => break,
+                Attempt::Retry(error) => {
+                    let wait = backoff(report.attempts + 1);
+                    tracing::warn!(request = %report.record_id, attempts = report.attempts + 1, retry_in = ?wait, %error, "import-state report failed; will retry");
+                    let next = now_us() + wait.as_micros() as i64;
+                    self.store.report_retry(report.id, &error, next).await?;
+                    crate::metrics::report_failed(&self.key, false);
+                    // The endpoint is failing: pause the whole reporter
+                    // rather than try the next report right away.
+                    pass.pause = Some(wait);
+                    break;
+                }
+                Attempt::Refused(error) => {
+                    tracing::error!(request = %report.record_id, %error, "import-state report refused by the upstream; not retried");
+                    self.store.report_refused(report.id, &error).await?;
+                    crate::metrics::report_failed(&self.key, true);
+                }
+            }
+        }
+        if any {
+            let pending = self.store.pending_report_count(&self.key).await?;
+            crate::metrics::reports_pending(&self.key, pending);
+        }
+        Ok(pass)
+    }
+
+    /// Reports continuously until `stop` fires (the daemon).
+    pub async fn run(self, stop: CancellationToken) {
+        let span = self.span();
+        self.run_loop(stop).instrument(span).await
+    }
+
+    /// The span every log line of this reporter is in.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!("reporter", tenant = %self.key.tenant, source = %self.key.source)
+    }
+
+    async fn run_loop(self, stop: CancellationToken) {
+        if let Ok(pending) = self.store.pending_report_count(&self.key).await {
+            crate::metrics::reports_pending(&self.key, pending);
+        }
+        loop {
+            let wait = match self.send_due(&stop).await {
+                Ok(Pass {
+                    pause: Some(pause), ..
+                }) => pause,
+                Ok(p) if p.sent as i64 == BATCH => Duration::ZERO,
+                Ok(_) => POLL,
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox unreadable; retrying");
+                    Duration::from_secs(5)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Sends what is pending until nothing is left, an attempt fails (the
+    /// endpoint is down: no point waiting) or `deadline` passes (`synchro
+    /// sync` before it exits). Returns how many remain pending.
+    pub async fn drain(
+        &self,
+        deadline: Duration,
+        stop: &CancellationToken,
+    ) -> Result<i64, StoreError> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let pass = self.send_due(stop).await?;
+            let pending = self.store.pending_report_count(&self.key).await?;
+            if pending == 0 || stop.is_cancelled() || pass.pause.is_some() {
+                return Ok(pending);
+            }
+            let next_due = self.store.next_report_due(&self.key).await?.unwrap_or(0);
+            let wait = Duration::from_micros(next_due.saturating_sub(now_us()).max(0) as u64);
+            let wake = tokio::time::Instant::now() + wait.max(Duration::from_millis(20));
+            if wake > until {
+                return Ok(pending);
+            }
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+
+    async fn attempt(&self, report: &PendingReport, stop: &CancellationToken) -> Attempt {
+        let mut url = self.base.clone();
+        if let Ok(mut s) = url.path_segments_mut() {
+            s.pop_if_empty()
+                .push("content")
+                .push(&report.record_id)
+                .push("import");
+        }
+        let mut body = serde_json::json!({ "importState": report.import_state });
+        if let Some(m) = &report.message {
+            body["message"] = serde_json::Value::String(m.clone());
+        }
+        let shown = safe_url(&url);
+        // Held until the answer is read: reports share the host's in-flight cap.
+        let _permit = match self.http.permit(&url, stop).await {
+            Ok(p) => p,
+            Err(HttpError::Cancelled) => return Attempt::NotSent,
+            Err(e) => return Attempt::Retry(format!("{shown}: {e}")),
+        };
+        let sent = self
+            .http
+            .client()
+            .put(url)
+            .bearer_auth(self.token.expose())
+            .timeout(TIMEOUT)
+            .json(&body)
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return Attempt::Retry(format!("{shown}: no answer within {TIMEOUT:?}"));
+            }
+            Err(e) => return Attempt::Retry(format!("{shown}: {}", e.without_url())),
+        };
+        let status = resp.status();
+        if status.is_success() {
+            return Attempt::Sent;
+        }
+        let text = resp
+            .bytes()
+            .await
+            .map(|b| body_excerpt(&b))
+            .unwrap_or_default();
+        let error = format!("{shown}: HTTP {}: {text}", status.as_u16());
+        let transient = status.is_server_error()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::UNAUTHORIZED
+            || status == StatusCode::FORBIDDEN;
+        if transient {
+            Attempt::Retry(error)
+        } else {
+            Attempt::Refused(error)
+        }
+    }
+}
+
+/// Delay before attempt `attempts + 1`: exponential with full jitter, capped.
+fn backoff(attempts: i64) -> Duration {
+    let exp = attempts.clamp(1, 20) as u32 - 1;
+    let cap = FIRST_BACKOFF
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(MAX_BACKOFF);
+    let ms = cap.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) <= FIRST_BACKOFF);
+        assert!(backoff(4) >= FIRST_BACKOFF * 4);
+        assert!(backoff(40) <= MAX_BACKOFF);
+    }
+}

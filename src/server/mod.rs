@@ -1,0 +1,92 @@
+//! The daemon's HTTP surface: liveness and readiness for orchestrators, and
+//! the webhooks: push notifications that start a sync at once, and
+//! callbacks that carry a record to store.
+
+mod webhooks;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::{CONTENT_TYPE, HeaderName};
+use axum::routing::{get, post, put};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use webhooks::Webhooks;
+
+/// Shared readiness: true once migrations ran and the scheduler started,
+/// false again as soon as shutdown begins.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+struct AppState {
+    ready: Readiness,
+    hooks: Webhooks,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// Builds the router. Without a metrics handle, `/metrics` answers 404.
+pub fn router(ready: Readiness, hooks: Webhooks, metrics: Option<PrometheusHandle>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .route(
+            "/webhooks/calendar/{tenant}/{source}",
+            post(webhooks::calendar),
+        )
+        .route(
+            "/webhooks/content/{tenant}/{source}",
+            put(webhooks::content),
+        )
+        .with_state(AppState {
+            ready,
+            hooks,
+            metrics,
+        })
+}
+
+async fn readyz(State(app): State<AppState>) -> (StatusCode, &'static str) {
+    if app.ready.get() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn render_metrics(
+    State(app): State<AppState>,
+) -> (StatusCode, [(HeaderName, &'static str); 1], String) {
+    let ctype = [(CONTENT_TYPE, "text/plain; version=0.0.4")];
+    match &app.metrics {
+        Some(h) => (StatusCode::OK, ctype, h.render()),
+        None => (StatusCode::NOT_FOUND, ctype, "metrics are off\n".into()),
+    }
+}
+
+/// Serves `router` on `listener` until `stop` fires.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}

@@ -1,0 +1,80 @@
+//! `synchro export`: records as JSON Lines, ordered by tenant, source, id.
+
+use futures::TryStreamExt;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sqlx::Row;
+
+use super::records::raw;
+use super::{Store, StoreError};
+use crate::config::SourceKey;
+
+/// One export line (contract, DESIGN.md §1). `data` is the stored payload,
+/// passed through without re-encoding.
+#[derive(Debug, Serialize)]
+pub struct ExportRow {
+    pub tenant: String,
+    pub source: String,
+    pub kind: String,
+    pub id: String,
+    pub deleted: bool,
+    pub updated_at: String,
+    pub data: Box<RawValue>,
+}
+
+impl Store {
+    /// Streams the records of `sources` (all if empty) to `sink`, in order.
+    pub async fn export(
+        &self,
+        sources: &[SourceKey],
+        include_deleted: bool,
+        mut sink: impl FnMut(ExportRow) -> std::io::Result<()>,
+    ) -> Result<u64, StoreError> {
+        if sources.is_empty() {
+            return self.export_where(None, include_deleted, &mut sink).await;
+        }
+        let mut keys = sources.to_vec();
+        keys.sort();
+        keys.dedup();
+        let mut n = 0;
+        for key in &keys {
+            n += self
+                .export_where(Some(key), include_deleted, &mut sink)
+                .await?;
+        }
+        Ok(n)
+    }
+
+    /// One ordered scan of the primary key, all sources or one.
+    async fn export_where(
+        &self,
+        key: Option<&SourceKey>,
+        include_deleted: bool,
+        sink: &mut impl FnMut(ExportRow) -> std::io::Result<()>,
+    ) -> Result<u64, StoreError> {
+        let mut n = 0;
+        let mut rows = sqlx::query(
+            "SELECT tenant, source, kind, id, deleted, updated_at, data FROM records \
+             WHERE (?1 OR deleted = 0) AND (?2 IS NULL OR (tenant = ?2 AND source = ?3)) \
+             ORDER BY tenant, source, id",
+        )
+        .bind(include_deleted)
+        .bind(key.map(|k| k.tenant.as_str()))
+        .bind(key.map(|k| k.source.as_str()))
+        .fetch(&self.reader);
+        while let Some(row) = rows.try_next().await? {
+            let line = ExportRow {
+                tenant: row.try_get(0)?,
+                source: row.try_get(1)?,
+                kind: row.try_get(2)?,
+                id: row.try_get(3)?,
+                deleted: row.try_get::<i64, _>(4)? != 0,
+                updated_at: row.try_get(5)?,
+                data: raw(row.try_get(6)?)?,
+            };
+            sink(line).map_err(StoreError::Write)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}

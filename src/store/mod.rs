@@ -1,0 +1,172 @@
+//! Durable state in SQLite: records, per-source progress, run history and
+//! the import-report outbox.
+//!
+//! One writer connection (WAL, `BEGIN IMMEDIATE`) so that two writers never
+//! deadlock on a lock upgrade; a small pool of readers for `status`, `export`
+//! and the HTTP surface. `busy_timeout` absorbs a second process (a manual
+//! `synchro sync` next to the daemon).
+
+mod export;
+mod outbox;
+mod progress;
+mod records;
+mod runs;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use export::ExportRow;
+pub use outbox::PendingReport;
+pub use records::PageStats;
+pub use runs::{RunOutcome, RunRecord};
+pub use status::SourceStatus;
+
+/// Why the store failed. Messages name the database, never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("bad database URL {0:?}: expected sqlite://PATH")]
+    BadUrl(String),
+    #[error("cannot create the database folder {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database {path}: {source}")]
+    Open { path: String, source: sqlx::Error },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {}", describe_sql(.0))]
+    Sql(#[from] sqlx::Error),
+    #[error("writing output failed: {0}")]
+    Write(std::io::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Adds what an operator should check to the SQLite errors that mean
+/// "the machine, not synchro": a full disk or file-size limit, a lock held
+/// by another process, a read-only file.
+fn describe_sql(e: &sqlx::Error) -> String {
+    let code = match e {
+        sqlx::Error::Database(d) => d.code().and_then(|c| c.parse::<i32>().ok()),
+        _ => None,
+    };
+    // Primary result code: the low byte of the extended one.
+    let hint = match code.map(|c| c & 0xff) {
+        Some(13) => Some("the disk is full"),
+        Some(10) => Some("a write failed: disk full, quota or file-size limit?"),
+        Some(5) | Some(6) => Some("the database is locked by another process"),
+        Some(8) => Some("the database file or its folder is read-only"),
+        _ => None,
+    };
+    match hint {
+        Some(h) => format!("{h} ({e})"),
+        None => e.to_string(),
+    }
+}
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: PathBuf,
+}
+
+/// How long a statement waits for a lock held by another connection or
+/// process, unless the config says otherwise.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Store {
+    /// Opens (creating file and folder if missing) and migrates the database.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, BUSY_TIMEOUT).await
+    }
+
+    /// Same, waiting at most `busy_timeout` for another process's lock.
+    pub async fn open_with(url: &str, busy_timeout: Duration) -> Result<Self, StoreError> {
+        let path = path_of(url)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                path: parent.display().to_string(),
+                source,
+            })?;
+        }
+        let base = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|_| StoreError::BadUrl(url.to_string()))?
+            .filename(&path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(busy_timeout)
+            .foreign_keys(true);
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(base.clone().create_if_missing(true))
+            .await
+            .map_err(open_err)?;
+        sqlx::migrate!("./migrations").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(0)
+            .connect_with(base.read_only(true))
+            .await
+            .map_err(open_err)?;
+        Ok(Self {
+            writer,
+            reader,
+            path,
+        })
+    }
+
+    /// The database file, for messages.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Flushes the WAL into the main file and closes every connection.
+    pub async fn close(&self) {
+        let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.writer)
+            .await;
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    /// A cheap read that proves the database answers (`check`, `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+}
+
+/// `sqlite://var/x.db`, `sqlite:var/x.db` or `sqlite:///abs/x.db` → path.
+fn path_of(url: &str) -> Result<PathBuf, StoreError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| StoreError::BadUrl(url.to_string()))?;
+    let rest = rest.split('?').next().unwrap_or_default();
+    if rest.is_empty() || rest == ":memory:" {
+        return Err(StoreError::BadUrl(url.to_string()));
+    }
+    Ok(PathBuf::from(rest))
+}
+
+/// Now in µs since the epoch, as stored in the bookkeeping columns.
+pub(crate) fn now_us() -> i64 {
+    crate::time::now_us()
+}

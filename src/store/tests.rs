@@ -1,0 +1,436 @@
+//! The upsert and tombstone rules, on a real SQLite file.
+
+use serde_json::json;
+
+use super::Store;
+use crate::config::SourceKey;
+use crate::sources::{Listing, Page, Phase, Progress, Record, Tombstone};
+
+fn rec(id: &str, at: &str, v: i64) -> Record {
+    Record {
+        id: id.into(),
+        updated_at: at.into(),
+        updated_us: crate::time::parse_us(at).expect("ts"),
+        data: json!({ "id": id, "v": v }),
+    }
+}
+
+fn page(upserts: Vec<Record>, deletes: Vec<Tombstone>, cursor: &str) -> Page {
+    Page {
+        upserts,
+        deletes,
+        next_progress: Progress {
+            phase: Phase::Incremental,
+            state: json!({ "cursor": cursor }),
+        },
+        done: false,
+        listing: None,
+        reports: Vec::new(),
+    }
+}
+
+fn tomb(id: &str) -> Tombstone {
+    Tombstone {
+        id: id.into(),
+        deleted_at: None,
+        data: json!({ "id": id, "status": "cancelled" }),
+    }
+}
+
+async fn export(store: &Store, deleted: bool) -> Vec<(String, bool, String, serde_json::Value)> {
+    let mut out = Vec::new();
+    store
+        .export(&[], deleted, |r| {
+            let data: serde_json::Value = serde_json::from_str(r.data.get()).expect("json");
+            out.push((r.id, r.deleted, r.updated_at, data));
+            Ok(())
+        })
+        .await
+        .expect("export");
+    out
+}
+
+async fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("sub/dir/t.db").display());
+    let store = Store::open(&url).await.expect("open");
+    (dir, store)
+}
+
+#[tokio::test]
+async fn newer_wins_older_never_overwrites_and_refetch_changes_nothing() {
+    let (_d, store) = open().await;
+    let key = SourceKey::new("t", "s");
+    let s = store
+        .commit_page(
+            &key,
+            "k",
+            &page(
+                vec![
+                    rec("1", "2024-01-01T10:00:00Z", 1),
+                    rec("2", "2024-01-01T10:00:00Z", 1),
+                ],
+                vec![],
+                "c1",
+            ),
+        )
+        .await
+        .expect("commit");
+    assert_eq!(s.upserted, 2);
+
+    // Same page again: nothing changes.
+    let s = store
+        .commit_page(
+            &key,
+            "k",
+            &page(vec![rec("1", "2024-01-01T10:00:00Z", 1)], vec![], "c1"),
+        )
+        .await
+        .expect("commit");
+    assert_eq!(s.upserted, 0);
+
+    // Older version of 1 is ignored; newer version of 2 (another offset) wins.
+    let s = store
+        .commit_page(
+            &key,
+            "k",
+            &page(
+                vec![
+                    rec("1", "2024-01-01T09:00:00Z", 0),
+                    rec("2", "2024-01-01T12:00:00+01:00", 2),
+                ],
+                vec![],
+                "c2",
+            ),
+        )
+        .await
+        .expect("commit");
+    assert_eq!(s.upserted, 1);
+    let rows = export(&store, false).await;
+    assert_eq!(rows[0].3["v"], 1);
+    assert_eq!(rows[1].3["v"], 2);
+    assert_eq!(
+        rows[1].2, "2024-01-01T12:00:00+01:00",
+        "updated_at kept as received"
+    );
+
+    // Same instant, different payload (two edits within one second): latest received wins.
+    let s = store
+        .commit_page(
+            &key,
+            "k",
+            &page(vec![rec("1", "2024-01-01T10:00:00Z", 5)], vec![], "c3"),
+        )
+        .await
+        .expect("commit");
+    assert_eq!(s.upserted, 1);
+    assert_eq!(export(&store, false).await[0].3["v"], 5);
+
+    let p = store
+        .load_progress(&key)
+        .await
+        .expect("load")
+        .expect("some");
+    assert_eq!(p.state["cursor"], "c3");
+    assert_eq!(p.phase, Phase::Incremental);
+}
+
+#[tokio::test]
+async fn tombstones_hide_records_and_only_a_newer_version_revives_them() {
+    let (_d, store) = open().await;
+    let key = SourceKey::new("t", "s");
+    store
+        .commit_page(
+            &key,
+            "k",
+            &page(vec![rec("1", "2024-01-01T10:00:00Z", 1)], vec![], "a"),
+        )
+        .await
+        .expect("commit");
+    let stone = |id: &str| Tombstone {
+        id: id.into(),
+        deleted_at: Some("2024-01-02T00:00:00Z".into()),
+        data: json!({ "number": id, "reason": "user_request" }),
+    };
+    let s = store
+        .commit_page(&key, "k", &page(vec![], vec![stone("1"), stone("9")], "b"))
+        .await
+        .expect("commit");
+    assert_eq!(s.deleted, 2);
+    assert!(export(&store, false).await.is_empty());
+    let all = export(&store, true).await;
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].3["v"], 1, "a tombstone keeps the last known payload");
+    assert_eq!(
+        all[1].3["reason"], "user_request",
+        "an unseen deletion stores the notice"
+    );
+
+    // Re-applying the same deletions changes nothing.
+    let s = store
+        .commit_page(&key, "k", &page(vec![], vec![stone("1")], "c"))
+        .await
+        .expect("commit");
+    assert_eq!(s.deleted, 0);
+
+    // The same old version does not revive it; a newer one does.
+    store
+        .commit_page(
+            &key,
+            "k",
+            &page(vec![rec("1", "2024-01-01T10:00:00Z", 1)], vec![], "d"),
+        )
+        .await
+        .expect("commit");
+    assert!(export(&store, false).await.is_empty());
+    store
+        .commit_page(
+            &key,
+            "k",
+            &page(vec![rec("1", "2024-01-03T10:00:00Z", 2)], vec![], "e"),
+        )
+        .await
+        .expect("commit");
+    let live = export(&store, false).await;
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].3["v"], 2);
+}
+
+#[tokio::test]
+async fn a_failed_commit_stores_neither_records_nor_progress() {
+    let (_d, store) = open().await;
+    let key = SourceKey::new("t", "s");
+    store
+        .commit_page(
+            &key,
+            "k",
+            &page(vec![rec("1", "2024-01-01T10:00:00Z", 1)], vec![], "first"),
+        )
+        .await
+        .expect("commit");
+    // A page whose second statement fails (a trigger aborts on the
+    // tombstone) must roll back its records and its progress too.
+    sqlx::query(
+        "CREATE TRIGGER boom BEFORE INSERT ON records WHEN NEW.id = 'boom' \
+         BEGIN SELECT RAISE(ABORT, 'disk on fire'); END",
+    )
+    .execute(&store.writer)
+    .await
+    .expect("trigger");
+    let bad = page(
+        vec![rec("2", "2024-01-01T10:00:00Z", 1)],
+        vec![Tombstone {
+            id: "boom".into(),
+            deleted_at: None,
+            data: json!({}),
+        }],
+        "second",
+    );
+    let r = store.commit_page(&key, "k", &bad).await;
+    assert!(r.is_err(), "the failing statement fails the commit");
+    assert_eq!(export(&store, true).await.len(), 1);
+    let p = store
+        .load_progress(&key)
+        .await
+        .expect("load")
+        .expect("some");
+    assert_eq!(p.state["cursor"], "first");
+}
+
+#[tokio::test]
+async fn reset_forgets_progress_but_keeps_records() {
+    let (_d, store) = open().await;
+    let key = SourceKey::new("t", "s");
+    store
+        .commit_page(
+            &key,
+            "k",
+            &page(vec![rec("1", "2024-01-01T10:00:00Z", 1)], vec![], "x"),
+        )
+        .await
+        .expect("commit");
+    assert!(store.reset_progress(&key).await.expect("reset"));
+    assert!(store.load_progress(&key).await.expect("load").is_none());
+    assert_eq!(export(&store, false).await.len(), 1);
+    assert!(!store.reset_progress(&key).await.expect("reset"));
+}
+
+#[test]
+fn url_forms() {
+    use super::path_of;
+    use std::path::PathBuf;
+    assert_eq!(
+        path_of("sqlite://var/a.db").expect("ok"),
+        PathBuf::from("var/a.db")
+    );
+    assert_eq!(
+        path_of("sqlite:///tmp/a.db").expect("ok"),
+        PathBuf::from("/tmp/a.db")
+    );
+    assert_eq!(path_of("sqlite:a.db").expect("ok"), PathBuf::from("a.db"));
+    assert!(path_of("postgres://x").is_err());
+    assert!(path_of("sqlite::memory:").is_err());
+}
+
+#[tokio::test]
+async fn a_completed_full_listing_removes_only_what_it_did_not_return() {
+    let (_d, store) = open().await;
+    let key = SourceKey::new("t", "cal");
+    let other = SourceKey::new("t", "other");
+    let old = page(
+        vec![
+            rec("a", "2024-01-01T10:00:00Z", 1),
+            rec("b", "2024-01-01T10:00:00Z", 1),
+            rec("gone", "2024-01-01T10:00:00Z", 1),
+        ],
+        vec![tomb("old-stub")],
+        "t1",
+    );
+    store.commit_page(&key, "k", &old).await.expect("commit");
+    store
+        .commit_page(
+            &other,
+            "k",
+            &page(vec![rec("x", "2024-01-01T10:00:00Z", 1)], vec![], "o"),
+        )
+        .await
+        .expect("commit");
+
+    // A resync in two pages: the first page leaves everything readable.
+    let mut p1 = page(vec![rec("a", "2024-01-01T10:00:00Z", 1)], vec![], "p1");
+    p1.listing = Some(Listing {
+        generation: 7,
+        complete: false,
+    });
+    let s = store.commit_page(&key, "k", &p1).await.expect("commit");
+    assert_eq!((s.upserted, s.removed), (0, 0));
+    assert_eq!(export(&store, true).await.len(), 5);
+
+    let mut p2 = page(
+        vec![
+            rec("b", "2024-01-02T10:00:00Z", 2),
+            rec("new", "2024-01-02T10:00:00Z", 1),
+        ],
+        vec![tomb("c-stub")],
+        "done",
+    );
+    p2.listing = Some(Listing {
+        generation: 7,
+        complete: true,
+    });
+    let s = store.commit_page(&key, "k", &p2).await.expect("commit");
+    assert_eq!(s.removed, 2, "`gone` and the old tombstone");
+    let ids: Vec<String> = export(&store, true)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(
+        ids,
+        ["a", "b", "c-stub", "new", "x"],
+        "other sources untouched"
+    );
+}
+
+#[tokio::test]
+async fn reports_are_queued_once_per_completion_and_only_for_stored_versions() {
+    use crate::sources::{Report, ReportOutcome};
+    let (_d, store) = open().await;
+    let key = SourceKey::new("t", "content");
+    let owed = |r: &Record, completed: &str| Report {
+        record_id: r.id.clone(),
+        version_us: Some(r.updated_us),
+        completed_at: completed.into(),
+        outcome: ReportOutcome::Success,
+    };
+    let newer = rec("7", "2024-01-02T10:00:00Z", 2);
+    let mut p = page(vec![newer.clone()], vec![], "a");
+    p.reports = vec![owed(&newer, "2024-01-02T10:00:00Z")];
+    assert_eq!(
+        store
+            .commit_page(&key, "k", &p)
+            .await
+            .expect("commit")
+            .reports,
+        1
+    );
+    // The same completion again (refetch, webhook, restart): nothing new.
+    assert_eq!(
+        store
+            .commit_page(&key, "k", &p)
+            .await
+            .expect("commit")
+            .reports,
+        0
+    );
+    // An older completed version is refused by the upsert: no report for it.
+    let older = rec("7", "2024-01-01T10:00:00Z", 1);
+    let mut p = page(vec![older.clone()], vec![], "b");
+    p.reports = vec![owed(&older, "2024-01-01T10:00:00Z")];
+    assert_eq!(
+        store
+            .commit_records(&key, "k", &p)
+            .await
+            .expect("commit")
+            .reports,
+        0
+    );
+    // A request that could not be stored still gets its `fail` report.
+    let mut p = page(vec![], vec![], "c");
+    p.reports = vec![Report {
+        record_id: "8".into(),
+        version_us: None,
+        completed_at: "2024-01-03T00:00:00Z".into(),
+        outcome: ReportOutcome::Fail("bad fields".into()),
+    }];
+    assert_eq!(
+        store
+            .commit_page(&key, "k", &p)
+            .await
+            .expect("commit")
+            .reports,
+        1
+    );
+
+    let due = store.due_reports(&key, i64::MAX, 10).await.expect("due");
+    let got: Vec<(&str, &str, Option<&str>)> = due
+        .iter()
+        .map(|r| {
+            (
+                r.record_id.as_str(),
+                r.import_state.as_str(),
+                r.message.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [("7", "success", None), ("8", "fail", Some("bad fields"))]
+    );
+    store.report_sent(due[0].id, 1).await.expect("sent");
+    store
+        .report_retry(due[1].id, "HTTP 500", i64::MAX - 1)
+        .await
+        .expect("retry");
+    assert!(
+        store
+            .due_reports(&key, 0, 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    assert_eq!(store.pending_report_count(&key).await.expect("count"), 1);
+    // After a success, the same completion is never queued again, even
+    // after a reset.
+    store.reset_progress(&key).await.expect("reset");
+    let mut p = page(vec![newer.clone()], vec![], "d");
+    p.reports = vec![owed(&newer, "2024-01-02T10:00:00Z")];
+    assert_eq!(
+        store
+            .commit_page(&key, "k", &p)
+            .await
+            .expect("commit")
+            .reports,
+        0
+    );
+}

@@ -1,0 +1,207 @@
+//! The daemon's life cycle and the operator commands around it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use synchro::simulate::Fault;
+
+const DEMARCHE: i64 = 99;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+async fn http_status(url: &str) -> Option<u16> {
+    reqwest::get(url).await.ok().map(|r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_syncs_serves_health_and_exits_0_on_sigterm_within_the_deadline() {
+    let sim = simulator().await;
+    sim.ds().seed(DEMARCHE, 2_000);
+    let port = free_port();
+    let setup = Setup::with_extra(&sim, &[DsSource::new("acme", "permits", DEMARCHE)], "");
+    let cfg = std::fs::read_to_string(&setup.config)
+        .expect("config")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&setup.config, cfg).expect("config");
+    // Slow pages: the SIGTERM lands in the middle of the first sync.
+    sim.ds()
+        .inject(Fault::Slow(Duration::from_millis(40)), 1_000);
+
+    let mut child = setup.spawn(&["run"]);
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    wait_until(Duration::from_secs(30), "readyz 200", || async {
+        http_status(&ready).await == Some(200)
+    })
+    .await;
+    assert_eq!(
+        http_status(&format!("http://127.0.0.1:{port}/healthz")).await,
+        Some(200)
+    );
+    // Wait for some pages to land, then ask to stop.
+    let db = setup.db_path();
+    wait_until(Duration::from_secs(30), "a first page", || {
+        let db = db.clone();
+        async move { std::fs::metadata(db.with_extension("db-wal")).is_ok_and(|m| m.len() > 0) }
+    })
+    .await;
+    signal(&child, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not exit within 15 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "clean shutdown exits 0");
+
+    // What was stored is consistent, and a sync completes it.
+    sim.ds().clear_faults();
+    setup.sync_ok(&[]).await;
+    assert_export_matches(&setup, &sim, "acme", "permits", DEMARCHE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_every_bad_key_and_exits_78_without_printing_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[storage]
+database = "sqlite://var/x.db"
+colour = "blue"
+
+[[tenants]]
+id = "acme"
+
+[[tenants.sources]]
+id = "permits"
+kind = "demarches"
+schedule = "61 * * * *"
+endpoint = "https://demarche.numerique.gouv.fr/api/v2/graphql"
+token = { env = "SYNCHRO_TEST_SURELY_UNSET_TOKEN" }
+demarche = 1
+
+[[tenants.sources]]
+id = "other"
+kind = "demarches"
+schedule = "every 5m"
+endpoint = "https://demarche.numerique.gouv.fr/api/v2/graphql"
+token = "literal-secret-value-xyz"
+demarche = 2
+"#,
+    )
+    .expect("write");
+    let out = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(&path)
+        .arg("check")
+        .env_remove("SYNCHRO_TEST_SURELY_UNSET_TOKEN")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("storage.colour"), "{all}");
+    assert!(all.contains("tenants[0].sources[0].schedule"), "{all}");
+    assert!(all.contains("tenants[0].sources[0].token"), "{all}");
+    assert!(all.contains("SYNCHRO_TEST_SURELY_UNSET_TOKEN"), "{all}");
+    assert!(
+        all.contains(&path.display().to_string()),
+        "names the file: {all}"
+    );
+    assert!(
+        !all.contains("literal-secret-value-xyz"),
+        "secret leaked: {all}"
+    );
+    assert!(!all.contains("panicked"), "{all}");
+
+    // Every other command refuses the same file with 78 too.
+    for cmd in ["sync", "status", "export", "run"] {
+        let out = std::process::Command::new(bin())
+            .arg("--config")
+            .arg(&path)
+            .arg(cmd)
+            .env_remove("SYNCHRO_TEST_SURELY_UNSET_TOKEN")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(78), "{cmd}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_accepts_a_valid_config() {
+    let sim = simulator().await;
+    let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", DEMARCHE)]);
+    let out = setup.run(&["check"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_offline_and_shows_what_it_synced() {
+    let out = tokio::task::spawn_blocking(|| {
+        std::process::Command::new(bin())
+            .args(["--log-format", "text", "-q", "demo", "--duration", "0s"])
+            .output()
+            .expect("run demo")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    assert!(stdout.contains("acme/permits"), "{stdout}");
+    assert!(stdout.contains('✓'), "{stdout}");
+    assert!(!stdout.contains('✗'), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_on_a_terminal_draws_a_progress_bar_and_clears_it() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("NOTICE: `script` (util-linux) missing: cannot give synchro a terminal; skipped");
+        return;
+    }
+    let sim = simulator().await;
+    sim.ds().seed(DEMARCHE, 600);
+    let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", DEMARCHE)]);
+    // `script` runs synchro on a pseudo-terminal and copies what it draws.
+    let command = format!("{} --config {} -q sync", bin(), setup.config.display());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .output()
+            .expect("script")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let screen = String::from_utf8_lossy(&out.stdout);
+    // The bar: source, pages, records and rate; then the summary line.
+    assert!(screen.contains("acme/permits"), "{screen}");
+    assert!(screen.contains(" records · "), "{screen}");
+    assert!(screen.contains("pages"), "{screen}");
+    assert!(screen.contains("acme/permits: success"), "{screen}");
+}

@@ -1,0 +1,137 @@
+//! SIGHUP: the daemon re-reads its config; only what changed is touched.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use synchro::simulate::Fault;
+
+async fn runs(setup: &Setup, tenant: &str, source: &str, outcome: &str) -> i64 {
+    count_runs(&setup.db_path(), tenant, source, outcome).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_valid_config_source_by_source_and_rejects_an_invalid_one() {
+    let sim = simulator().await;
+    sim.ds().seed(11, 120);
+    sim.ds().seed(12, 90);
+    sim.calendar().seed("slow@example.com", 1_500);
+    let mut slow = CalSource::new("acme", "agenda", "slow@example.com");
+    slow.max_results = 25;
+    let setup = Setup::build_all(
+        &sim,
+        &[
+            DsSource::new("acme", "permits", 11),
+            DsSource::new("acme", "steady", 12),
+        ],
+        &[slow],
+        &[],
+    );
+    let port = setup.use_free_port();
+    sim.calendar()
+        .inject(Fault::Slow(Duration::from_millis(40)), 100_000);
+    let mut child = setup.spawn(&["run"]);
+    wait_until(
+        Duration::from_secs(30),
+        "first syncs of the démarches",
+        || async {
+            runs(&setup, "acme", "permits", "success").await == 1
+                && runs(&setup, "acme", "steady", "success").await == 1
+        },
+    )
+    .await;
+    let db = setup.db_path();
+    let agenda_pages = || async {
+        let url = format!("sqlite://{}?mode=ro", db.display());
+        let Ok(mut c) = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await else {
+            return 0;
+        };
+        sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM records WHERE source = 'agenda'")
+            .fetch_one(&mut c)
+            .await
+            .map_or(0, |(n,)| n)
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the slow calendar mid-sync",
+        || async { agenda_pages().await >= 50 },
+    )
+    .await;
+
+    // New config: `agenda` removed (mid-sync), `permits` changed (page
+    // size), `steady` untouched, `grants` added.
+    let mut changed = DsSource::new("acme", "permits", 11);
+    changed.page_size = 40;
+    let next = Setup::build_all(
+        &sim,
+        &[
+            changed,
+            DsSource::new("acme", "steady", 12),
+            DsSource::new("globex", "grants", 12),
+        ],
+        &[],
+        &[],
+    );
+    let text = std::fs::read_to_string(&next.config)
+        .expect("config")
+        .replace(
+            &next.db_path().display().to_string(),
+            &setup.db_path().display().to_string(),
+        )
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&setup.config, text).expect("write");
+    signal(&child, "HUP");
+
+    wait_until(
+        Duration::from_secs(30),
+        "the added and the changed source to sync",
+        || async {
+            runs(&setup, "globex", "grants", "success").await == 1
+                && runs(&setup, "acme", "permits", "success").await == 2
+        },
+    )
+    .await;
+    // The removed source stopped after its current page; nothing of it was lost.
+    wait_until(
+        Duration::from_secs(10),
+        "the removed source to stop",
+        || async { runs(&setup, "acme", "agenda", "cancelled").await == 1 },
+    )
+    .await;
+    let kept = agenda_pages().await;
+    assert!(kept >= 50, "{kept}");
+    assert_eq!(runs(&setup, "acme", "agenda", "running").await, 0);
+    // The unchanged source was not disturbed (no extra run).
+    assert_eq!(runs(&setup, "acme", "steady", "success").await, 1);
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200);
+
+    // An invalid file is rejected; the running set is untouched.
+    std::fs::write(&setup.config, "[storage]\ncolour = \"blue\"\n").expect("write");
+    let before = setup.spawned_stderr().len();
+    signal(&child, "HUP");
+    wait_until(
+        Duration::from_secs(10),
+        "the rejection in the log",
+        || async { setup.spawned_stderr()[before..].contains("new configuration rejected") },
+    )
+    .await;
+    assert!(setup.spawned_stderr()[before..].contains("storage.colour"));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the daemon keeps running"
+    );
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200);
+    assert_eq!(runs(&setup, "globex", "grants", "success").await, 1);
+
+    signal(&child, "TERM");
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    // After the stop, the sources of the last valid config are still the ones stored.
+    assert_eq!(runs(&setup, "acme", "steady", "success").await, 1);
+}
