@@ -3,14 +3,12 @@
 //! full disk and a locked database. Each gets a clear error naming the
 //! source, the other sources keep syncing, and nothing stored is lost.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::common::*;
 use axum::body::Body;
 use axum::response::Response;
-use common::*;
 
 /// What the hostile upstream answers to every request.
 #[derive(Clone, Copy, Debug)]

@@ -1,10 +1,8 @@
 //! `/metrics` and JSON logs of the running daemon.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// The value of the first sample of `name` whose labels contain all `labels`.
 fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {

@@ -1,11 +1,9 @@
 //! Google Calendar sync, end to end: the real binary against the simulated
 //! Calendar API (sync tokens, paging, 410 clear-and-resync, OAuth2).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use synchro::simulate::Fault;
 

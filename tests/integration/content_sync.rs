@@ -1,12 +1,10 @@
 //! Contentor content requests, end to end: the real binary against the
 //! simulated Contentor API, its import-state endpoint and its callbacks.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use synchro::simulate::{ContentSim, ImportMode};
 

@@ -4,12 +4,10 @@
 //! round ends with each source's export equal to its upstream and every
 //! completed content request reported exactly once.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use synchro::simulate::{Fault, ImportMode};

@@ -1,8 +1,6 @@
 //! Deployment: the systemd notification protocol spoken by the real binary,
 //! the unit file as systemd itself parses it, and the Docker/compose files.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const DEMARCHE: i64 = 1234;
 

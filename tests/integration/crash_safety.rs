@@ -1,11 +1,9 @@
 //! The atomicity and idempotence rules under SIGKILL: a sync killed at any
 //! instant loses nothing and duplicates nothing once it is run again.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use synchro::simulate::Fault;
 

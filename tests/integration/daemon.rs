@@ -1,10 +1,8 @@
 //! The daemon's life cycle and the operator commands around it.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use synchro::simulate::Fault;
 
 const DEMARCHE: i64 = 99;

@@ -1,11 +1,9 @@
 //! Démarches Simplifiées sync, end to end: the real binary against the
 //! simulated GraphQL API on 127.0.0.1.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use synchro::simulate::Fault;
 
 const DEMARCHE: i64 = 4242;

@@ -11,13 +11,11 @@
 //! the assertion allows `limit + RATE_EPSILON`. Without the limiter the same
 //! test sees several times the limit.
 
-mod common;
-
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use synchro::simulate::{
     DEFAULT_CALENDAR_TOKEN, DEFAULT_CONTENT_TOKEN, DEFAULT_DS_TOKEN, Fault, Simulator,
 };

@@ -1,10 +1,8 @@
 //! SIGHUP: the daemon re-reads its config; only what changed is touched.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use synchro::simulate::Fault;
 
 async fn runs(setup: &Setup, tenant: &str, source: &str, outcome: &str) -> i64 {
