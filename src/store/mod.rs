@@ -25,7 +25,7 @@ use sqlx::sqlite::{
 
 pub use export::ExportRow;
 pub use outbox::PendingReport;
-pub use records::PageStats;
+pub use records::{PageStats, UPSERT_CONFLICT};
 pub use runs::{RunOutcome, RunRecord};
 pub use status::SourceStatus;
 

@@ -1,20 +1,17 @@
-//! Benchmark harness (issue 7): figures as ratios against a baseline
-//! measured in the same run, written to `BENCHMARKS.md`.
+//! Ingest: the raw SQLite ceiling, then a full sync of the same number of
+//! records per connector, as a ratio to it; peak RSS; a no-change cycle.
 //!
-//! ```text
-//! cargo build --release && cargo run --release --bin bench -- [--records N] [--out BENCHMARKS.md]
-//! ```
-//!
-//! * Ingest ceiling: the fastest plain insert of N ~1 KB payloads into a
-//!   fresh database with synchro's schema (prepared statement, one
-//!   transaction per 1,000 rows, WAL, `synchronous=NORMAL`); no HTTP, no JSON.
+//! * Ingest ceiling: the fastest insert of N ~1 KB payloads into a fresh
+//!   database with synchro's schema and upsert rule (prepared statement, one
+//!   transaction per 1,000 rows, WAL, `synchronous=NORMAL`); no HTTP, no JSON
+//!   parsing.
 //! * End to end: `synchro sync` (the release binary, as a child process)
 //!   of N records from the in-process simulator, per connector; records/s
-//!   and ratio to the ceiling; peak RSS of the child (VmHWM, polled).
+//!   and ratio to the ceiling; peak RSS of the child.
 //! * No-change cycle: requests a second `sync` sends when nothing changed.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::fmt::Write as _;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -22,68 +19,15 @@ use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use synchro::simulate::{self, Simulator};
 
-const DEFAULT_RECORDS: usize = 50_000;
+use crate::child;
+use crate::report::{Section, verdict};
+
 const CEILING_TX_ROWS: usize = 1_000;
 const CEILING_ATTEMPTS: usize = 3;
 const CEILING_PAYLOAD_BYTES: usize = 1_024;
 /// Targets from issue 7.
 const TARGET_INGEST_RATIO: f64 = 0.60;
 const TARGET_RSS_MB: f64 = 100.0;
-
-struct Args {
-    records: usize,
-    out: PathBuf,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        records: DEFAULT_RECORDS,
-        out: PathBuf::from("BENCHMARKS.md"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--records" => {
-                args.records = it
-                    .next()
-                    .context("--records needs a number")?
-                    .parse()
-                    .context("--records needs a number")?;
-            }
-            "--out" => args.out = PathBuf::from(it.next().context("--out needs a path")?),
-            "-h" | "--help" => {
-                println!(
-                    "usage: bench [--records N (default {DEFAULT_RECORDS})] [--out BENCHMARKS.md]"
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?} (try --help)"),
-        }
-    }
-    if args.records == 0 {
-        bail!("--records must be at least 1");
-    }
-    Ok(args)
-}
-
-/// The `synchro` binary next to this one. `cargo run --bin bench` builds
-/// only the bench, so build both first (`cargo build --release`); a nested
-/// `cargo build` from here would see `cargo run`'s environment and rebuild
-/// the dependency tree at every run.
-fn synchro_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot locate the bench binary")?;
-    let bin = exe
-        .parent()
-        .context("bench binary has no folder")?
-        .join("synchro");
-    if !bin.exists() {
-        bail!(
-            "{} not found: run `cargo build --release` first",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
 
 // ---------------------------------------------------------------- ceiling
 
@@ -121,7 +65,8 @@ async fn ingest_ceiling(dir: &Path, n: usize, attempt: usize, rows_per_stmt: usi
         let values = vec!["(?, ?, ?, 'demarches', ?, ?, 0, ?, ?)"; rows].join(", ");
         format!(
             "INSERT INTO records (tenant, source, id, kind, updated_at, updated_us, deleted, data, stored_at) \
-             VALUES {values}"
+             VALUES {values} {}",
+            synchro::store::UPSERT_CONFLICT
         )
     };
     let full = statement(rows_per_stmt);
@@ -216,64 +161,6 @@ impl Kind {
     }
 }
 
-struct Child {
-    wall: Duration,
-    max_rss_kb: i64,
-}
-
-/// Runs `synchro --config CONFIG sync` and reaps it with `wait4`, which
-/// gives this child's own peak RSS.
-async fn run_sync(bin: &Path, config: &Path, dir: &Path) -> Result<Child> {
-    let log = |name: &str| std::fs::File::create(dir.join(name));
-    let mut cmd = Command::new(bin);
-    cmd.arg("--config")
-        .arg(config)
-        .args(["--log-format", "text", "sync"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(log("sync.out")?)
-        .stderr(log("sync.err")?);
-    let started = Instant::now();
-    let child = cmd.spawn().context("cannot start synchro")?;
-    let pid = child.id() as libc::pid_t;
-    // Peak RSS: VmHWM of the child's own address space, polled until it
-    // exits. (`wait4`'s ru_maxrss would also count the bench's own memory,
-    // shared with the child between spawn and exec.)
-    let (status, max_rss_kb) = tokio::task::spawn_blocking(move || {
-        let status_file = format!("/proc/{pid}/status");
-        let mut hwm: i64 = 0;
-        loop {
-            if let Some(kb) = std::fs::read_to_string(&status_file).ok().and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse::<i64>().ok())
-            }) {
-                hwm = hwm.max(kb);
-            }
-            let mut status: libc::c_int = 0;
-            // SAFETY: waits for our own child without blocking.
-            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if r == pid {
-                return (Some(status), hwm);
-            }
-            if r < 0 {
-                return (None, hwm);
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    })
-    .await?;
-    let wall = started.elapsed();
-    drop(child);
-    let ok = status.is_some_and(|s| libc::WIFEXITED(s) && libc::WEXITSTATUS(s) == 0);
-    if !ok {
-        let err = std::fs::read_to_string(dir.join("sync.err")).unwrap_or_default();
-        bail!("synchro sync failed ({status:?}):\n{err}");
-    }
-    Ok(Child { wall, max_rss_kb })
-}
-
 struct E2e {
     kind: Kind,
     records: i64,
@@ -303,9 +190,9 @@ async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result
     std::fs::write(&config, toml)?;
     kind.seed(sim, n);
 
-    let first = run_sync(bin, &config, dir.path()).await?;
+    let first = child::run_to_end(bin, &config, dir.path(), &["sync"]).await?;
     let before = kind.requests(sim);
-    let second = run_sync(bin, &config, dir.path()).await?;
+    let second = child::run_to_end(bin, &config, dir.path(), &["sync"]).await?;
     let nochange_requests = kind.requests(sim) - before;
 
     let opts = SqliteConnectOptions::new().filename(&db).read_only(true);
@@ -339,36 +226,9 @@ async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result
 
 // ---------------------------------------------------------------- report
 
-fn machine() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{model}, {cores} cores available")
-}
-
-fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64)], e2e: &[E2e]) -> String {
+/// Renders the ceiling, the end-to-end table and the no-change cycle.
+fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64)], e2e: &[E2e]) -> Section {
     let mut s = String::new();
-    s.push_str("# Benchmarks\n\n");
-    s.push_str("Generated by `cargo build --release && cargo run --release --bin bench");
-    if n != DEFAULT_RECORDS {
-        s.push_str(&format!(" -- --records {n}"));
-    }
-    s.push_str("`; rerun it to refresh this file. Absolute figures depend on the machine; ");
-    s.push_str("the ratios compare against a baseline measured in the same run.\n\n");
-    s.push_str(&format!(
-        "- Date: {}\n- Machine: {}\n- Records per figure: {n}\n\n",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
-        machine()
-    ));
-
-    s.push_str("## Ingest ceiling (baseline)\n\n");
     let runs = |per: usize| {
         ceilings
             .iter()
@@ -377,23 +237,28 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64)], e2e: &[E2e]) -> Str
             .collect::<Vec<_>>()
             .join(", ")
     };
-    s.push_str(&format!(
-        "Plain insert of {n} payloads of ~1 KB into a fresh database with synchro's schema \
-         (`Store::open`), prepared `INSERT` statements through sqlx, one transaction per \
-         {CEILING_TX_ROWS} rows, WAL, `synchronous=NORMAL`; no HTTP, no JSON. Two variants, \
-         {CEILING_ATTEMPTS} runs each; the ceiling is the best of all: **{ceiling:.0} records/s**.\n\n\
+    let _ = write!(
+        s,
+        "### Baseline: the SQLite ingest ceiling\n\n\
+         Insert of {n} payloads of ~1 KB into a fresh database with synchro's schema and \
+         indexes (`Store::open`) and synchro's own upsert clause (`ON CONFLICT ... DO UPDATE \
+         WHERE newer`), prepared statements through sqlx, one transaction per \
+         {CEILING_TX_ROWS} rows, WAL, `synchronous=NORMAL`; no HTTP, no JSON parsing. Two \
+         variants, {CEILING_ATTEMPTS} runs each; the ceiling is the best of all: \
+         **{ceiling:.0} records/s**.\n\n\
          - one row per statement: {} records/s\n\
          - {MULTI_ROWS} rows per statement: {} records/s\n\n",
         runs(1),
         runs(MULTI_ROWS)
-    ));
+    );
 
-    s.push_str("## End-to-end full sync\n\n");
     s.push_str(
-        "`synchro sync` (release binary, child process) of a fresh database from the \
+        "### End-to-end full sync\n\n\
+         `synchro sync` (release binary, child process) of a fresh database from the \
          in-process simulator, which serves on the same cores. *Run* is the sync run as \
          recorded in `runs` (fetch + commit); *process* adds start-up, migration and exit. \
-         Ratio = run throughput / ingest ceiling.\n\n",
+         Ratio = run throughput / ingest ceiling. Target: ≥ 60 % of the ceiling, peak RSS \
+         < 100 MB.\n\n",
     );
     s.push_str("| Connector | Records | Avg payload | Pages | Run | Records/s (run) | Ratio to ceiling | Target ≥ 60 % | Process | Peak RSS | Target < 100 MB |\n");
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n");
@@ -406,24 +271,24 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64)], e2e: &[E2e]) -> Str
         let rss_ok = rss_mb < TARGET_RSS_MB;
         if !ingest_ok {
             misses.push(format!(
-                "- **{}: ingest target missed**: {:.0} records/s is {:.1} % of the ceiling; \
-                 the target needs {:.0} records/s, a gap of {:.0} records/s ({:.1} points).",
+                "**{} ingest**: {:.0} records/s is {:.1} % of the ceiling; the target needs \
+                 {:.0} records/s, a gap of {:.1} points.",
                 e.kind.name(),
                 rate,
                 ratio * 100.0,
                 ceiling * TARGET_INGEST_RATIO,
-                ceiling * TARGET_INGEST_RATIO - rate,
                 (TARGET_INGEST_RATIO - ratio) * 100.0
             ));
         }
         if !rss_ok {
             misses.push(format!(
-                "- **{}: RSS target missed**: peak {rss_mb:.1} MB (target < {TARGET_RSS_MB} MB).",
+                "**{} memory**: peak RSS {rss_mb:.1} MB (target < {TARGET_RSS_MB} MB).",
                 e.kind.name()
             ));
         }
-        s.push_str(&format!(
-            "| {} | {} | {:.0} B | {} | {:.2} s | {:.0} | {:.1} % | {} | {:.2} s | {:.1} MB | {} |\n",
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} B | {} | {:.2} s | {:.0} | {:.1} % | {} | {:.2} s | {:.1} MB | {} |",
             e.kind.name(),
             e.records,
             e.avg_bytes,
@@ -431,47 +296,49 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64)], e2e: &[E2e]) -> Str
             e.run.as_secs_f64(),
             rate,
             ratio * 100.0,
-            if ingest_ok { "met" } else { "**missed**" },
+            verdict(ingest_ok),
             e.wall.as_secs_f64(),
             rss_mb,
-            if rss_ok { "met" } else { "**missed**" },
-        ));
+            verdict(rss_ok),
+        );
     }
     s.push('\n');
-    if !misses.is_empty() {
-        s.push_str("### Targets missed\n\n");
-        for m in &misses {
-            s.push_str(m);
-            s.push('\n');
-        }
-        s.push('\n');
-    }
 
-    s.push_str("## No-change cycle\n\n");
     s.push_str(
-        "A second `synchro sync` right after the full sync, nothing changed upstream: \
+        "### No-change cycle, one source per connector\n\n\
+         A second `synchro sync` right after the full sync, nothing changed upstream: \
          requests it sent to the connector's API (target: 1 per source) and process time.\n\n",
     );
-    s.push_str("| Connector | Requests | Process |\n|---|---:|---:|\n");
+    s.push_str("| Connector | Requests | Target 1 | Process |\n|---|---:|---|---:|\n");
     for e in e2e {
-        s.push_str(&format!(
-            "| {} | {} | {:.2} s |\n",
+        let ok = e.nochange_requests <= 1;
+        if !ok {
+            misses.push(format!(
+                "**{} no-change cycle**: {} requests (target 1).",
+                e.kind.name(),
+                e.nochange_requests
+            ));
+        }
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.2} s |",
             e.kind.name(),
             e.nochange_requests,
+            verdict(ok),
             e.nochange_wall.as_secs_f64()
-        ));
+        );
     }
     s.push('\n');
-    s
+    Section {
+        title: format!("Ingest: {n} records per connector"),
+        body: s,
+        misses,
+    }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = parse_args()?;
-    let n = args.records;
-    let bin = synchro_binary()?;
+/// Measures the ceiling, then each connector against it.
+pub async fn run(bin: &Path, n: usize) -> Result<Section> {
     let dir = tempfile::tempdir()?;
-
     let mut ceilings = Vec::new();
     for attempt in 0..CEILING_ATTEMPTS {
         for rows_per_stmt in [1, MULTI_ROWS] {
@@ -483,12 +350,13 @@ async fn main() -> Result<()> {
             ceilings.push((rows_per_stmt, rate));
         }
     }
+    drop(dir);
     let ceiling = ceilings.iter().map(|c| c.1).fold(0.0, f64::max);
 
     let sim = Simulator::start(([127, 0, 0, 1], 0).into()).await?;
     let mut e2e = Vec::new();
     for kind in [Kind::Demarches, Kind::Calendar, Kind::Content] {
-        let e = end_to_end(&bin, &sim, kind, n).await?;
+        let e = end_to_end(bin, &sim, kind, n).await?;
         eprintln!(
             "{}: {} records in {:.2} s ({:.0}/s, {:.1} % of ceiling), peak RSS {:.1} MB, no-change cycle {} request(s)",
             kind.name(),
@@ -502,11 +370,5 @@ async fn main() -> Result<()> {
         e2e.push(e);
     }
     sim.shutdown().await;
-
-    let report = render(n, ceiling, &ceilings, &e2e);
-    std::fs::write(&args.out, &report)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
-    println!("{report}");
-    eprintln!("written to {}", args.out.display());
-    Ok(())
+    Ok(render(n, ceiling, &ceilings, &e2e))
 }

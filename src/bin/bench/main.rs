@@ -1,0 +1,127 @@
+//! Benchmark harness (issue 7): every figure next to a baseline measured in
+//! the same run, written to `BENCHMARKS.md` with the machine and the command.
+//!
+//! ```text
+//! cargo build --release && cargo run --release --bin bench -- [--records N] [--only a,b] [--out FILE]
+//! ```
+//!
+//! Each section lives in its own module and returns a [`report::Section`]:
+//! * `ingest`: the SQLite ingest ceiling, then a full sync per connector
+//!   (records/s as a ratio to the ceiling, peak RSS) and the requests of a
+//!   no-change cycle.
+
+mod child;
+mod ingest;
+mod report;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+use report::Section;
+
+/// Records per connector in the ingest figures (issue 7 asks for 200,000).
+const DEFAULT_RECORDS: usize = 200_000;
+
+/// The sections, in the order they run and appear.
+const SECTIONS: &[&str] = &["ingest"];
+
+struct Args {
+    records: usize,
+    only: Vec<String>,
+    out: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        records: DEFAULT_RECORDS,
+        only: SECTIONS.iter().map(|s| s.to_string()).collect(),
+        out: None,
+    };
+    let mut partial = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--records" => {
+                args.records = it
+                    .next()
+                    .context("--records needs a number")?
+                    .parse()
+                    .context("--records needs a number")?;
+            }
+            "--only" => {
+                let list = it.next().context("--only needs a list of sections")?;
+                args.only = list.split(',').map(|s| s.trim().to_string()).collect();
+                for s in &args.only {
+                    if !SECTIONS.contains(&s.as_str()) {
+                        bail!(
+                            "unknown section {s:?}: expected one of {}",
+                            SECTIONS.join(", ")
+                        );
+                    }
+                }
+                partial = true;
+            }
+            "--out" => args.out = Some(PathBuf::from(it.next().context("--out needs a path")?)),
+            "-h" | "--help" => {
+                println!(
+                    "usage: bench [--records N (default {DEFAULT_RECORDS})] [--only {}] [--out FILE]\n\
+                     A full run writes BENCHMARKS.md; with --only it writes only to --out.",
+                    SECTIONS.join(",")
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if args.records == 0 {
+        bail!("--records must be at least 1");
+    }
+    if !partial && args.out.is_none() {
+        args.out = Some(PathBuf::from("BENCHMARKS.md"));
+    }
+    Ok(args)
+}
+
+/// The command line that reproduces this run, for the report's header.
+fn command_line(args: &Args) -> String {
+    let mut cmd = String::from("cargo build --release && cargo run --release --bin bench");
+    let mut extra = Vec::new();
+    if args.records != DEFAULT_RECORDS {
+        extra.push(format!("--records {}", args.records));
+    }
+    if args.only.len() != SECTIONS.len() {
+        extra.push(format!("--only {}", args.only.join(",")));
+    }
+    if !extra.is_empty() {
+        cmd.push_str(" -- ");
+        cmd.push_str(&extra.join(" "));
+    }
+    cmd
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let bin = child::synchro_binary()?;
+    let started = std::time::Instant::now();
+    let mut sections: Vec<Section> = Vec::new();
+    for name in SECTIONS
+        .iter()
+        .filter(|s| args.only.iter().any(|o| o == *s))
+    {
+        eprintln!("== {name}");
+        let section = match *name {
+            "ingest" => ingest::run(&bin, args.records).await?,
+            _ => unreachable!("SECTIONS and this match list the same names"),
+        };
+        sections.push(section);
+    }
+    let report = report::render(&command_line(&args), started.elapsed(), &sections);
+    println!("{report}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &report).with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("written to {}", out.display());
+    }
+    Ok(())
+}
