@@ -221,6 +221,49 @@ impl Query {
         })
     }
 
+    /// The shape of synchro's own listing, which the store answers from an
+    /// index instead of a scan: sorted by `lastStateChange` ascending (then
+    /// id), with at most a lower bound on it. Returns that bound and the
+    /// query of the other criteria, which selects the indexed set; `None` for
+    /// any other shape.
+    pub fn change_window(&self) -> Option<(Option<(i64, bool)>, Query)> {
+        let by_change = matches!(
+            self.sort.as_slice(),
+            [(SortKey::Date(DateField::LastStateChange), false)]
+                | [
+                    (SortKey::Date(DateField::LastStateChange), false),
+                    (SortKey::Id, false)
+                ]
+        );
+        if !by_change {
+            return None;
+        }
+        let mut from = None;
+        let mut rest = Vec::new();
+        for c in &self.criteria {
+            match c {
+                Criterion::Range {
+                    field: DateField::LastStateChange,
+                    from: bound,
+                    to: None,
+                } if from.is_none() => from = Some(*bound),
+                other => rest.push(other.clone()),
+            }
+        }
+        Some((
+            from.flatten(),
+            Query {
+                criteria: rest,
+                sort: Vec::new(),
+            },
+        ))
+    }
+
+    /// A key naming the criteria, for caches of their matching set.
+    pub fn criteria_key(&self) -> String {
+        format!("{:?}", self.criteria)
+    }
+
     /// Listing order: the sort keys (a missing date sorts first), then id
     /// ascending.
     pub fn compare(&self, a: &ContentRequest, b: &ContentRequest) -> Ordering {

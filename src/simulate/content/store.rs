@@ -2,7 +2,7 @@
 //! state change takes an instant from a store-wide clock that never goes
 //! back and never repeats (ms precision), except that a batch shares one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -106,6 +106,10 @@ pub struct Store {
     next_batch: i64,
     last_ms: i64,
     rng: StdRng,
+    /// For each set of criteria listed since the last change: the matching
+    /// requests as (`lastStateChange` µs, id), in listing order. Paging a
+    /// large data set stays O(log n) a page instead of a scan and a sort.
+    by_change: HashMap<String, Vec<(i64, i64)>>,
 }
 
 impl Store {
@@ -117,6 +121,7 @@ impl Store {
             next_batch: 20_417,
             last_ms: 0,
             rng: StdRng::seed_from_u64(0x00c0_7e07),
+            by_change: HashMap::new(),
         }
     }
 
@@ -166,11 +171,13 @@ impl Store {
         self.next_id += 1;
         let request = generate::request(&mut self.rng, id, batch_id, source, at);
         self.requests.insert(id, request);
+        self.by_change.clear();
         id
     }
 
     /// Moves every known id to `state` at one new instant.
     pub fn set_state(&mut self, ids: &[i64], state: &str) {
+        self.by_change.clear();
         let at = self.tick();
         for id in ids {
             let Some(r) = self.requests.get_mut(id) else {
@@ -218,7 +225,51 @@ impl Store {
 
     /// Page `page` (1-based) of the requests matching `query`, in its
     /// order: (requests, total, pages).
-    pub fn list(&self, query: &Query, page: usize, page_size: usize) -> (Vec<Value>, usize, usize) {
+    pub fn list(
+        &mut self,
+        query: &Query,
+        page: usize,
+        page_size: usize,
+    ) -> (Vec<Value>, usize, usize) {
+        let skip = page.saturating_sub(1).saturating_mul(page_size);
+        let Some((from, rest)) = query.change_window() else {
+            return self.scan(query, skip, page_size);
+        };
+        let requests = &self.requests;
+        let index = self
+            .by_change
+            .entry(rest.criteria_key())
+            .or_insert_with(|| {
+                let mut index: Vec<(i64, i64)> = requests
+                    .values()
+                    .filter(|r| rest.matches(r))
+                    .map(|r| (r.last_state_change_ms * 1000, r.id))
+                    .collect();
+                index.sort_unstable();
+                index
+            });
+        let start = match from {
+            None => 0,
+            Some((at, true)) => index.partition_point(|&(t, _)| t < at),
+            Some((at, false)) => index.partition_point(|&(t, _)| t <= at),
+        };
+        let total = index.len() - start;
+        let items = index[start..]
+            .iter()
+            .skip(skip)
+            .take(page_size)
+            .filter_map(|(_, id)| requests.get(id).map(ContentRequest::to_json))
+            .collect();
+        (items, total, total.div_ceil(page_size))
+    }
+
+    /// Any other query: filter and sort everything.
+    pub(super) fn scan(
+        &self,
+        query: &Query,
+        skip: usize,
+        page_size: usize,
+    ) -> (Vec<Value>, usize, usize) {
         let mut matching: Vec<&ContentRequest> = self
             .requests
             .values()
@@ -231,7 +282,7 @@ impl Store {
         let pages = total.div_ceil(page_size);
         let items = matching
             .iter()
-            .skip(page.saturating_sub(1).saturating_mul(page_size))
+            .skip(skip)
             .take(page_size)
             .map(|r| r.to_json())
             .collect();
