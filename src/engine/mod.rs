@@ -1,10 +1,12 @@
 //! Runs one sync of one source: asks the source for pages, commits each page
 //! with the progress that follows it, and records the run.
 //!
-//! Fetching the next page overlaps with committing the current one: the
+//! Fetching the next pages overlaps with committing the current ones: the
 //! progress a fetch starts from is known before the commit ends, and a
 //! failure or a crash at any instant leaves the database at the last
 //! committed page (the atomicity rule), so the overlap costs no safety.
+//! Pages waiting when a commit ends are committed together, in one
+//! transaction with the progress after the last of them.
 
 mod redact;
 
@@ -19,6 +21,13 @@ use crate::config::SourceKey;
 use crate::sources::{Page, Source, SourceError};
 use crate::store::{PageStats, RunOutcome, RunRecord, Store, StoreError};
 pub use redact::Redactor;
+
+/// Pages fetched ahead of the commit: bounds the memory of a run (a few
+/// pages) while the fetcher never waits for a single commit.
+const QUEUED_PAGES: usize = 4;
+
+/// Records above which a group commit takes no further waiting page.
+const GROUP_RECORDS: usize = 1_000;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -165,35 +174,48 @@ impl Engine {
         let stored = self.store.load_progress(key).await?;
         let mut progress = source.start_run(stored);
 
-        // One page may wait while the previous one commits: fetch N+1
-        // overlaps with commit N, and never more than that is in memory.
-        let (tx, mut rx) = mpsc::channel::<Page>(1);
+        // Fetching runs ahead of committing by at most QUEUED_PAGES pages.
+        // When the writer falls behind, it commits every page waiting in
+        // one transaction (a group commit, up to GROUP_RECORDS records):
+        // records and the progress after the last of them stay atomic, and
+        // small pages stop paying one transaction each.
+        let (tx, mut rx) = mpsc::channel::<Page>(QUEUED_PAGES);
         let store = self.store.clone();
         let observer = self.observer.clone();
         let writer_key = key.clone();
         let writer_kind = kind.to_string();
         let writer = async move {
             let mut acc = RunRecord::default();
+            let mut group: Vec<Page> = Vec::new();
             while let Some(page) = rx.recv().await {
-                let n = page.upserts.len() + page.deletes.len();
-                let stats = store.commit_page(&writer_key, &writer_kind, &page).await;
+                let mut records = page.upserts.len() + page.deletes.len();
+                group.push(page);
+                while records < GROUP_RECORDS {
+                    let Ok(next) = rx.try_recv() else { break };
+                    records += next.upserts.len() + next.deletes.len();
+                    group.push(next);
+                }
+                let stats = store.commit_pages(&writer_key, &writer_kind, &group).await;
                 let stats = match stats {
                     Ok(s) => s,
                     Err(e) => return (acc, Err(e)),
                 };
-                acc.pages += 1;
-                acc.upserted += stats.upserted;
-                acc.deleted += stats.deleted + stats.removed;
-                tracing::debug!(
-                    received = n,
-                    upserted = stats.upserted,
-                    deleted = stats.deleted,
-                    removed = stats.removed,
-                    done = page.done,
-                    "page committed"
-                );
-                if let Some(obs) = &observer {
-                    obs(&writer_key, &stats, n);
+                for (page, stats) in group.drain(..).zip(stats) {
+                    let n = page.upserts.len() + page.deletes.len();
+                    acc.pages += 1;
+                    acc.upserted += stats.upserted;
+                    acc.deleted += stats.deleted + stats.removed;
+                    tracing::debug!(
+                        received = n,
+                        upserted = stats.upserted,
+                        deleted = stats.deleted,
+                        removed = stats.removed,
+                        done = page.done,
+                        "page committed"
+                    );
+                    if let Some(obs) = &observer {
+                        obs(&writer_key, &stats, n);
+                    }
                 }
             }
             (acc, Ok(()))

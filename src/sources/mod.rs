@@ -5,6 +5,7 @@
 pub mod calendar;
 pub mod content;
 pub mod demarches;
+pub mod payload;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -48,8 +49,8 @@ pub struct Record {
     pub updated_at: String,
     /// The same instant in µs since the epoch, UTC: what "newer" compares.
     pub updated_us: i64,
-    /// The upstream object exactly as received.
-    pub data: serde_json::Value,
+    /// The upstream object as received (compact JSON text).
+    pub data: payload::Payload,
 }
 
 /// One upstream deletion.
@@ -59,7 +60,7 @@ pub struct Tombstone {
     /// When the upstream says it was deleted, as received, if it says so.
     pub deleted_at: Option<String>,
     /// What to store if the record was never seen alive (the deletion notice).
-    pub data: serde_json::Value,
+    pub data: payload::Payload,
 }
 
 /// One unit of progress: records and deletions plus the progress that follows

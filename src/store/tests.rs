@@ -6,12 +6,16 @@ use super::Store;
 use crate::config::SourceKey;
 use crate::sources::{Listing, Page, Phase, Progress, Record, Tombstone};
 
+fn raw(value: serde_json::Value) -> crate::sources::payload::Payload {
+    crate::sources::payload::from_value(&value).expect("encodable")
+}
+
 fn rec(id: &str, at: &str, v: i64) -> Record {
     Record {
         id: id.into(),
         updated_at: at.into(),
         updated_us: crate::time::parse_us(at).expect("ts"),
-        data: json!({ "id": id, "v": v }),
+        data: raw(json!({ "id": id, "v": v })),
     }
 }
 
@@ -33,7 +37,7 @@ fn tomb(id: &str) -> Tombstone {
     Tombstone {
         id: id.into(),
         deleted_at: None,
-        data: json!({ "id": id, "status": "cancelled" }),
+        data: raw(json!({ "id": id, "status": "cancelled" })),
     }
 }
 
@@ -150,7 +154,7 @@ async fn tombstones_hide_records_and_only_a_newer_version_revives_them() {
     let stone = |id: &str| Tombstone {
         id: id.into(),
         deleted_at: Some("2024-01-02T00:00:00Z".into()),
-        data: json!({ "number": id, "reason": "user_request" }),
+        data: raw(json!({ "number": id, "reason": "user_request" })),
     };
     let s = store
         .commit_page(&key, "k", &page(vec![], vec![stone("1"), stone("9")], "b"))
@@ -222,7 +226,7 @@ async fn a_failed_commit_stores_neither_records_nor_progress() {
         vec![Tombstone {
             id: "boom".into(),
             deleted_at: None,
-            data: json!({}),
+            data: raw(json!({})),
         }],
         "second",
     );
@@ -235,6 +239,68 @@ async fn a_failed_commit_stores_neither_records_nor_progress() {
         .expect("load")
         .expect("some");
     assert_eq!(p.state["cursor"], "first");
+}
+
+/// A group commit: several pages in one transaction with the progress of
+/// the last; a failure in any page rolls back the whole group. Also spans
+/// the multi-row statement sizes (64 + 32 + ... + 1 rows).
+#[tokio::test]
+async fn a_group_commit_stores_every_page_or_none() {
+    let (_d, store) = open().await;
+    let key = SourceKey::new("t", "s");
+    let records = |from: usize, n: usize| {
+        (from..from + n)
+            .map(|i| rec(&i.to_string(), "2024-01-01T10:00:00Z", i as i64))
+            .collect::<Vec<_>>()
+    };
+    let pages = vec![
+        page(records(0, 127), vec![], "one"),
+        page(records(127, 3), vec![tomb("5")], "two"),
+        page(records(130, 70), vec![], "three"),
+    ];
+    let stats = store.commit_pages(&key, "k", &pages).await.expect("commit");
+    let upserted: Vec<u64> = stats.iter().map(|s| s.upserted).collect();
+    assert_eq!(upserted, vec![127, 3, 70]);
+    assert_eq!(stats[1].deleted, 1);
+    let live = export(&store, false).await;
+    assert_eq!(live.len(), 199, "200 records, one deleted");
+    assert!(live.iter().all(|(id, ..)| id != "5"));
+    let stored = |id: &str| {
+        live.iter()
+            .find(|(i, ..)| i == id)
+            .map(|(.., data)| data["v"].clone())
+    };
+    assert_eq!(stored("199"), Some(json!(199)));
+    let p = store
+        .load_progress(&key)
+        .await
+        .expect("load")
+        .expect("some");
+    assert_eq!(p.state["cursor"], "three", "the progress of the last page");
+
+    sqlx::query(
+        "CREATE TRIGGER boom BEFORE INSERT ON records WHEN NEW.id = 'boom' \
+         BEGIN SELECT RAISE(ABORT, 'disk on fire'); END",
+    )
+    .execute(&store.writer)
+    .await
+    .expect("trigger");
+    let failing = vec![
+        page(records(500, 10), vec![], "four"),
+        page(vec![rec("boom", "2024-01-01T10:00:00Z", 0)], vec![], "five"),
+    ];
+    assert!(store.commit_pages(&key, "k", &failing).await.is_err());
+    assert_eq!(
+        export(&store, true).await.len(),
+        200,
+        "nothing of the group"
+    );
+    let p = store
+        .load_progress(&key)
+        .await
+        .expect("load")
+        .expect("some");
+    assert_eq!(p.state["cursor"], "three");
 }
 
 #[tokio::test]
@@ -433,4 +499,60 @@ async fn reports_are_queued_once_per_completion_and_only_for_stored_versions() {
             .reports,
         0
     );
+}
+
+/// A database written by an earlier version (records still WITHOUT ROWID)
+/// keeps every record, tombstone and listing mark through the migration
+/// that moves records to a rowid table.
+#[tokio::test]
+async fn records_survive_the_move_to_a_rowid_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.db");
+    let url = format!("sqlite://{}", path.display());
+    {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(opts).await.expect("pool");
+        let mut old = sqlx::migrate!("./migrations");
+        let before: Vec<_> = old
+            .migrations
+            .iter()
+            .filter(|m| m.version < 20261123000003)
+            .cloned()
+            .collect();
+        assert_eq!(before.len(), 2);
+        old.migrations = std::borrow::Cow::Owned(before);
+        old.run(&pool).await.expect("old schema");
+        sqlx::query(
+            "INSERT INTO records (tenant, source, id, kind, updated_at, updated_us, deleted, data, stored_at, listing) \
+             VALUES ('t', 's', 'a', 'k', '2024-01-01T10:00:00Z', 1, 0, '{\"v\":1}', 1, 7), \
+                    ('t', 's', 'b', 'k', '2024-01-01T10:00:00Z', 1, 1, '{\"v\":2}', 1, NULL)",
+        )
+        .execute(&pool)
+        .await
+        .expect("old rows");
+        pool.close().await;
+    }
+    let store = Store::open(&url).await.expect("migrated");
+    let all = export(&store, true).await;
+    assert_eq!(all.len(), 2);
+    assert_eq!((all[0].0.as_str(), all[0].1), ("a", false));
+    assert_eq!((all[1].0.as_str(), all[1].1), ("b", true));
+    assert_eq!(all[1].3, json!({"v": 2}));
+    let listing: Option<i64> = sqlx::query_scalar("SELECT listing FROM records WHERE id = 'a'")
+        .fetch_one(&store.writer)
+        .await
+        .expect("listing");
+    assert_eq!(listing, Some(7));
+    // The key is still unique: the upsert's conflict target holds.
+    store
+        .commit_page(
+            &SourceKey::new("t", "s"),
+            "k",
+            &page(vec![rec("a", "2024-01-02T10:00:00Z", 3)], vec![], "c"),
+        )
+        .await
+        .expect("upsert");
+    assert_eq!(export(&store, true).await.len(), 2);
 }

@@ -20,13 +20,14 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::payload;
 use super::{
     Listing, Page, Phase, Progress, Record, Source, SourceError, Tombstone, malformed, state_json,
 };
 use crate::config::CalendarConfig;
 use crate::http::{HttpClient, Response};
 use auth::Auth;
-use wire::{ErrorBody, EventsPage};
+use wire::{ErrorBody, EventKey, EventsPage};
 
 /// What this kind stores as progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -154,23 +155,23 @@ impl Calendar {
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
         for item in events.items {
-            let id = item
-                .get("id")
-                .and_then(|v| v.as_str())
+            let key: EventKey = serde_json::from_str(item.get())
+                .map_err(|e| malformed(url, &format!("an event is not an object: {e}")))?;
+            let id = key
+                .id
                 .filter(|s| !s.is_empty())
-                .ok_or_else(|| malformed(url, "an event lacks `id`"))?
-                .to_string();
-            let updated = item
-                .get("updated")
-                .and_then(|v| v.as_str())
-                .and_then(|u| crate::time::parse_us(u).map(|us| (u.to_string(), us)));
-            if item.get("status").and_then(|s| s.as_str()) == Some("cancelled") {
+                .ok_or_else(|| malformed(url, "an event lacks `id`"))?;
+            let updated = key
+                .updated
+                .and_then(|u| crate::time::parse_us(&u).map(|us| (u, us)));
+            let data = payload::compact(item);
+            if key.status.as_deref() == Some("cancelled") {
                 // Often only `id` is present; cancelled instances of a
                 // recurring event carry more and are kept as they are.
                 deletes.push(Tombstone {
                     id,
                     deleted_at: updated.map(|(u, _)| u),
-                    data: item,
+                    data,
                 });
             } else {
                 let (updated_at, updated_us) =
@@ -179,7 +180,7 @@ impl Calendar {
                     id,
                     updated_at,
                     updated_us,
-                    data: item,
+                    data,
                 });
             }
         }

@@ -3,16 +3,30 @@
 
 use serde::Deserialize;
 
+use crate::sources::payload::Payload;
+
 /// One page of `events.list`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventsPage {
+    /// Kept raw: stored as they came; [`EventKey`] is all synchro reads.
     #[serde(default)]
-    pub items: Vec<serde_json::Value>,
+    pub items: Vec<Payload>,
     #[serde(default)]
     pub next_page_token: Option<String>,
     #[serde(default)]
     pub next_sync_token: Option<String>,
+}
+
+/// What synchro reads of an event.
+#[derive(Debug, Deserialize)]
+pub struct EventKey {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub updated: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
 }
 
 /// `{"error": {"code", "message", "errors": [{"domain", "reason", "message"}]}}`.

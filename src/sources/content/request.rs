@@ -2,6 +2,7 @@
 //! the import-state report it is owed. Shared by the polling connector and
 //! the webhook, so both store and report a request the same way.
 
+use crate::sources::payload;
 use crate::sources::{Record, Report, ReportOutcome};
 
 /// States a request can be in (any to any).
@@ -52,6 +53,7 @@ pub fn check(item: serde_json::Value, report: bool) -> Checked {
             _ => None,
         }
     };
+    let data = payload::from_value(&item);
     let problem = if changed.is_none() {
         Some("`lastStateChange` is missing or not a date".to_string())
     } else if !state.is_some_and(|s| STATES.contains(&s)) {
@@ -61,23 +63,25 @@ pub fn check(item: serde_json::Value, report: bool) -> Checked {
         .is_some_and(|f| !f.is_array() && !f.is_null())
     {
         Some("`fields` is not a list".to_string())
+    } else if let Err(e) = &data {
+        Some(format!("the request cannot be encoded: {e}"))
     } else {
         None
     };
-    match (problem, changed) {
-        (None, Some((updated_at, updated_us))) => {
+    match (problem, changed, data) {
+        (None, Some((updated_at, updated_us)), Ok(data)) => {
             let report = owed(ReportOutcome::Success, Some(updated_us));
             Checked::Store(
                 Record {
                     id: id.clone(),
                     updated_at,
                     updated_us,
-                    data: item,
+                    data,
                 },
                 report,
             )
         }
-        (problem, changed) => {
+        (problem, changed, _) => {
             let reason = problem.unwrap_or_default();
             let report = owed(
                 ReportOutcome::Fail(format!("synchro could not store the request: {reason}")),

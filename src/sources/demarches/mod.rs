@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::payload::{self, Payload};
 use super::{Page, Phase, Progress, Record, Source, SourceError, Tombstone, malformed, state_json};
 use crate::config::{DemarchesConfig, Secret};
 use crate::http::HttpClient;
@@ -169,7 +170,7 @@ impl Demarches {
                 id: number.to_string(),
                 updated_at,
                 updated_us,
-                data: node,
+                data: payload::compact(node),
             });
         }
         if conn.page_info.has_next_page {
@@ -227,19 +228,18 @@ impl Demarches {
         let conn: Connection = resp.connection(field)?;
         let mut deletes = Vec::with_capacity(conn.nodes.len());
         for node in conn.nodes {
-            let number = node
-                .get("number")
-                .and_then(|n| n.as_i64())
-                .ok_or_else(|| malformed(&resp.url, "a deleted dossier lacks `number`"))?;
-            let deleted_at = node
-                .get("dateSupression")
+            let key: DeletedKey = serde_json::from_str(node.get())
+                .map_err(|_| malformed(&resp.url, "a deleted dossier lacks `number`"))?;
+            let deleted_at = key
+                .deleted
+                .as_ref()
                 .and_then(|d| d.as_str())
                 .filter(|d| crate::time::parse_us(d).is_some())
                 .map(str::to_string);
             deletes.push(Tombstone {
-                id: number.to_string(),
+                id: key.number.to_string(),
                 deleted_at,
-                data: node,
+                data: payload::compact(node),
             });
         }
         let more = conn.page_info.has_next_page;
@@ -326,9 +326,24 @@ fn restart_from_watermark(state: &mut State, cfg: &DemarchesConfig) {
 }
 
 /// `number` and `dateDerniereModification` (as received, and in µs).
-fn dossier_key(node: &serde_json::Value) -> Option<(i64, (String, i64))> {
-    let number = node.get("number")?.as_i64()?;
-    let modified = node.get("dateDerniereModification")?.as_str()?;
-    let us = crate::time::parse_us(modified)?;
-    Some((number, (modified.to_string(), us)))
+/// What synchro reads of a dossier; the rest stays raw.
+#[derive(serde::Deserialize)]
+struct DossierKey {
+    number: i64,
+    #[serde(rename = "dateDerniereModification")]
+    modified: String,
+}
+
+/// What synchro reads of a deleted dossier.
+#[derive(serde::Deserialize)]
+struct DeletedKey {
+    number: i64,
+    #[serde(rename = "dateSupression", default)]
+    deleted: Option<serde_json::Value>,
+}
+
+fn dossier_key(node: &Payload) -> Option<(i64, (String, i64))> {
+    let key: DossierKey = serde_json::from_str(node.get()).ok()?;
+    let us = crate::time::parse_us(&key.modified)?;
+    Some((key.number, (key.modified, us)))
 }

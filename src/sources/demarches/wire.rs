@@ -1,15 +1,21 @@
 //! The JSON shapes of GraphQL responses, read leniently: only what synchro
 //! relies on is required, and its absence is a clear "malformed" error.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::sources::SourceError;
+use crate::sources::payload::Payload;
 
 /// `{ data, errors }` as the API answers with HTTP 200.
 #[derive(Debug, Deserialize)]
 pub struct GraphqlResponse {
+    /// Kept as text: only the connection asked for is decoded, and its
+    /// nodes stay raw (they are stored as they came).
     #[serde(default)]
-    data: Option<serde_json::Value>,
+    data: Option<Box<RawValue>>,
     #[serde(default)]
     errors: Option<Vec<GraphqlError>>,
     #[serde(skip)]
@@ -55,7 +61,14 @@ impl Errors {
 pub struct Connection {
     #[serde(rename = "pageInfo")]
     pub page_info: PageInfo,
-    pub nodes: Vec<serde_json::Value>,
+    pub nodes: Vec<Payload>,
+}
+
+/// `data`: `{ demarche: { <field>: ... } }`, or `demarche: null`.
+#[derive(Deserialize)]
+struct Data {
+    #[serde(default)]
+    demarche: Option<HashMap<String, Box<RawValue>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,18 +108,20 @@ impl GraphqlResponse {
 
     /// `data.demarche.<field>` as a connection.
     pub fn connection(&self, field: &str) -> Result<Connection, SourceError> {
-        let value = self
-            .data
-            .as_ref()
-            .and_then(|d| d.get("demarche"))
-            .and_then(|d| d.get(field))
-            .ok_or_else(|| SourceError::Malformed {
-                url: self.url.clone(),
-                reason: format!("`data.demarche.{field}` is missing"),
-            })?;
-        Connection::deserialize(value).map_err(|e| SourceError::Malformed {
+        let malformed = |reason: String| SourceError::Malformed {
             url: self.url.clone(),
-            reason: format!("`data.demarche.{field}`: {e}"),
-        })
+            reason,
+        };
+        let missing = || malformed(format!("`data.demarche.{field}` is missing"));
+        let data = self.data.as_ref().ok_or_else(missing)?;
+        let data: Data = serde_json::from_str(data.get())
+            .map_err(|e| malformed(format!("`data.demarche`: {e}")))?;
+        let raw = data
+            .demarche
+            .and_then(|mut d| d.remove(field))
+            .filter(|raw| raw.get() != "null")
+            .ok_or_else(missing)?;
+        serde_json::from_str(raw.get())
+            .map_err(|e| malformed(format!("`data.demarche.{field}`: {e}")))
     }
 }
