@@ -89,9 +89,23 @@ impl Engine {
         source: &dyn Source,
         stop: &CancellationToken,
     ) -> RunReport {
+        self.run_scheduled(key, kind, source, stop, None).await
+    }
+
+    /// Same as [`Engine::run`] for a run answering a schedule tick that was
+    /// due at `due_us` (µs since the epoch): the run's row keeps that
+    /// instant, so that start lateness can be read from the database.
+    pub async fn run_scheduled(
+        &self,
+        key: &SourceKey,
+        kind: &str,
+        source: &dyn Source,
+        stop: &CancellationToken,
+        due_us: Option<i64>,
+    ) -> RunReport {
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let span = tracing::info_span!("sync", tenant = %key.tenant, source = %key.source, run_id = %run_id);
-        self.run_inner(key, kind, source, stop, run_id)
+        self.run_inner(key, kind, source, stop, run_id, due_us)
             .instrument(span)
             .await
     }
@@ -103,10 +117,11 @@ impl Engine {
         source: &dyn Source,
         stop: &CancellationToken,
         run_id: String,
+        due_us: Option<i64>,
     ) -> RunReport {
         let started = Instant::now();
         let mut totals = RunRecord::default();
-        if let Err(e) = self.store.start_run(key, kind, &run_id).await {
+        if let Err(e) = self.store.start_run(key, kind, &run_id, due_us).await {
             // The run cannot even be recorded (locked or full disk): report
             // it and do not fetch anything we could not store.
             let msg = self.redactor.scrub(&format!("storing failed: {e}"));

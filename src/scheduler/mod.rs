@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -33,8 +34,10 @@ pub enum SchedulerError {
 /// Why a run was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    /// A schedule tick: wait a random jitter first.
-    Tick,
+    /// A schedule tick that was due at `due_us` (µs since the epoch): wait a
+    /// random jitter first. The run records the due instant, so that its
+    /// start lateness is measurable (`runs.scheduled_at`).
+    Tick { due_us: i64 },
     /// Start as soon as possible (start-up, push notification).
     Now,
 }
@@ -296,18 +299,84 @@ async fn wait_all(tasks: Vec<JoinHandle<()>>, deadline: Duration) -> bool {
         .is_ok()
 }
 
-/// A cron or interval job that only sends a tick to the runner.
+/// A cron or interval job that only sends a tick to the runner, with the
+/// instant the tick was due.
 fn tick_job(schedule: &Schedule, tx: mpsc::Sender<Trigger>) -> Result<Job, JobSchedulerError> {
-    let send = move |_id, _sched| {
-        let tx = tx.clone();
-        Box::pin(async move {
-            // Full channel: a run is already pending, this tick is coalesced.
-            let _ = tx.try_send(Trigger::Tick);
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    // The grid of an interval job starts where tokio-cron-scheduler put its
+    // first tick, known once the job exists.
+    let anchor = Arc::new(AtomicI64::new(0));
+    let grid = match schedule {
+        Schedule::Every(d) => Grid::Every {
+            anchor: anchor.clone(),
+            every_us: i64::try_from(d.as_secs())
+                .unwrap_or(i64::MAX / 1_000_000)
+                .saturating_mul(1_000_000),
+        },
+        Schedule::Cron(expr) => match croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .build()
+            .parse(expr)
+        {
+            Ok(cron) => Grid::Cron(Box::new(cron)),
+            // Validated when the config was loaded; the crate refuses it too.
+            Err(_) => Grid::Unknown,
+        },
     };
-    match schedule {
-        Schedule::Every(d) => Job::new_repeated_async(*d, send),
-        Schedule::Cron(expr) => Job::new_async(expr.as_str(), send),
+    let send = move |_id, _sched| {
+        // Computed when the crate fires the job, not when the future runs.
+        let now = crate::time::now_us();
+        let due_us = grid.due_at_or_before(now).unwrap_or(now);
+        // Full channel: a run is already pending, this tick is coalesced
+        // (into the earlier due instant: lateness is never understated).
+        let _ = tx.try_send(Trigger::Tick { due_us });
+        Box::pin(async {}) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    };
+    let mut job = match schedule {
+        Schedule::Every(d) => Job::new_repeated_async(*d, send)?,
+        Schedule::Cron(expr) => Job::new_async(expr.as_str(), send)?,
+    };
+    let first = job.job_data()?.next_tick;
+    anchor.store(
+        i64::try_from(first).unwrap_or(0).saturating_mul(1_000_000),
+        Ordering::Relaxed,
+    );
+    Ok(job)
+}
+
+/// When a schedule's ticks are due, to tell the instant a tick answers.
+/// tokio-cron-scheduler fires a job at its first poll (every 500 ms) at or
+/// after a due instant it keeps to the whole second: an interval job's ticks
+/// are `first + k * interval` (whole seconds), a cron job's are the
+/// expression's occurrences.
+enum Grid {
+    Every {
+        /// The job's first due instant, µs; set once the job exists.
+        anchor: Arc<AtomicI64>,
+        every_us: i64,
+    },
+    Cron(Box<croner::Cron>),
+    Unknown,
+}
+
+impl Grid {
+    /// The latest due instant at or before `now_us`, if any.
+    fn due_at_or_before(&self, now_us: i64) -> Option<i64> {
+        match self {
+            Grid::Every { anchor, every_us } => {
+                let anchor = anchor.load(Ordering::Relaxed);
+                if anchor == 0 || *every_us <= 0 || now_us < anchor {
+                    return None;
+                }
+                Some(anchor + (now_us - anchor) / every_us * every_us)
+            }
+            Grid::Cron(cron) => {
+                let now = chrono::DateTime::from_timestamp_micros(now_us)?;
+                cron.find_previous_occurrence(&now, true)
+                    .ok()
+                    .map(|t| t.timestamp_micros())
+            }
+            Grid::Unknown => None,
+        }
     }
 }
 
@@ -334,7 +403,11 @@ async fn run_loop(
             t = triggers.recv() => match t { Some(t) => t, None => return },
             _ = stop.cancelled() => return,
         };
-        if trigger == Trigger::Tick && !jitter.is_zero() {
+        let due_us = match trigger {
+            Trigger::Tick { due_us } => Some(due_us),
+            Trigger::Now => None,
+        };
+        if due_us.is_some() && !jitter.is_zero() {
             // A push notification arriving during the jitter wait starts the
             // run at once; it and the tick are one run.
             let wait = rand::rng().random_range(Duration::ZERO..=jitter);
@@ -353,13 +426,49 @@ async fn run_loop(
             p = slots.all.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.cancelled() => return,
         };
-        engine.run(&key, kind, source.as_ref(), &stop).await;
+        engine
+            .run_scheduled(&key, kind, source.as_ref(), &stop, due_us)
+            .await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interval_tick_answers_the_latest_grid_point_at_or_before_now() {
+        let s = 1_000_000;
+        let grid = Grid::Every {
+            anchor: Arc::new(AtomicI64::new(1_000 * s)),
+            every_us: 60 * s,
+        };
+        assert_eq!(
+            grid.due_at_or_before(999 * s),
+            None,
+            "before the first tick"
+        );
+        assert_eq!(grid.due_at_or_before(1_000 * s), Some(1_000 * s));
+        assert_eq!(grid.due_at_or_before(1_000 * s + 400_000), Some(1_000 * s));
+        assert_eq!(grid.due_at_or_before(1_059 * s), Some(1_000 * s));
+        assert_eq!(grid.due_at_or_before(1_060 * s + 1), Some(1_060 * s));
+        assert_eq!(grid.due_at_or_before(1_185 * s), Some(1_180 * s));
+    }
+
+    #[test]
+    fn a_cron_tick_answers_the_latest_occurrence_at_or_before_now() {
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .build()
+            .parse("0 */5 * * * *")
+            .expect("cron");
+        let grid = Grid::Cron(Box::new(cron));
+        // 2026-01-01T00:07:30Z → due 00:05:00; exactly 00:10:00 → itself.
+        let t0 = 1_767_225_600_000_000;
+        let s = 1_000_000;
+        assert_eq!(grid.due_at_or_before(t0 + 450 * s), Some(t0 + 300 * s));
+        assert_eq!(grid.due_at_or_before(t0 + 600 * s), Some(t0 + 600 * s));
+    }
 
     #[tokio::test]
     async fn liveness_fails_when_a_task_ends_unasked_and_not_after_a_stop() {

@@ -33,12 +33,15 @@ pub struct RunRecord {
 
 impl Store {
     /// Records the start of a run. Runs of the same source left `running` by
-    /// a killed process are closed as failed ("interrupted").
+    /// a killed process are closed as failed ("interrupted"). `scheduled_at`
+    /// is the instant a scheduled run was due (µs), `None` for a run nobody
+    /// scheduled: `started_at - scheduled_at` is its start lateness.
     pub async fn start_run(
         &self,
         key: &SourceKey,
         kind: &str,
         run_id: &str,
+        scheduled_at: Option<i64>,
     ) -> Result<(), StoreError> {
         let now = now_us();
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
@@ -53,14 +56,15 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO runs (run_id, tenant, source, kind, started_at, outcome) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 'running')",
+            "INSERT INTO runs (run_id, tenant, source, kind, started_at, outcome, scheduled_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
         )
         .bind(run_id)
         .bind(&key.tenant)
         .bind(&key.source)
         .bind(kind)
         .bind(now)
+        .bind(scheduled_at)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

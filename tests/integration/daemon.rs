@@ -203,3 +203,78 @@ async fn sync_on_a_terminal_draws_a_progress_bar_and_clears_it() {
     assert!(screen.contains("pages"), "{screen}");
     assert!(screen.contains("acme/permits: success"), "{screen}");
 }
+
+/// `(started_at, scheduled_at)` of every run of `tenant/source`, oldest first.
+async fn run_instants(db: &std::path::Path, tenant: &str, source: &str) -> Vec<(i64, Option<i64>)> {
+    let url = format!("sqlite://{}?mode=ro", db.display());
+    let Ok(mut conn) = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await else {
+        return Vec::new();
+    };
+    sqlx::query_as(
+        "SELECT started_at, scheduled_at FROM runs \
+         WHERE tenant = ?1 AND source = ?2 AND outcome <> 'running' ORDER BY id",
+    )
+    .bind(tenant)
+    .bind(source)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_runs_record_their_due_instant_and_other_runs_do_not() {
+    let sim = simulator().await;
+    sim.calendar().seed("primary", 3);
+    let setup = Setup::mixed(&sim, &[], &[CalSource::new("acme", "team", "primary")], "");
+    setup.edit_config("schedule = \"every 1h\"", "schedule = \"every 1s\"");
+    let db = setup.db_path();
+
+    let mut child = setup.spawn(&["run"]);
+    wait_until(Duration::from_secs(60), "two scheduled runs", || {
+        let db = db.clone();
+        async move {
+            run_instants(&db, "acme", "team")
+                .await
+                .iter()
+                .filter(|r| r.1.is_some())
+                .count()
+                >= 2
+        }
+    })
+    .await;
+    signal(&child, "TERM");
+    let _ = child.wait();
+    // A manual sync is nobody's tick.
+    setup.sync_ok(&[]).await;
+
+    let runs = run_instants(&db, "acme", "team").await;
+    assert_eq!(
+        runs.first().map(|r| r.1),
+        Some(None),
+        "the start-up run: {runs:?}"
+    );
+    assert_eq!(
+        runs.last().map(|r| r.1),
+        Some(None),
+        "the manual sync: {runs:?}"
+    );
+    let scheduled: Vec<(i64, i64)> = runs.iter().filter_map(|r| Some((r.0, r.1?))).collect();
+    assert!(scheduled.len() >= 2, "{runs:?}");
+    for (started, due) in &scheduled {
+        // tokio-cron-scheduler keeps due instants to the whole second, and a
+        // run never starts before its tick was due.
+        assert_eq!(due % 1_000_000, 0, "due instant {due} is a whole second");
+        assert!(
+            started >= due,
+            "run started at {started} before its due instant {due}"
+        );
+    }
+    // Ticks of an interval job are one interval apart, each answered once.
+    let dues: Vec<i64> = scheduled.iter().map(|s| s.1).collect();
+    assert!(
+        dues.windows(2)
+            .all(|w| w[1] > w[0] && (w[1] - w[0]) % 1_000_000 == 0),
+        "{dues:?}"
+    );
+    sim.shutdown().await;
+}
