@@ -9,10 +9,14 @@
 //! * `ingest`: the SQLite ingest ceiling, then a full sync per connector
 //!   (records/s as a ratio to the ceiling, peak RSS) and the requests of a
 //!   no-change cycle.
+//! * `schedule`: start lateness (p50/p99/max) and overlapping runs of
+//!   10,000 `every 1m` sources in one daemon, next to the lateness of bare
+//!   tokio timers and of the same daemon with 100 sources.
 
 mod child;
 mod ingest;
 mod report;
+mod schedule;
 
 use std::path::PathBuf;
 
@@ -24,7 +28,7 @@ use report::Section;
 const DEFAULT_RECORDS: usize = 200_000;
 
 /// The sections, in the order they run and appear.
-const SECTIONS: &[&str] = &["ingest"];
+const SECTIONS: &[&str] = &["ingest", "schedule"];
 
 struct Args {
     records: usize,
@@ -113,6 +117,7 @@ async fn main() -> Result<()> {
         eprintln!("== {name}");
         let section = match *name {
             "ingest" => ingest::run(&bin, args.records).await?,
+            "schedule" => schedule::run(&bin).await?,
             _ => unreachable!("SECTIONS and this match list the same names"),
         };
         sections.push(section);
