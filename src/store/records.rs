@@ -348,13 +348,16 @@ impl Store {
         Ok(all)
     }
 
-    /// The progress stored for a source, if any.
+    /// The progress stored for a source, if any. Read through the reader
+    /// pool: a statement outside a transaction sees every committed page,
+    /// and the one writer connection stays free for commits (with thousands
+    /// of runs due at once, its round trips bound scheduling lateness).
     pub async fn load_progress(&self, key: &SourceKey) -> Result<Option<Progress>, StoreError> {
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT phase, state FROM progress WHERE tenant = ?1 AND source = ?2")
                 .bind(&key.tenant)
                 .bind(&key.source)
-                .fetch_optional(&self.writer)
+                .fetch_optional(&self.reader)
                 .await?;
         let Some((phase, state)) = row else {
             return Ok(None);
