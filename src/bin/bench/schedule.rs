@@ -455,4 +455,34 @@ fn render(floor: &Lateness, light: &Observed, heavy: &Observed, requests: u64) -
 }
 
 /// What profiling showed and what changed (kept with the code it explains).
-const PROFILE: &str = "### Profile and changes\n\n(to be written)\n";
+const PROFILE: &str = "### Profile and changes\n\n\
+Before the changes below, the same section measured p50 1.86 s, p99 7.29 s, max 7.37 s, \
+0 overlaps, and only 18,681 of the 30,000 ticks due in three rounds ran (1,447 of the \
+first round's 10,000 were missing; some sources never ran on schedule).\n\n\
+- **Lost ticks.** The daemon's log held `Error receiving Lagged(N)` from \
+`tokio_cron_scheduler::job::runner`: the crate passes job activations through a broadcast \
+channel of 200 slots by default, and a poll that finds thousands of jobs due overflows it; \
+the excess activations are dropped. The scheduler now sizes the crate's channels to two \
+slots per source (at least 1024; a reload beyond that restarts the scheduler). Every tick \
+of every round now reaches its source (row *scheduled runs per source*).\n\
+- **Where a round's time goes.** `perf record -g` on the daemon during a round (10,000 \
+no-change runs due in one second): the process used about half a core; 60–65 % of its \
+samples were kernel context switches, most of them sqlx's SQLite worker thread sleeping on \
+and being woken through its channel (`flume`, `futex_do_wait`), once per statement; \
+SQLite's own work (`sqlite3VdbeExec`, WAL writes) was under 2 %. The round drains at the \
+pace of statement round trips on the single writer connection, on a machine where every \
+wake-up waits for a shared core, not at the pace of CPU. A no-change run cost 9 of them: \
+BEGIN/UPDATE/INSERT/COMMIT for its row, reading its progress, BEGIN/save/COMMIT for the \
+page, the final UPDATE. `start_run` now uses two autocommit statements, and progress is \
+read through the reader pool: 6 writer round trips per run.\n\
+- **What bounds the tail.** 10,000 runs due in the same second, at most 1024 holding a \
+sync slot (the config's maximum): a run's lateness is the time for the runs ahead of it \
+to finish, so p99 ≈ (0.99 × 10,000 − 1024) / drain rate. The fire delay itself is what \
+the 100-source baseline shows: tokio-cron-scheduler polls every 500 ms against due \
+instants kept to the whole second.\n\
+- **Left to do** for p99 ≤ 1 s at this scale on this machine: group commit of run \
+bookkeeping (one multi-row statement for all runs starting or ending together, not \
+three statements per run) and of no-change pages, so that a round costs a few hundred \
+writer round trips instead of 60,000; or spreading each source's phase over its \
+interval (as Prometheus does for scrape targets), which removes the herd instead of \
+serving it faster.\n";
