@@ -31,33 +31,47 @@ fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\n' | b'\r' | b'\t')
 }
 
-/// `text` without whitespace outside strings. Works on bytes: UTF-8
-/// continuation bytes are never ASCII, so no character is split.
+/// `text` without whitespace outside strings. Works on bytes (UTF-8
+/// continuation bytes are never ASCII, so no character is split) and jumps
+/// through strings with `memchr`, since most of a payload's bytes are in
+/// its strings.
 fn compact_text(text: &str) -> Cow<'_, str> {
     let bytes = text.as_bytes();
-    let mut in_string = false;
-    let mut escaped = false;
     let mut out: Option<Vec<u8>> = None;
-    for (i, &b) in bytes.iter().enumerate() {
-        let keep = if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'"' {
+            // Copy the whole string, quotes included: find its closing quote.
+            let mut end = i + 1;
+            loop {
+                if end >= bytes.len() {
+                    end = bytes.len();
+                    break;
+                }
+                match memchr::memchr2(b'"', b'\\', &bytes[end..]) {
+                    Some(k) if bytes[end + k] == b'\\' => end += k + 2,
+                    Some(k) => {
+                        end += k + 1;
+                        break;
+                    }
+                    None => {
+                        end = bytes.len();
+                        break;
+                    }
+                }
             }
-            true
-        } else if b == b'"' {
-            in_string = true;
-            true
+            if let Some(o) = &mut out {
+                o.extend_from_slice(&bytes[i..end]);
+            }
+            i = end;
         } else {
-            !is_space(b)
-        };
-        match (&mut out, keep) {
-            (Some(o), true) => o.push(b),
-            (None, false) => out = Some(bytes[..i].to_vec()),
-            _ => {}
+            if is_space(b) {
+                out.get_or_insert_with(|| bytes[..i].to_vec());
+            } else if let Some(o) = &mut out {
+                o.push(b);
+            }
+            i += 1;
         }
     }
     match out {
@@ -87,5 +101,21 @@ mod tests {
         let before: serde_json::Value = serde_json::from_str(pretty).expect("json");
         let after: serde_json::Value = serde_json::from_str(c.get()).expect("json");
         assert_eq!(before, after, "same value");
+    }
+
+    #[test]
+    fn pretty_printed_values_compact_to_serde_compact_text() {
+        let values = [
+            serde_json::json!({"a": "x\"y", "b\\": ["\\", "\\\"", " { } "], "c": {"d": null}}),
+            serde_json::json!([1, 2.5, -3e10, true, false, null, "é ü 日本", "\u{1F600}"]),
+            serde_json::json!({"summary": "tab\tnew\nline", "empty": {}, "list": []}),
+            serde_json::json!("just a string with  spaces"),
+        ];
+        for v in values {
+            let pretty = serde_json::to_string_pretty(&v).expect("json");
+            let tight = serde_json::to_string(&v).expect("json");
+            assert_eq!(compact(raw(&pretty)).get(), tight);
+            assert_eq!(compact(raw(&tight)).get(), tight);
+        }
     }
 }
