@@ -88,3 +88,74 @@ pub async fn run_to_end(bin: &Path, config: &Path, dir: &Path, args: &[&str]) ->
     }
     Ok(Finished { wall, max_rss_kb })
 }
+
+/// CPU time (user + system) a process used so far, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces: fields are counted after its `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+/// A `synchro` command running in the background (the daemon), its output
+/// in files; stopped with SIGTERM, or killed if it is dropped still running.
+pub struct Running {
+    child: std::process::Child,
+}
+
+impl Running {
+    /// Starts `synchro --config CONFIG ARGS...` with stdout and stderr in `dir`.
+    pub fn start(bin: &Path, config: &Path, dir: &Path, args: &[&str]) -> Result<Self> {
+        let log = |name: &str| std::fs::File::create(dir.join(name));
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            .args(["--log-format", "text"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log("child.out")?)
+            .stderr(log("child.err")?)
+            .spawn()
+            .context("cannot start synchro")?;
+        Ok(Self { child })
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `deadline` for a clean exit (status 0).
+    pub async fn stop(mut self, deadline: Duration) -> Result<()> {
+        // SAFETY: signals our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("synchro exited with {status} after SIGTERM");
+                }
+                return Ok(());
+            }
+            if Instant::now() > until {
+                bail!("synchro still running {deadline:?} after SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

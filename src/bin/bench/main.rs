@@ -12,11 +12,14 @@
 //! * `schedule`: start lateness (p50/p99/max) and overlapping runs of
 //!   10,000 `every 1m` sources in one daemon, next to the lateness of bare
 //!   tokio timers and of the same daemon with 100 sources.
+//! * `webhook`: content callbacks sent open-loop to `synchro run`, latency
+//!   to the committed row, next to `/healthz` and a bare commit.
 
 mod child;
 mod ingest;
 mod report;
 mod schedule;
+mod webhook;
 
 use std::path::PathBuf;
 
@@ -28,7 +31,7 @@ use report::Section;
 const DEFAULT_RECORDS: usize = 200_000;
 
 /// The sections, in the order they run and appear.
-const SECTIONS: &[&str] = &["ingest", "schedule"];
+const SECTIONS: &[&str] = &["ingest", "schedule", "webhook"];
 
 struct Args {
     records: usize,
@@ -118,6 +121,7 @@ async fn main() -> Result<()> {
         let section = match *name {
             "ingest" => ingest::run(&bin, args.records).await?,
             "schedule" => schedule::run(&bin).await?,
+            "webhook" => webhook::run(&bin).await?,
             _ => unreachable!("SECTIONS and this match list the same names"),
         };
         sections.push(section);
