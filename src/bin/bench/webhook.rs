@@ -213,7 +213,7 @@ async fn verify(db: &Path, sent: &[Sent]) -> Result<Verified> {
         rows.into_iter().map(|(s, id, us)| ((s, id), us)).collect();
     let outbox: HashSet<(String, String, String)> = outbox.into_iter().collect();
 
-    // Only a source's own callbacks change its share of the requests, so the
+    // Only a source's own callbacks change its account's requests, so the
     // newest callback per (source, request) is the newest version upstream:
     // what must be stored, whatever the syncs did meanwhile (a sync may only
     // have stored a newer one if a later callback failed).
@@ -283,7 +283,7 @@ async fn successes(db: &Path) -> Vec<i64> {
     out
 }
 
-fn config(sim: &Simulator, db: &Path, port: u16) -> String {
+fn config(sims: &[Simulator], db: &Path, port: u16) -> String {
     let mut toml = format!(
         "[storage]\ndatabase = \"sqlite://{}\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n\n\
          [scheduler]\njitter = \"0s\"\n\n\
@@ -291,7 +291,7 @@ fn config(sim: &Simulator, db: &Path, port: u16) -> String {
          [[tenants]]\nid = \"{TENANT}\"\n",
         db.display()
     );
-    for k in 0..SOURCES {
+    for (k, sim) in sims.iter().enumerate() {
         let _ = write!(
             toml,
             "\n[[tenants.sources]]\nid = \"{}\"\nkind = \"content\"\nschedule = \"every 1s\"\n\
@@ -316,15 +316,23 @@ pub async fn run(bin: &Path) -> Result<Section> {
         ms(percentile(&floor, 100.0))
     );
 
-    let sim = Simulator::start(([127, 0, 0, 1], 0).into()).await?;
-    let content = sim.content();
-    let ids = content.seed(SEEDED, 50);
+    // One simulated Contentor account per source, as in production: a
+    // source's sync sees only the changes its own callbacks are about.
+    let mut sims = Vec::with_capacity(SOURCES);
+    for _ in 0..SOURCES {
+        sims.push(Simulator::start(([127, 0, 0, 1], 0).into()).await?);
+    }
+    let contents: Vec<_> = sims.iter().map(Simulator::content).collect();
+    let shares: Vec<Vec<i64>> = contents
+        .iter()
+        .map(|c| c.seed(SEEDED / SOURCES, 50))
+        .collect();
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let db = dir.path().join("synchro.db");
     let config_path = dir.path().join("synchro.toml");
-    std::fs::write(&config_path, config(&sim, &db, port))?;
+    std::fs::write(&config_path, config(&sims, &db, port))?;
     let daemon = child::Running::start(bin, &config_path, dir.path(), &["run"])?;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
@@ -361,10 +369,7 @@ pub async fn run(bin: &Path) -> Result<Section> {
         healthz.errors
     );
 
-    // Webhook load: source k calls back about its own share of the requests.
-    let shares: Vec<Vec<i64>> = (0..SOURCES)
-        .map(|k| ids.iter().copied().skip(k).step_by(SOURCES).collect())
-        .collect();
+    // Webhook load: source k calls back about the requests of its account.
     let count = (RATE_PER_S * LOAD.as_secs()) as usize;
     let per_source = count.div_ceil(SOURCES);
     let distinct = (per_source * (100 - UPDATES_PERCENT) / 100).clamp(1, SEEDED / SOURCES);
@@ -375,8 +380,8 @@ pub async fn run(bin: &Path) -> Result<Section> {
         let j = i / SOURCES;
         let id = shares[k][j % distinct];
         let state = STATES[(j + j / distinct) % STATES.len()];
-        content.set_state(id, state);
-        let body = content.webhook_body(id);
+        contents[k].set_state(id, state);
+        let body = contents[k].webhook_body(id);
         let request = &body["request"];
         let version_us = request["lastStateChange"]
             .as_str()
@@ -419,7 +424,9 @@ pub async fn run(bin: &Path) -> Result<Section> {
     daemon.stop(Duration::from_secs(30)).await?;
     let sent = std::mem::take(&mut *sent.lock().unwrap_or_else(|e| e.into_inner()));
     let verified = verify(&db, &sent).await?;
-    sim.shutdown().await;
+    for sim in sims {
+        sim.shutdown().await;
+    }
     Ok(render(&floor, &healthz, &hooks, cpu, syncs, &verified))
 }
 
@@ -435,8 +442,8 @@ fn render(
     let _ = write!(
         s,
         "`synchro run` (release binary, child process) with {SOURCES} content sources, each \
-         with a webhook token, import-state reporting on and a sync every second against the \
-         in-process simulator ({SEEDED} requests). Requests are sent **open-loop**: the i-th \
+         with a webhook token, import-state reporting on and a sync every second against its \
+         own account in the in-process simulator ({SEEDED} requests in all). Requests are sent **open-loop**: the i-th \
          is due at i / {RATE_PER_S} s and runs on its own task, so a slow answer never delays \
          the next one; latency runs from the due instant to the end of the answer. Bench, \
          simulator and daemon share the same cores.\n\n\
