@@ -2,9 +2,11 @@
 //! the import-report outbox.
 //!
 //! One writer connection (WAL, `BEGIN IMMEDIATE`) so that two writers never
-//! deadlock on a lock upgrade; a small pool of readers for `status`, `export`
-//! and the HTTP surface. `busy_timeout` absorbs a second process (a manual
-//! `synchro sync` next to the daemon).
+//! deadlock on a lock upgrade; a small pool of readers for `status`, `export`,
+//! the HTTP surface and the reporter's outbox queries, so that reads never
+//! queue in front of a commit (a webhook answers only after its commit).
+//! `busy_timeout` absorbs a second process (a manual `synchro sync` next to
+//! the daemon).
 
 mod export;
 mod outbox;
@@ -111,9 +113,15 @@ impl Store {
             path: path.display().to_string(),
             source,
         };
+        // No `test_before_acquire`: its ping is a round trip to the
+        // connection's worker thread on every acquire (the webhook profile
+        // showed it under each commit), and a local SQLite file cannot go
+        // stale like a network connection; a failure still surfaces on the
+        // statement itself.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(0)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(60))
             .connect_with(base.clone().create_if_missing(true))
             .await
@@ -122,6 +130,7 @@ impl Store {
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(0)
+            .test_before_acquire(false)
             .connect_with(base.read_only(true))
             .await
             .map_err(open_err)?;

@@ -2,6 +2,9 @@
 //! transaction as the record they are about (see `records.rs`); the reporter
 //! takes the due ones, sends them, and marks each one here. A row is sent
 //! at least once and never again after a success, across restarts and resets.
+//! The reporter's queries read through the reader pool (WAL: they see every
+//! committed row) so that they never hold the single writer connection
+//! while a sync page or a webhook waits to commit.
 
 use super::{Store, StoreError};
 use crate::config::SourceKey;
@@ -35,7 +38,7 @@ impl Store {
         .bind(&key.source)
         .bind(now_us)
         .bind(limit)
-        .fetch_all(&self.writer)
+        .fetch_all(&self.reader)
         .await?)
     }
 
@@ -46,7 +49,7 @@ impl Store {
         )
         .bind(&key.tenant)
         .bind(&key.source)
-        .fetch_one(&self.writer)
+        .fetch_one(&self.reader)
         .await?;
         Ok(n)
     }
@@ -59,7 +62,7 @@ impl Store {
         )
         .bind(&key.tenant)
         .bind(&key.source)
-        .fetch_one(&self.writer)
+        .fetch_one(&self.reader)
         .await?;
         Ok(t)
     }

@@ -556,3 +556,51 @@ async fn records_survive_the_move_to_a_rowid_table() {
         .expect("upsert");
     assert_eq!(export(&store, true).await.len(), 2);
 }
+
+#[tokio::test]
+async fn outbox_queries_answer_while_a_commit_holds_the_writer() {
+    use crate::sources::{Report, ReportOutcome};
+    let (_d, store) = open().await;
+    let key = SourceKey::new("t", "content");
+    let done = rec("9", "2024-01-02T10:00:00Z", 1);
+    let mut p = page(vec![done.clone()], vec![], "a");
+    p.reports = vec![Report {
+        record_id: done.id.clone(),
+        version_us: Some(done.updated_us),
+        completed_at: "2024-01-02T10:00:00Z".into(),
+        outcome: ReportOutcome::Success,
+    }];
+    store.commit_records(&key, "k", &p).await.expect("commit");
+
+    // A write transaction in progress (a sync page, a webhook) holds the
+    // only writer connection: the reporter's reads must not queue behind it,
+    // and they see what was committed before it.
+    let tx = store
+        .writer
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .expect("begin");
+    let reads = async {
+        let due = store.due_reports(&key, i64::MAX, 10).await.expect("due");
+        let pending = store.pending_report_count(&key).await.expect("count");
+        let next = store.next_report_due(&key).await.expect("next");
+        (due.len(), pending, next.is_some())
+    };
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), reads)
+        .await
+        .expect("outbox reads waited for the writer");
+    assert_eq!(got, (1, 1, true));
+    tx.rollback().await.expect("rollback");
+
+    // Once a report is marked sent through the writer, the reads see it.
+    let due = store.due_reports(&key, i64::MAX, 10).await.expect("due");
+    store.report_sent(due[0].id, 1).await.expect("sent");
+    assert!(
+        store
+            .due_reports(&key, i64::MAX, 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    assert_eq!(store.pending_report_count(&key).await.expect("count"), 0);
+}
