@@ -40,6 +40,23 @@ pub fn status_kb(pid: u32, field: &str) -> Option<i64> {
 pub struct Finished {
     pub wall: Duration,
     pub max_rss_kb: i64,
+    /// User + system CPU time of the child, from `wait4`'s rusage.
+    pub cpu: Duration,
+}
+
+/// User + system time of an rusage.
+pub fn rusage_cpu(ru: &libc::rusage) -> Duration {
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU time this process (the bench, with its in-process simulator) has used.
+pub fn own_cpu() -> Duration {
+    // SAFETY: getrusage writes into the struct we hand it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    rusage_cpu(&ru)
 }
 
 /// Runs `synchro --config CONFIG ARGS...` to completion, with its stdout and
@@ -60,20 +77,22 @@ pub async fn run_to_end(bin: &Path, config: &Path, dir: &Path, args: &[&str]) ->
     let started = Instant::now();
     let child = cmd.spawn().context("cannot start synchro")?;
     let pid = child.id();
-    let (status, max_rss_kb) = tokio::task::spawn_blocking(move || {
+    let (status, max_rss_kb, cpu) = tokio::task::spawn_blocking(move || {
         let mut hwm: i64 = 0;
         loop {
             if let Some(kb) = status_kb(pid, "VmHWM") {
                 hwm = hwm.max(kb);
             }
             let mut status: libc::c_int = 0;
+            // SAFETY: zeroed rusage is a valid value for wait4 to fill.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
             // SAFETY: waits for our own child without blocking.
-            let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+            let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, libc::WNOHANG, &mut ru) };
             if r == pid as libc::pid_t {
-                return (Some(status), hwm);
+                return (Some(status), hwm, rusage_cpu(&ru));
             }
             if r < 0 {
-                return (None, hwm);
+                return (None, hwm, Duration::ZERO);
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -86,7 +105,11 @@ pub async fn run_to_end(bin: &Path, config: &Path, dir: &Path, args: &[&str]) ->
         let err = std::fs::read_to_string(dir.join("child.err")).unwrap_or_default();
         bail!("synchro {args:?} failed ({status:?}):\n{err}");
     }
-    Ok(Finished { wall, max_rss_kb })
+    Ok(Finished {
+        wall,
+        max_rss_kb,
+        cpu,
+    })
 }
 
 /// CPU time (user + system) a process used so far, from `/proc/PID/stat`.

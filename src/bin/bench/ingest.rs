@@ -35,7 +35,13 @@ const TARGET_RSS_MB: f64 = 100.0;
 /// multi-row `VALUES` statement (fewer driver round trips).
 const MULTI_ROWS: usize = 100;
 
-async fn ingest_ceiling(dir: &Path, n: usize, attempt: usize, rows_per_stmt: usize) -> Result<f64> {
+/// Records/s and CPU time per record of one ceiling run.
+async fn ingest_ceiling(
+    dir: &Path,
+    n: usize,
+    attempt: usize,
+    rows_per_stmt: usize,
+) -> Result<(f64, Duration)> {
     let db = dir.join(format!("ceiling-{attempt}-{rows_per_stmt}.db"));
     let store = synchro::store::Store::open(&format!("sqlite://{}", db.display())).await?;
     store.close().await;
@@ -60,6 +66,7 @@ async fn ingest_ceiling(dir: &Path, n: usize, attempt: usize, rows_per_stmt: usi
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal);
     let mut conn = SqliteConnection::connect_with(&opts).await?;
+    let cpu_before = child::own_cpu();
     let started = Instant::now();
     let statement = |rows: usize| {
         let values = vec!["(?, ?, ?, 'demarches', ?, ?, 0, ?, ?)"; rows].join(", ");
@@ -96,8 +103,9 @@ async fn ingest_ceiling(dir: &Path, n: usize, attempt: usize, rows_per_stmt: usi
         tx.commit().await?;
     }
     let elapsed = started.elapsed();
+    let cpu = child::own_cpu().saturating_sub(cpu_before);
     conn.close().await?;
-    Ok(n as f64 / elapsed.as_secs_f64())
+    Ok((n as f64 / elapsed.as_secs_f64(), cpu / n as u32))
 }
 
 // ---------------------------------------------------------------- end to end
@@ -171,6 +179,10 @@ struct E2e {
     max_rss_kb: i64,
     nochange_requests: u64,
     nochange_wall: Duration,
+    /// CPU time of the `synchro sync` process.
+    child_cpu: Duration,
+    /// CPU time of this process while it ran: the in-process simulator.
+    sim_cpu: Duration,
 }
 
 async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result<E2e> {
@@ -190,7 +202,9 @@ async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result
     std::fs::write(&config, toml)?;
     kind.seed(sim, n);
 
+    let sim_before = child::own_cpu();
     let first = child::run_to_end(bin, &config, dir.path(), &["sync"]).await?;
+    let sim_cpu = child::own_cpu().saturating_sub(sim_before);
     let before = kind.requests(sim);
     let second = child::run_to_end(bin, &config, dir.path(), &["sync"]).await?;
     let nochange_requests = kind.requests(sim) - before;
@@ -221,13 +235,15 @@ async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result
         max_rss_kb: first.max_rss_kb.max(second.max_rss_kb),
         nochange_requests,
         nochange_wall: second.wall,
+        child_cpu: first.cpu,
+        sim_cpu,
     })
 }
 
 // ---------------------------------------------------------------- report
 
 /// Renders the ceiling, the end-to-end table and the no-change cycle.
-fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64)], e2e: &[E2e]) -> Section {
+fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2e]) -> Section {
     let mut s = String::new();
     let runs = |per: usize| {
         ceilings
@@ -304,6 +320,39 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64)], e2e: &[E2e]) -> Sec
     }
     s.push('\n');
 
+    let ceiling_cpu = ceilings
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(Duration::ZERO, |c| c.2);
+    let _ = write!(
+        s,
+        "### Where the CPU goes\n\n\
+         Both cores serve two programs during a sync: `synchro` and the simulator, which \
+         renders every record as JSON (the Démarches Simplifiées one through a GraphQL \
+         engine). CPU time per record, from `wait4` for `synchro` and `getrusage` for the \
+         bench process (the simulator) over the same sync, next to the ceiling's CPU per \
+         record ({:.1} µs). *synchro alone* is the rate synchro's own CPU time would allow \
+         if the upstream cost nothing: its ratio to the ceiling shows synchro's share of \
+         the gap.\n\n\
+         | Connector | synchro CPU/record | simulator CPU/record | synchro alone | Ratio to ceiling |\n\
+         |---|---:|---:|---:|---:|\n",
+        ceiling_cpu.as_secs_f64() * 1e6
+    );
+    for e in e2e {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / e.records.max(1) as f64;
+        let alone = 1e6 / per(e.child_cpu).max(1e-9);
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} µs | {:.1} µs | {:.0} records/s | {:.1} % |",
+            e.kind.name(),
+            per(e.child_cpu),
+            per(e.sim_cpu),
+            alone,
+            alone / ceiling * 100.0
+        );
+    }
+    s.push('\n');
+
     s.push_str(
         "### No-change cycle, one source per connector\n\n\
          A second `synchro sync` right after the full sync, nothing changed upstream: \
@@ -342,12 +391,12 @@ pub async fn run(bin: &Path, n: usize) -> Result<Section> {
     let mut ceilings = Vec::new();
     for attempt in 0..CEILING_ATTEMPTS {
         for rows_per_stmt in [1, MULTI_ROWS] {
-            let rate = ingest_ceiling(dir.path(), n, attempt, rows_per_stmt).await?;
+            let (rate, cpu) = ingest_ceiling(dir.path(), n, attempt, rows_per_stmt).await?;
             eprintln!(
                 "ingest ceiling run {} ({rows_per_stmt} row(s)/statement): {rate:.0} records/s",
                 attempt + 1
             );
-            ceilings.push((rows_per_stmt, rate));
+            ceilings.push((rows_per_stmt, rate, cpu));
         }
     }
     drop(dir);
