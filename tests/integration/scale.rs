@@ -160,8 +160,10 @@ async fn a_thousand_sources_of_a_hundred_tenants_keep_to_the_host_budget() {
     }
     sim.content().seed(12, 4);
     // Fast answers first, so that the rate limit binds; then slow Démarches
-    // answers, so that the requests in flight pile up to the cap.
-    sim.ds().inject(Fault::Pass, 400);
+    // answers, so that the requests in flight pile up to the cap. A
+    // démarche source makes one request here (its first page carries the
+    // deletion listings): half of the 400 are fast, half slow.
+    sim.ds().inject(Fault::Pass, 200);
     sim.ds()
         .inject(Fault::Slow(Duration::from_millis(100)), 100_000);
 

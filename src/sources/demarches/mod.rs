@@ -1,6 +1,6 @@
 //! Démarches Simplifiées (GraphQL API v2, `getDemarche`).
 //!
-//! One run walks three listings, one page per request:
+//! One run walks three listings:
 //! 1. `dossiers(updatedSince, after)`: the cursor of every non-empty page is
 //!    stored with its dossiers; `updatedSince` stays fixed for the life of a
 //!    cursor (a cursor of one ordering means nothing in the other). A periodic
@@ -8,6 +8,14 @@
 //!    `watermark - 15 min`, which catches dossiers committed out of order.
 //! 2. `pendingDeletedDossiers(deletedSince)` and 3. `deletedDossiers(deletedSince)`
 //!    → tombstones, with a look-back since `dateSupression` can be backdated.
+//!
+//! The first request of a run asks for the next page of dossiers *and* the
+//! first page of both deletion listings (one GraphQL document, three
+//! fields), and that page commits the dossiers and the tombstones together
+//! with the progress that follows them. A run with nothing new is therefore
+//! one HTTP request; only listings with more pages cost more requests
+//! (`getDemarche`, then `getPendingDeletedDossiers` / `getDeletedDossiers`
+//! from the cursor the first page returned).
 
 mod wire;
 
@@ -67,6 +75,17 @@ struct State {
     scan_started_us: Option<i64>,
     /// Start of the last completed deletion scan, µs UTC.
     last_scan_us: Option<i64>,
+    /// The next dossiers request also carries the first page of both
+    /// deletion listings (set when a run starts, cleared by that request).
+    #[serde(default)]
+    with_deletions: bool,
+    /// `endCursor` to continue `pendingDeletedDossiers` from, once the
+    /// dossiers are done, when its first page said `hasNextPage`.
+    #[serde(default)]
+    pending_more: Option<String>,
+    /// The same for `deletedDossiers`.
+    #[serde(default)]
+    deleted_more: Option<String>,
 }
 
 /// A configured démarche.
@@ -123,13 +142,19 @@ impl Demarches {
         let mut state = state.clone();
         let mut fell_back = false;
         loop {
-            let vars = json!({
+            let mut vars = json!({
                 "demarcheNumber": self.cfg.demarche,
                 "first": first,
                 "after": state.cursor,
                 "updatedSince": state.since,
             });
-            let resp = self.call("getDemarche", vars).await?;
+            let operation = if state.with_deletions {
+                vars["deletedSince"] = json!(state.scan_since);
+                "getDemarcheWithDeletions"
+            } else {
+                "getDemarche"
+            };
+            let resp = self.call(operation, vars).await?;
             if let Some(err) = resp.error() {
                 if err.has_code("timeout") && first > MIN_PAGE {
                     first = (first / 2).max(MIN_PAGE);
@@ -145,7 +170,19 @@ impl Demarches {
                 return Err(err.into_error());
             }
             let conn: Connection = resp.connection("dossiers")?;
-            return self.dossiers_page(state, conn, &resp.url, phase);
+            let mut deletes = Vec::new();
+            if state.with_deletions {
+                let pending = resp.connection("pendingDeletedDossiers")?;
+                let deleted = resp.connection("deletedDossiers")?;
+                state.pending_more = continuation(&pending, None, &resp.url)?;
+                state.deleted_more = continuation(&deleted, None, &resp.url)?;
+                deletes = tombstones(pending, &resp.url)?;
+                deletes.extend(tombstones(deleted, &resp.url)?);
+                state.with_deletions = false;
+            }
+            let mut page = self.dossiers_page(state, conn, &resp.url, phase)?;
+            page.deletes = deletes;
+            return Ok(page);
         }
     }
 
@@ -183,12 +220,13 @@ impl Demarches {
             // overwrites the stored one.
             state.cursor = Some(c);
         }
+        let mut done = false;
         if !conn.page_info.has_next_page {
             phase = Phase::Incremental;
             if state.last_reconcile_us.is_none() {
                 state.last_reconcile_us = Some(crate::time::now_us());
             }
-            state.stage = Stage::PendingDeleted { after: None };
+            done = next_deletion_stage(&mut state);
         }
         Ok(Page {
             upserts,
@@ -197,7 +235,7 @@ impl Demarches {
                 phase,
                 state: state_json(&state)?,
             },
-            done: false,
+            done,
             listing: None,
             reports: Vec::new(),
         })
@@ -226,38 +264,22 @@ impl Demarches {
             return Err(err.into_error());
         }
         let conn: Connection = resp.connection(field)?;
-        let mut deletes = Vec::with_capacity(conn.nodes.len());
-        for node in conn.nodes {
-            let key: DeletedKey = serde_json::from_str(node.get())
-                .map_err(|_| malformed(&resp.url, "a deleted dossier lacks `number`"))?;
-            let deleted_at = key
-                .deleted
-                .as_ref()
-                .and_then(|d| d.as_str())
-                .filter(|d| crate::time::parse_us(d).is_some())
-                .map(str::to_string);
-            deletes.push(Tombstone {
-                id: key.number.to_string(),
-                deleted_at,
-                data: payload::compact(node),
-            });
-        }
-        let more = conn.page_info.has_next_page;
-        let next_after = conn.page_info.end_cursor.or(after.clone());
-        if more && next_after == after {
-            return Err(malformed(&resp.url, "hasNextPage without a new endCursor"));
-        }
+        let next_after = continuation(&conn, after.as_deref(), &resp.url)?;
+        let deletes = tombstones(conn, &resp.url)?;
         let mut done = false;
-        state.stage = match (pending, more) {
-            (true, true) => Stage::PendingDeleted { after: next_after },
-            (true, false) => Stage::Deleted { after: None },
-            (false, true) => Stage::Deleted { after: next_after },
-            (false, false) => {
-                done = true;
-                state.last_scan_us = state.scan_started_us;
-                Stage::Dossiers
+        match (pending, next_after) {
+            (true, Some(after)) => state.stage = Stage::PendingDeleted { after: Some(after) },
+            (false, Some(after)) => state.stage = Stage::Deleted { after: Some(after) },
+            (true, None) => {
+                state.pending_more = None;
+                done = next_deletion_stage(&mut state);
             }
-        };
+            (false, None) => {
+                state.pending_more = None;
+                state.deleted_more = None;
+                done = next_deletion_stage(&mut state);
+            }
+        }
         Ok(Page {
             upserts: Vec::new(),
             deletes,
@@ -289,6 +311,9 @@ impl Source for Demarches {
             state.last_reconcile_us = Some(now);
         }
         state.stage = Stage::Dossiers;
+        state.with_deletions = true;
+        state.pending_more = None;
+        state.deleted_more = None;
         state.scan_started_us = Some(now);
         state.scan_since = state.last_scan_us.map(|t| {
             crate::time::format_us(t.saturating_sub(self.cfg.deleted_lookback.as_micros() as i64))
@@ -313,6 +338,62 @@ impl Source for Demarches {
             }
         }
     }
+}
+
+/// After the dossiers (or a deletion listing) are done: moves to the
+/// deletion listing that still has pages, or ends the run (`true`) and
+/// records the deletion scan as complete.
+fn next_deletion_stage(state: &mut State) -> bool {
+    if let Some(after) = state.pending_more.take() {
+        state.stage = Stage::PendingDeleted { after: Some(after) };
+        false
+    } else if let Some(after) = state.deleted_more.take() {
+        state.stage = Stage::Deleted { after: Some(after) };
+        false
+    } else {
+        state.stage = Stage::Dossiers;
+        state.last_scan_us = state.scan_started_us;
+        true
+    }
+}
+
+/// Where a deletion listing continues: `Some(endCursor)` when it says
+/// `hasNextPage`, `None` when this page was its last. A next page without
+/// a new cursor would loop forever: malformed.
+fn continuation(
+    conn: &Connection,
+    after: Option<&str>,
+    url: &str,
+) -> Result<Option<String>, SourceError> {
+    if !conn.page_info.has_next_page {
+        return Ok(None);
+    }
+    match conn.page_info.end_cursor.as_deref() {
+        Some(c) if Some(c) != after => Ok(Some(c.to_string())),
+        _ => Err(malformed(url, "hasNextPage without a new endCursor")),
+    }
+}
+
+/// The tombstones of a page of `pendingDeletedDossiers` / `deletedDossiers`,
+/// keyed on `number`.
+fn tombstones(conn: Connection, url: &str) -> Result<Vec<Tombstone>, SourceError> {
+    let mut deletes = Vec::with_capacity(conn.nodes.len());
+    for node in conn.nodes {
+        let key: DeletedKey = serde_json::from_str(node.get())
+            .map_err(|_| malformed(url, "a deleted dossier lacks `number`"))?;
+        let deleted_at = key
+            .deleted
+            .as_ref()
+            .and_then(|d| d.as_str())
+            .filter(|d| crate::time::parse_us(d).is_some())
+            .map(str::to_string);
+        deletes.push(Tombstone {
+            id: key.number.to_string(),
+            deleted_at,
+            data: payload::compact(node),
+        });
+    }
+    Ok(deletes)
 }
 
 /// Restarts the dossier listing from `watermark - 15 min` with no cursor
