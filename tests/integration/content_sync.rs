@@ -65,16 +65,52 @@ async fn five_thousand_requests_sharing_timestamps_are_all_stored_and_reported_o
     assert_content_matches(&setup, &sim, "acme", "translations", &[]).await;
     assert_eq!(successes(&content), completions(&content));
 
-    // Nothing changed: one request, nothing stored, nothing reported again.
+    // Nothing changed: one request (the descending probe: the last batch
+    // of 45 is larger than a page), nothing stored, nothing reported again.
     let before = content.requests();
     let out = setup.sync_ok(&[]).await;
-    assert!(
-        content.requests() - before <= 2,
-        "{}",
-        content.requests() - before
-    );
+    assert_eq!(content.requests() - before, 1);
     assert!(stderr(&out).contains("0 upserted"), "{}", stderr(&out));
     assert_eq!(successes(&content), completions(&content));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_batch_larger_than_a_page_one_request_finds_a_few_changes() {
+    let sim = simulator().await;
+    let content = sim.content();
+    // The last batch (50 requests at one instant) spans 3 pages of 20.
+    let ids = content.seed(100, 50);
+    let setup = Setup::content(&sim, &[ContentSource::new("acme", "translations")]);
+    setup.sync_ok(&[]).await;
+    assert_content_matches(&setup, &sim, "acme", "translations", &[]).await;
+
+    // Fewer changes than a page: the descending probe holds all of them.
+    for id in &ids[..5] {
+        content.set_state(*id, "confirmed");
+    }
+    let before = content.requests();
+    let out = setup.sync_ok(&[]).await;
+    assert_eq!(content.requests() - before, 1, "{}", stderr(&out));
+    assert_content_matches(&setup, &sim, "acme", "translations", &[]).await;
+    let before = content.requests();
+    setup.sync_ok(&[]).await;
+    assert_eq!(content.requests() - before, 1, "nothing changed");
+
+    // A new batch larger than a page, then more changes than a page: the
+    // probe cannot hold them and the run walks up from the watermark.
+    content.set_state_batch(&ids[10..40], "canceled");
+    setup.sync_ok(&[]).await;
+    for id in &ids[50..80] {
+        content.set_state(*id, "pending");
+    }
+    let before = content.requests();
+    setup.sync_ok(&[]).await;
+    assert!(content.requests() - before > 1);
+    assert_content_matches(&setup, &sim, "acme", "translations", &[]).await;
+    let before = content.requests();
+    let out = setup.sync_ok(&[]).await;
+    assert_eq!(content.requests() - before, 1, "nothing changed");
+    assert!(stderr(&out).contains("0 upserted"), "{}", stderr(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

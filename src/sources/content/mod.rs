@@ -9,6 +9,18 @@
 //! brings no progress (a batch sharing one instant is larger than a page) do
 //! we step through `page=2,3,...` of the same query. Repeats are absorbed by
 //! the upsert rule.
+//!
+//! A run with nothing new costs one request. When the requests at the
+//! watermark instant fit in one page, page 1 of the query from the
+//! watermark is also its last page and ends the run. When a run ended after
+//! stepping through a batch larger than a page, every request at the
+//! watermark instant has been stored, and re-reading the batch page by page
+//! would tell nothing new; the next run instead asks once for the same query
+//! sorted `lastStateChange:desc`. If that page reaches back to the watermark
+//! instant (or is the only page), it holds every request changed since: the
+//! run stores them, moves the watermark and ends. Otherwise more than a page
+//! changed: the page is stored (harmless repeats later) and the run goes on
+//! with the ascending walk from the watermark, as above.
 
 mod request;
 
@@ -34,6 +46,13 @@ struct State {
     /// Page of the current query (1 unless stepping through a large batch).
     #[serde(default = "first_page")]
     page: u32,
+    /// Every request at the watermark instant is stored, and they span more
+    /// than one page: a run starts with the descending probe.
+    #[serde(default)]
+    batch_stored: bool,
+    /// This run's next request is the descending probe.
+    #[serde(default)]
+    probe: bool,
 }
 
 fn first_page() -> u32 {
@@ -77,7 +96,8 @@ impl Content {
         }
     }
 
-    /// The JSON query: API requests from the watermark, oldest change first.
+    /// The JSON query: API requests from the watermark, oldest change first
+    /// (newest first for the probe).
     fn query(state: &State) -> String {
         let mut criteria = vec![json!({"type": "source", "criteria": "api"})];
         if let Some(w) = &state.watermark {
@@ -86,7 +106,12 @@ impl Content {
                 "criteria": {"from": w, "fromInclusive": true},
             }));
         }
-        json!({"criteria": criteria, "sortBy": ["lastStateChange"]}).to_string()
+        let sort = if state.probe {
+            "lastStateChange:desc"
+        } else {
+            "lastStateChange"
+        };
+        json!({"criteria": criteria, "sortBy": [sort]}).to_string()
     }
 }
 
@@ -95,6 +120,7 @@ impl Source for Content {
     fn start_run(&self, stored: Option<Progress>) -> Progress {
         let (phase, mut state): (Phase, State) = super::read_stored(stored);
         state.page = 1;
+        state.probe = state.batch_stored && state.watermark.is_some();
         Progress {
             phase,
             state: serde_json::to_value(&state).unwrap_or_default(),
@@ -123,6 +149,8 @@ impl Source for Content {
 
         let mut page = Page::default();
         let mut newest: Option<(i64, String, String)> = None;
+        // The oldest `lastStateChange` of the page, µs (for the probe).
+        let mut oldest: Option<i64> = None;
         let count = list.requests.len();
         for item in list.requests {
             let (changed, id) = match check(item, self.report) {
@@ -151,6 +179,9 @@ impl Source for Content {
                     (None, None)
                 }
             };
+            if let Some(us) = changed {
+                oldest = Some(oldest.map_or(us, |o| o.min(us)));
+            }
             if let (Some(us), Some(seen)) = (changed, id)
                 && newest.as_ref().is_none_or(|n| us >= n.0)
             {
@@ -158,6 +189,10 @@ impl Source for Content {
             }
         }
         let last_page = list.pages.is_some_and(|p| state.page >= p);
+        if state.probe {
+            let last = last_page || count == 0;
+            return probed(page, state, progress.phase, newest, oldest, last);
+        }
         let moved = newest
             .as_ref()
             .is_some_and(|n| state.watermark_us.is_none_or(|w| n.0 > w));
@@ -172,6 +207,9 @@ impl Source for Content {
         }
         page.done = count == 0 || last_page;
         if page.done {
+            // Stepping ended the run: the whole batch at the watermark
+            // instant is stored and spans more than one page.
+            state.batch_stored = !moved && list.pages.is_some_and(|p| p > 1);
             state.page = 1;
         }
         tracing::debug!(received = count, page = state.page, "content page");
@@ -185,4 +223,45 @@ impl Source for Content {
         };
         Ok(page)
     }
+}
+
+/// Ends the descending probe: the page is complete when it reaches back to
+/// the watermark instant or is the last page; otherwise the run goes on with
+/// the ascending walk, watermark unchanged.
+fn probed(
+    mut page: Page,
+    mut state: State,
+    phase: Phase,
+    newest: Option<(i64, String, String)>,
+    oldest: Option<i64>,
+    last_page: bool,
+) -> Result<Page, SourceError> {
+    state.probe = false;
+    state.page = 1;
+    let reached = match (oldest, state.watermark_us) {
+        (Some(o), Some(w)) => o <= w,
+        _ => false,
+    };
+    page.done = reached || last_page;
+    if page.done
+        && let Some((us, at, id)) = newest
+        && state.watermark_us.is_none_or(|w| us > w)
+    {
+        // Every request after the old watermark is in this page, so the
+        // batch at the new one fits in a page too.
+        state.watermark = Some(at);
+        state.watermark_us = Some(us);
+        state.watermark_id = Some(id);
+        state.batch_stored = false;
+    }
+    tracing::debug!(
+        received = page.upserts.len(),
+        complete = page.done,
+        "content probe"
+    );
+    page.next_progress = Progress {
+        phase: if page.done { Phase::Incremental } else { phase },
+        state: state_json(&state)?,
+    };
+    Ok(page)
 }
