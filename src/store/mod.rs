@@ -25,6 +25,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use crate::config::SourceKey;
+
 pub use export::ExportRow;
 pub use outbox::PendingReport;
 pub use records::{PageStats, UPSERT_CONFLICT};
@@ -81,7 +83,14 @@ pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
     path: PathBuf,
+    /// Per source, bumped after each commit that queued import-state
+    /// reports, so that its idle reporter waits for it instead of polling
+    /// the outbox.
+    queued: std::sync::Arc<std::sync::Mutex<QueuedSignals>>,
 }
+
+/// The [`Store::outbox_queued`] signals, by source.
+type QueuedSignals = std::collections::BTreeMap<SourceKey, tokio::sync::watch::Sender<u64>>;
 
 /// How long a statement waits for a lock held by another connection or
 /// process, unless the config says otherwise.
@@ -138,12 +147,32 @@ impl Store {
             writer,
             reader,
             path,
+            queued: Default::default(),
         })
     }
 
     /// The database file, for messages.
     pub fn path(&self) -> &std::path::Path {
         &self.path
+    }
+
+    /// Changes after every commit of this process that queued import-state
+    /// reports for `key`: what its idle reporter waits for. Reports queued
+    /// by another process (a `synchro sync` beside the daemon) are not seen
+    /// here.
+    pub fn outbox_queued(&self, key: &SourceKey) -> tokio::sync::watch::Receiver<u64> {
+        let mut map = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key.clone())
+            .or_insert_with(|| tokio::sync::watch::Sender::new(0))
+            .subscribe()
+    }
+
+    /// Wakes the reporter of `key`, if one listens.
+    pub(crate) fn reports_queued(&self, key: &SourceKey) {
+        let map = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(signal) = map.get(key) {
+            signal.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     /// Flushes the WAL into the main file and closes every connection.

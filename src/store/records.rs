@@ -335,6 +335,9 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        if all.iter().any(|s| s.reports > 0) {
+            self.reports_queued(key);
+        }
         Ok(all)
     }
 
