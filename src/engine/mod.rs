@@ -105,9 +105,14 @@ impl Engine {
     ) -> RunReport {
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let span = tracing::info_span!("sync", tenant = %key.tenant, source = %key.source, run_id = %run_id);
-        self.run_inner(key, kind, source, stop, run_id, due_us)
-            .instrument(span)
-            .await
+        // Boxed: the state of a run (HTTP, JSON, commit futures) is several
+        // KB, and the task of every configured source would otherwise carry
+        // it inline while it waits for its next tick, i.e. almost always.
+        Box::pin(
+            self.run_inner(key, kind, source, stop, run_id, due_us)
+                .instrument(span),
+        )
+        .await
     }
 
     async fn run_inner(

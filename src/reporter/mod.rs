@@ -141,7 +141,8 @@ impl Reporter {
         loop {
             // A failing endpoint is left alone for the whole pause, even if
             // new reports arrive meanwhile.
-            let (wait, wake_on_new) = match self.send_due(&stop).await {
+            // Boxed, like a sync run: an idle reporter task stays small.
+            let (wait, wake_on_new) = match Box::pin(self.send_due(&stop)).await {
                 Ok(Pass {
                     pause: Some(pause), ..
                 }) => (pause, false),
