@@ -154,6 +154,21 @@ impl Running {
         self.child.id()
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the process.
+    pub fn signal(&self, signal: libc::c_int) -> Result<()> {
+        // SAFETY: signals our own child, which has not been reaped yet.
+        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        if r != 0 {
+            bail!("cannot signal synchro: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends SIGTERM and waits up to `deadline` for a clean exit (status 0).
     pub async fn stop(mut self, deadline: Duration) -> Result<()> {
         // SAFETY: signals our own child, which has not been reaped yet.

@@ -14,8 +14,11 @@
 //!   tokio timers and of the same daemon with 100 sources.
 //! * `webhook`: content callbacks sent open-loop to `synchro run`, latency
 //!   to the committed row, next to `/healthz` and a bare commit.
+//! * `idle`: 1,000 sources synced and idle next to a 1-source baseline:
+//!   RSS, CPU over a minute, and the requests of a no-change cycle.
 
 mod child;
+mod idle;
 mod ingest;
 mod report;
 mod schedule;
@@ -31,7 +34,7 @@ use report::Section;
 const DEFAULT_RECORDS: usize = 200_000;
 
 /// The sections, in the order they run and appear.
-const SECTIONS: &[&str] = &["ingest", "schedule", "webhook"];
+const SECTIONS: &[&str] = &["ingest", "idle", "schedule", "webhook"];
 
 struct Args {
     records: usize,
@@ -122,6 +125,7 @@ async fn main() -> Result<()> {
             "ingest" => ingest::run(&bin, args.records).await?,
             "schedule" => schedule::run(&bin).await?,
             "webhook" => webhook::run(&bin).await?,
+            "idle" => idle::run(&bin).await?,
             _ => unreachable!("SECTIONS and this match list the same names"),
         };
         sections.push(section);

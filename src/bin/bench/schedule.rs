@@ -16,11 +16,11 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Row};
 use synchro::simulate::{self, Simulator};
@@ -138,25 +138,15 @@ async fn observe(
     }
     std::fs::write(&config, toml)?;
 
-    let log = |name: &str| std::fs::File::create(dir.path().join(name));
     let started = Instant::now();
-    let mut child = Command::new(bin)
-        .arg("--config")
-        .arg(&config)
-        .args(["--log-format", "json", "-q", "run"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(log("child.out")?)
-        .stderr(log("child.err")?)
-        .spawn()
-        .context("cannot start synchro run")?;
+    let mut child = crate::child::Running::start(bin, &config, dir.path(), &["-q", "run"])?;
     let want = rounds.saturating_mul(n as i64);
     let mut startup = None;
     let outcome = async {
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            if let Some(status) = child.try_wait()? {
-                bail!("synchro run exited early ({status})");
+            if !child.alive() {
+                bail!("synchro run exited early (see {})", dir.path().display());
             }
             let Ok(mut conn) = connect(&db).await else {
                 continue;
@@ -180,7 +170,7 @@ async fn observe(
         }
     }
     .await;
-    stop(&mut child)?;
+    child.stop(Duration::from_secs(40)).await?;
     outcome?;
 
     let mut conn = connect(&db).await?;
@@ -238,25 +228,6 @@ async fn observe(
 async fn connect(db: &Path) -> Result<SqliteConnection> {
     let opts = SqliteConnectOptions::new().filename(db).read_only(true);
     Ok(SqliteConnection::connect_with(&opts).await?)
-}
-
-/// SIGTERM, then waits for a clean exit (bounded; SIGKILL after).
-fn stop(child: &mut Child) -> Result<()> {
-    // SAFETY: signals our own child by its pid.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait()? {
-            if !status.success() {
-                bail!("synchro run exited with {status} after SIGTERM");
-            }
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    bail!("synchro run did not stop within 40 s of SIGTERM")
 }
 
 /// Lateness of bare tokio timers: `n` tasks sleeping until one instant,
