@@ -26,6 +26,10 @@ pub use redact::Redactor;
 /// pages) while the fetcher never waits for a single commit.
 const QUEUED_PAGES: usize = 4;
 
+/// Pages after which a run counts as a large sync and widens the writer's
+/// page cache until it ends (`Store::widen_cache`).
+const WIDE_CACHE_AFTER_PAGES: u64 = 8;
+
 /// Records above which a group commit takes no further waiting page.
 const GROUP_RECORDS: usize = 1_000;
 
@@ -206,39 +210,51 @@ impl Engine {
         let writer_kind = kind.to_string();
         let writer = async move {
             let mut acc = RunRecord::default();
-            let mut group: Vec<Page> = Vec::new();
-            while let Some(page) = rx.recv().await {
-                let mut records = page.upserts.len() + page.deletes.len();
-                group.push(page);
-                while records < GROUP_RECORDS {
-                    let Ok(next) = rx.try_recv() else { break };
-                    records += next.upserts.len() + next.deletes.len();
-                    group.push(next);
-                }
-                let stats = store.commit_pages(&writer_key, &writer_kind, &group).await;
-                let stats = match stats {
-                    Ok(s) => s,
-                    Err(e) => return (acc, Err(e)),
-                };
-                for (page, stats) in group.drain(..).zip(stats) {
-                    let n = page.upserts.len() + page.deletes.len();
-                    acc.pages += 1;
-                    acc.upserted += stats.upserted;
-                    acc.deleted += stats.deleted + stats.removed;
-                    tracing::debug!(
-                        received = n,
-                        upserted = stats.upserted,
-                        deleted = stats.deleted,
-                        removed = stats.removed,
-                        done = page.done,
-                        "page committed"
-                    );
-                    if let Some(obs) = &observer {
-                        obs(&writer_key, &stats, n);
+            let mut widened = false;
+            let written = async {
+                let mut group: Vec<Page> = Vec::new();
+                while let Some(page) = rx.recv().await {
+                    let mut records = page.upserts.len() + page.deletes.len();
+                    group.push(page);
+                    while records < GROUP_RECORDS {
+                        let Ok(next) = rx.try_recv() else { break };
+                        records += next.upserts.len() + next.deletes.len();
+                        group.push(next);
+                    }
+                    let stats = store
+                        .commit_pages(&writer_key, &writer_kind, &group)
+                        .await?;
+                    for (page, stats) in group.drain(..).zip(stats) {
+                        let n = page.upserts.len() + page.deletes.len();
+                        acc.pages += 1;
+                        acc.upserted += stats.upserted;
+                        acc.deleted += stats.deleted + stats.removed;
+                        tracing::debug!(
+                            received = n,
+                            upserted = stats.upserted,
+                            deleted = stats.deleted,
+                            removed = stats.removed,
+                            done = page.done,
+                            "page committed"
+                        );
+                        if let Some(obs) = &observer {
+                            obs(&writer_key, &stats, n);
+                        }
+                    }
+                    if !widened && acc.pages >= WIDE_CACHE_AFTER_PAGES {
+                        match store.widen_cache().await {
+                            Ok(()) => widened = true,
+                            Err(e) => tracing::warn!(error = %e, "could not widen the page cache"),
+                        }
                     }
                 }
+                Ok::<(), StoreError>(())
             }
-            (acc, Ok(()))
+            .await;
+            if widened && let Err(e) = store.narrow_cache().await {
+                tracing::warn!(error = %e, "could not narrow the page cache");
+            }
+            (acc, written)
         };
         let fetcher = async move {
             loop {

@@ -8,6 +8,7 @@
 //! `busy_timeout` absorbs a second process (a manual `synchro sync` next to
 //! the daemon).
 
+mod cache;
 mod export;
 mod outbox;
 mod progress;
@@ -77,6 +78,9 @@ fn describe_sql(e: &sqlx::Error) -> String {
     }
 }
 
+/// How long an unused reader connection stays open.
+const READER_IDLE: Duration = Duration::from_secs(10);
+
 /// Handle to the database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -87,6 +91,8 @@ pub struct Store {
     /// reports, so that its idle reporter waits for it instead of polling
     /// the outbox.
     queued: std::sync::Arc<std::sync::Mutex<QueuedSignals>>,
+    /// Large syncs running with a widened writer cache (see `cache.rs`).
+    wide: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The [`Store::outbox_queued`] signals, by source.
@@ -136,9 +142,13 @@ impl Store {
             .await
             .map_err(open_err)?;
         sqlx::migrate!("./migrations").run(&writer).await?;
+        // Readers close after a short idle spell: each holds up to 2 MB of
+        // page cache, most of an idle daemon's heap, and reopening a local
+        // file costs well under a millisecond.
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(0)
+            .idle_timeout(READER_IDLE)
             .test_before_acquire(false)
             .connect_with(base.read_only(true))
             .await
@@ -148,6 +158,7 @@ impl Store {
             reader,
             path,
             queued: Default::default(),
+            wide: Default::default(),
         })
     }
 

@@ -604,3 +604,18 @@ async fn outbox_queries_answer_while_a_commit_holds_the_writer() {
     );
     assert_eq!(store.pending_report_count(&key).await.expect("count"), 0);
 }
+
+/// Large syncs widen the writer's cache while any of them runs; the last to
+/// end narrows it back to SQLite's default.
+#[tokio::test]
+async fn the_writer_cache_is_wide_only_while_a_large_sync_runs() {
+    let (_d, store) = open().await;
+    assert_eq!(store.cache_kib().await.expect("size"), 2000);
+    store.widen_cache().await.expect("widen");
+    store.widen_cache().await.expect("widen");
+    assert_eq!(store.cache_kib().await.expect("size"), 16 * 1024);
+    store.narrow_cache().await.expect("narrow");
+    assert_eq!(store.cache_kib().await.expect("size"), 16 * 1024, "one still runs");
+    store.narrow_cache().await.expect("narrow");
+    assert_eq!(store.cache_kib().await.expect("size"), 2000);
+}
