@@ -615,7 +615,11 @@ async fn the_writer_cache_is_wide_only_while_a_large_sync_runs() {
     store.widen_cache().await.expect("widen");
     assert_eq!(store.cache_kib().await.expect("size"), 16 * 1024);
     store.narrow_cache().await.expect("narrow");
-    assert_eq!(store.cache_kib().await.expect("size"), 16 * 1024, "one still runs");
+    assert_eq!(
+        store.cache_kib().await.expect("size"),
+        16 * 1024,
+        "one still runs"
+    );
     store.narrow_cache().await.expect("narrow");
     assert_eq!(store.cache_kib().await.expect("size"), 2000);
 }

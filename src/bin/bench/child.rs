@@ -59,23 +59,30 @@ pub fn own_cpu() -> Duration {
     rusage_cpu(&ru)
 }
 
-/// Runs `synchro --config CONFIG ARGS...` to completion, with its stdout and
-/// stderr in `dir`, polling its peak RSS (VmHWM of its own address space;
-/// `wait4`'s ru_maxrss would also count the bench's memory, shared with the
-/// child between fork and exec).
-pub async fn run_to_end(bin: &Path, config: &Path, dir: &Path, args: &[&str]) -> Result<Finished> {
+/// Starts `synchro --config CONFIG --log-format text ARGS...`, its stdout
+/// and stderr in `dir/child.out` and `dir/child.err`.
+fn spawn(bin: &Path, config: &Path, dir: &Path, args: &[&str]) -> Result<std::process::Child> {
     let log = |name: &str| std::fs::File::create(dir.join(name));
-    let mut cmd = Command::new(bin);
-    cmd.arg("--config")
+    Command::new(bin)
+        .arg("--config")
         .arg(config)
         .args(["--log-format", "text"])
         .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(log("child.out")?)
-        .stderr(log("child.err")?);
+        .stderr(log("child.err")?)
+        .spawn()
+        .context("cannot start synchro")
+}
+
+/// Runs `synchro --config CONFIG ARGS...` to completion, with its stdout and
+/// stderr in `dir`, polling its peak RSS (VmHWM of its own address space;
+/// `wait4`'s ru_maxrss would also count the bench's memory, shared with the
+/// child between fork and exec).
+pub async fn run_to_end(bin: &Path, config: &Path, dir: &Path, args: &[&str]) -> Result<Finished> {
     let started = Instant::now();
-    let child = cmd.spawn().context("cannot start synchro")?;
+    let child = spawn(bin, config, dir, args)?;
     let pid = child.id();
     let (status, max_rss_kb, cpu) = tokio::task::spawn_blocking(move || {
         let mut hwm: i64 = 0;
@@ -134,19 +141,9 @@ pub struct Running {
 impl Running {
     /// Starts `synchro --config CONFIG ARGS...` with stdout and stderr in `dir`.
     pub fn start(bin: &Path, config: &Path, dir: &Path, args: &[&str]) -> Result<Self> {
-        let log = |name: &str| std::fs::File::create(dir.join(name));
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(config)
-            .args(["--log-format", "text"])
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log("child.out")?)
-            .stderr(log("child.err")?)
-            .spawn()
-            .context("cannot start synchro")?;
-        Ok(Self { child })
+        Ok(Self {
+            child: spawn(bin, config, dir, args)?,
+        })
     }
 
     /// The child's process id.
