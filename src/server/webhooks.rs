@@ -141,6 +141,10 @@ pub(super) async fn content(
     let Some(request) = msg.remove("request").filter(|r| r.is_object()) else {
         return bad("`request` is missing or not an object".into());
     };
+    let request = match crate::sources::payload::from_value(&request) {
+        Ok(raw) => raw,
+        Err(e) => return bad(format!("`request` cannot be encoded: {e}")),
+    };
     let mut page = Page::default();
     let outcome = match check(request, report) {
         Checked::Store(record, owed) => {

@@ -62,7 +62,8 @@ fn first_page() -> u32 {
 /// `{"requests": [...], "total", "pages", "page"}`.
 #[derive(Debug, Deserialize)]
 struct ListResponse {
-    requests: Vec<serde_json::Value>,
+    /// Kept raw: stored as they came; `check` reads only the keys.
+    requests: Vec<super::payload::Payload>,
     #[serde(default)]
     pages: Option<u32>,
 }
