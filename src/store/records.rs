@@ -264,6 +264,23 @@ async fn write_page(
     Ok(stats)
 }
 
+/// The progress upsert of `page`, ready to run.
+fn progress_query<'q>(
+    key: &'q SourceKey,
+    kind: &'q str,
+    page: &'q Page,
+    state: &'q str,
+    now: i64,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    sqlx::query(SAVE_PROGRESS)
+        .bind(&key.tenant)
+        .bind(&key.source)
+        .bind(kind)
+        .bind(page.next_progress.phase.as_str())
+        .bind(state)
+        .bind(now)
+}
+
 impl Store {
     /// Commits a page and the progress that follows it, atomically.
     pub async fn commit_page(
@@ -318,19 +335,29 @@ impl Store {
         let now = now_us();
         let state = serde_json::to_string(&last.next_progress.state)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let nothing_but_progress = pages.iter().all(|p| {
+            p.upserts.is_empty()
+                && p.deletes.is_empty()
+                && p.reports.is_empty()
+                && p.listing.is_none()
+        });
+        if nothing_but_progress {
+            // A page that only moves the progress (the usual no-change run)
+            // is one statement, atomic on its own: one writer round trip
+            // instead of three (BEGIN, save, COMMIT), which is what thousands
+            // of runs due at once queue for.
+            if save_progress {
+                self.save_progress(key, kind, last, &state, now).await?;
+            }
+            return Ok(vec![PageStats::default(); pages.len()]);
+        }
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut all = Vec::with_capacity(pages.len());
         for page in pages {
             all.push(write_page(&mut tx, key, kind, page, now).await?);
         }
         if save_progress {
-            sqlx::query(SAVE_PROGRESS)
-                .bind(&key.tenant)
-                .bind(&key.source)
-                .bind(kind)
-                .bind(last.next_progress.phase.as_str())
-                .bind(state)
-                .bind(now)
+            progress_query(key, kind, last, &state, now)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -339,6 +366,20 @@ impl Store {
             self.reports_queued(key);
         }
         Ok(all)
+    }
+
+    async fn save_progress(
+        &self,
+        key: &SourceKey,
+        kind: &str,
+        page: &Page,
+        state: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        progress_query(key, kind, page, state, now)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
     /// The progress stored for a source, if any. Read through the reader

@@ -623,3 +623,31 @@ async fn the_writer_cache_is_wide_only_while_a_large_sync_runs() {
     store.narrow_cache().await.expect("narrow");
     assert_eq!(store.cache_kib().await.expect("size"), 2000);
 }
+
+/// A page that only moves the progress (a no-change run) is saved without a
+/// transaction of its own, and its progress is what the next run reads.
+#[tokio::test]
+async fn a_progress_only_page_saves_the_progress() {
+    let (_d, store) = open().await;
+    let key = SourceKey::new("t", "s");
+    store
+        .commit_page(
+            &key,
+            "k",
+            &page(vec![rec("1", "2024-01-01T10:00:00Z", 1)], vec![], "one"),
+        )
+        .await
+        .expect("commit");
+    let stats = store
+        .commit_page(&key, "k", &page(vec![], vec![], "two"))
+        .await
+        .expect("progress only");
+    assert_eq!(stats, super::PageStats::default());
+    let p = store
+        .load_progress(&key)
+        .await
+        .expect("load")
+        .expect("some");
+    assert_eq!(p.state["cursor"], "two");
+    assert_eq!(export(&store, true).await.len(), 1);
+}
