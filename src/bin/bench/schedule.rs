@@ -444,8 +444,9 @@ SQLite's own work (`sqlite3VdbeExec`, WAL writes) was under 2 %. The round drain
 pace of statement round trips on the single writer connection, on a machine where every \
 wake-up waits for a shared core, not at the pace of CPU. A no-change run cost 9 of them: \
 BEGIN/UPDATE/INSERT/COMMIT for its row, reading its progress, BEGIN/save/COMMIT for the \
-page, the final UPDATE. `start_run` now uses two autocommit statements, and progress is \
-read through the reader pool: 6 writer round trips per run.\n\
+page, the final UPDATE. `start_run` now uses two autocommit statements, progress is \
+read through the reader pool, and a page that only moves the progress is one autocommit \
+statement: 4 writer round trips per no-change run.\n\
 - **What bounds the tail.** 10,000 runs due in the same second, at most 1024 holding a \
 sync slot (the config's maximum): a run's lateness is the time for the runs ahead of it \
 to finish, so p99 ≈ (0.99 × 10,000 − 1024) / drain rate. The fire delay itself is what \
@@ -454,6 +455,6 @@ instants kept to the whole second.\n\
 - **Left to do** for p99 ≤ 1 s at this scale on this machine: group commit of run \
 bookkeeping (one multi-row statement for all runs starting or ending together, not \
 three statements per run) and of no-change pages, so that a round costs a few hundred \
-writer round trips instead of 60,000; or spreading each source's phase over its \
+writer round trips instead of 40,000; or spreading each source's phase over its \
 interval (as Prometheus does for scrape targets), which removes the herd instead of \
 serving it faster.\n";
