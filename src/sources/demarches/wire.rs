@@ -12,10 +12,11 @@ use crate::sources::payload::Payload;
 /// `{ data, errors }` as the API answers with HTTP 200.
 #[derive(Debug, Deserialize)]
 pub struct GraphqlResponse {
-    /// Kept as text: only the connection asked for is decoded, and its
-    /// nodes stay raw (they are stored as they came).
+    /// `data.demarche`'s fields kept as text, read in the same pass as the
+    /// body: a connection is decoded when asked for, and its nodes stay raw
+    /// (they are stored as they came).
     #[serde(default)]
-    data: Option<Box<RawValue>>,
+    data: Option<Data>,
     #[serde(default)]
     errors: Option<Vec<GraphqlError>>,
     #[serde(skip)]
@@ -65,7 +66,7 @@ pub struct Connection {
 }
 
 /// `data`: `{ demarche: { <field>: ... } }`, or `demarche: null`.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Data {
     #[serde(default)]
     demarche: Option<HashMap<String, Box<RawValue>>>,
@@ -112,15 +113,13 @@ impl GraphqlResponse {
             url: self.url.clone(),
             reason,
         };
-        let missing = || malformed(format!("`data.demarche.{field}` is missing"));
-        let data = self.data.as_ref().ok_or_else(missing)?;
-        let data: Data = serde_json::from_str(data.get())
-            .map_err(|e| malformed(format!("`data.demarche`: {e}")))?;
-        let raw = data
-            .demarche
-            .and_then(|mut d| d.remove(field))
+        let raw = self
+            .data
+            .as_ref()
+            .and_then(|d| d.demarche.as_ref())
+            .and_then(|d| d.get(field))
             .filter(|raw| raw.get() != "null")
-            .ok_or_else(missing)?;
+            .ok_or_else(|| malformed(format!("`data.demarche.{field}` is missing")))?;
         serde_json::from_str(raw.get())
             .map_err(|e| malformed(format!("`data.demarche.{field}`: {e}")))
     }
