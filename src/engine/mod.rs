@@ -214,18 +214,18 @@ impl Engine {
             let written = async {
                 let mut group: Vec<Page> = Vec::new();
                 while let Some(page) = rx.recv().await {
-                    let mut records = page.upserts.len() + page.deletes.len();
+                    let mut records = page.items();
                     group.push(page);
                     while records < GROUP_RECORDS {
                         let Ok(next) = rx.try_recv() else { break };
-                        records += next.upserts.len() + next.deletes.len();
+                        records += next.items();
                         group.push(next);
                     }
                     let stats = store
                         .commit_pages(&writer_key, &writer_kind, &group)
                         .await?;
                     for (page, stats) in group.drain(..).zip(stats) {
-                        let n = page.upserts.len() + page.deletes.len();
+                        let n = page.items();
                         acc.pages += 1;
                         acc.upserted += stats.upserted;
                         acc.deleted += stats.deleted + stats.removed;

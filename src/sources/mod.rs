@@ -79,6 +79,13 @@ pub struct Page {
     pub reports: Vec<Report>,
 }
 
+impl Page {
+    /// Records and deletions it carries: what group commits are sized by.
+    pub fn items(&self) -> usize {
+        self.upserts.len() + self.deletes.len()
+    }
+}
+
 /// An import-state report owed to the upstream (Contentor). Queued in the
 /// outbox once per (record, completion date), whatever happens later.
 #[derive(Debug, Clone, PartialEq, Eq)]

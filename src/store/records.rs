@@ -91,15 +91,6 @@ impl RowStatements {
         }
         Self { by_rows }
     }
-
-    /// The largest statement that fits `remaining` rows.
-    fn fitting(&self, remaining: usize) -> (usize, &str) {
-        self.by_rows
-            .iter()
-            .find(|(rows, _)| *rows <= remaining)
-            .map(|(rows, sql)| (*rows, sql.as_str()))
-            .unwrap_or((1, ""))
-    }
 }
 
 fn upsert_statements() -> &'static RowStatements {
@@ -177,25 +168,28 @@ async fn write_rows(
 ) -> Result<u64, StoreError> {
     let mut changed = 0;
     let mut rest = rows;
-    while !rest.is_empty() {
-        let (n, sql) = statements.fitting(rest.len());
-        let (chunk, tail) = rest.split_at(n.min(rest.len()));
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for row in chunk {
-            q = q
-                .bind(&shared.key.tenant)
-                .bind(&shared.key.source)
-                .bind(row.id)
-                .bind(shared.kind)
-                .bind(row.updated_at)
-                .bind(row.updated_us)
-                .bind(deleted)
-                .bind(row.data)
-                .bind(shared.now)
-                .bind(shared.listing);
+    // Largest statements first; the last one has a single row, so nothing
+    // is left over.
+    for (n, sql) in &statements.by_rows {
+        while rest.len() >= *n {
+            let (chunk, tail) = rest.split_at(*n);
+            rest = tail;
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for row in chunk {
+                q = q
+                    .bind(&shared.key.tenant)
+                    .bind(&shared.key.source)
+                    .bind(row.id)
+                    .bind(shared.kind)
+                    .bind(row.updated_at)
+                    .bind(row.updated_us)
+                    .bind(deleted)
+                    .bind(row.data)
+                    .bind(shared.now)
+                    .bind(shared.listing);
+            }
+            changed += q.execute(&mut **tx).await?.rows_affected();
         }
-        changed += q.execute(&mut **tx).await?.rows_affected();
-        rest = tail;
     }
     Ok(changed)
 }
@@ -289,10 +283,7 @@ impl Store {
         kind: &str,
         page: &Page,
     ) -> Result<PageStats, StoreError> {
-        let stats = self
-            .commit(key, kind, std::slice::from_ref(page), true)
-            .await?;
-        Ok(stats.into_iter().next().unwrap_or_default())
+        self.commit_one(key, kind, page, true).await
     }
 
     /// Commits consecutive pages of one run and the progress that follows
@@ -316,10 +307,7 @@ impl Store {
         kind: &str,
         page: &Page,
     ) -> Result<PageStats, StoreError> {
-        let stats = self
-            .commit(key, kind, std::slice::from_ref(page), false)
-            .await?;
-        Ok(stats.into_iter().next().unwrap_or_default())
+        self.commit_one(key, kind, page, false).await
     }
 
     async fn commit(
@@ -347,7 +335,9 @@ impl Store {
             // instead of three (BEGIN, save, COMMIT), which is what thousands
             // of runs due at once queue for.
             if save_progress {
-                self.save_progress(key, kind, last, &state, now).await?;
+                progress_query(key, kind, last, &state, now)
+                    .execute(&self.writer)
+                    .await?;
             }
             return Ok(vec![PageStats::default(); pages.len()]);
         }
@@ -368,18 +358,17 @@ impl Store {
         Ok(all)
     }
 
-    async fn save_progress(
+    async fn commit_one(
         &self,
         key: &SourceKey,
         kind: &str,
         page: &Page,
-        state: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        progress_query(key, kind, page, state, now)
-            .execute(&self.writer)
+        save_progress: bool,
+    ) -> Result<PageStats, StoreError> {
+        let stats = self
+            .commit(key, kind, std::slice::from_ref(page), save_progress)
             .await?;
-        Ok(())
+        Ok(stats.into_iter().next().unwrap_or_default())
     }
 
     /// The progress stored for a source, if any. Read through the reader
