@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -181,7 +180,10 @@ impl Scheduler {
             self.jitter,
             stop.clone(),
         ));
-        let job = self.cron.add(tick_job(&cfg.schedule, tx.clone())?).await?;
+        let job = self
+            .cron
+            .add(tick_job(&cfg.key(), &cfg.schedule, tx.clone())?)
+            .await?;
         let _ = tx.try_send(Trigger::Now);
         self.runners.insert(
             cfg.key(),
@@ -318,33 +320,31 @@ async fn wait_all(tasks: Vec<JoinHandle<()>>, deadline: Duration) -> bool {
         .is_ok()
 }
 
+/// How far ahead of an interval tick's due instant tokio-cron-scheduler is
+/// asked to fire it. The crate polls every 500 ms against due instants kept
+/// to the whole second, so a job fires up to ~0.5 s after it was due; fired
+/// a second early instead, the runner waits the rest on a tokio timer (ms
+/// resolution) and starts on time (`run_loop`).
+const LEAD_US: i64 = 1_000_000;
+
 /// A cron or interval job that only sends a tick to the runner, with the
-/// instant the tick was due.
-fn tick_job(schedule: &Schedule, tx: mpsc::Sender<Trigger>) -> Result<Job, JobSchedulerError> {
-    // The grid of an interval job starts where tokio-cron-scheduler put its
-    // first tick, known once the job exists.
-    let anchor = Arc::new(AtomicI64::new(0));
-    let grid = match schedule {
-        Schedule::Every(d) => Grid::Every {
-            anchor: anchor.clone(),
-            every_us: i64::try_from(d.as_secs())
-                .unwrap_or(i64::MAX / 1_000_000)
-                .saturating_mul(1_000_000),
-        },
-        Schedule::Cron(expr) => match croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Required)
-            .build()
-            .parse(expr)
-        {
-            Ok(cron) => Grid::Cron(Box::new(cron)),
-            // Validated when the config was loaded; the crate refuses it too.
-            Err(_) => Grid::Unknown,
-        },
-    };
+/// instant the tick is due.
+fn tick_job(
+    key: &SourceKey,
+    schedule: &Schedule,
+    tx: mpsc::Sender<Trigger>,
+) -> Result<Job, JobSchedulerError> {
+    let grid = Grid::of(key, schedule);
+    // Where the crate fires an interval job's first tick: a lead ahead of
+    // the first grid point at least half an interval after now (the
+    // start-up run is now).
+    let first_fire_s = grid
+        .first_due_after_start(crate::time::now_us())
+        .map(|due| u64::try_from((due - LEAD_US).div_euclid(1_000_000)).unwrap_or(0));
     let send = move |_id, _sched| {
         // Computed when the crate fires the job, not when the future runs.
         let now = crate::time::now_us();
-        let due_us = grid.due_at_or_before(now).unwrap_or(now);
+        let due_us = grid.due_for_fire_at(now).unwrap_or(now);
         // Full channel: a run is already pending, this tick is coalesced
         // (into the earlier due instant: lateness is never understated).
         let _ = tx.try_send(Trigger::Tick { due_us });
@@ -354,39 +354,78 @@ fn tick_job(schedule: &Schedule, tx: mpsc::Sender<Trigger>) -> Result<Job, JobSc
         Schedule::Every(d) => Job::new_repeated_async(*d, send)?,
         Schedule::Cron(expr) => Job::new_async(expr.as_str(), send)?,
     };
-    let first = job.job_data()?.next_tick;
-    anchor.store(
-        i64::try_from(first).unwrap_or(0).saturating_mul(1_000_000),
-        Ordering::Relaxed,
-    );
+    if let Some(first) = first_fire_s {
+        // A repeated job's next tick is its previous one plus the interval,
+        // so placing the first one places the whole grid.
+        let mut data = job.job_data()?;
+        data.next_tick = first;
+        job.set_job_data(data)?;
+    }
     Ok(job)
 }
 
+/// A stable offset of `key`'s interval grid, in whole seconds below
+/// `every_s`: interval sources are spread over their interval instead of
+/// all coming due in the same second (DESIGN.md §5: "spread sources"), the
+/// way Prometheus spreads scrape targets. Stable across restarts and
+/// platforms (FNV-1a of `tenant/source`), so a source keeps its phase.
+fn phase_s(key: &SourceKey, every_s: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key
+        .tenant
+        .bytes()
+        .chain(std::iter::once(b'/'))
+        .chain(key.source.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h % every_s.max(1)
+}
+
 /// When a schedule's ticks are due, to tell the instant a tick answers.
-/// tokio-cron-scheduler fires a job at its first poll (every 500 ms) at or
-/// after a due instant it keeps to the whole second: an interval job's ticks
-/// are `first + k * interval` (whole seconds), a cron job's are the
-/// expression's occurrences.
+/// An interval source's ticks are due at `phase + k * interval` seconds
+/// since the epoch; the crate fires them [`LEAD_US`] early. A cron job's
+/// ticks are the expression's occurrences; tokio-cron-scheduler fires them
+/// at its first poll (every 500 ms) at or after that instant.
 enum Grid {
-    Every {
-        /// The job's first due instant, µs; set once the job exists.
-        anchor: Arc<AtomicI64>,
-        every_us: i64,
-    },
+    Every { phase_us: i64, every_us: i64 },
     Cron(Box<croner::Cron>),
     Unknown,
 }
 
 impl Grid {
+    fn of(key: &SourceKey, schedule: &Schedule) -> Self {
+        match schedule {
+            Schedule::Every(d) => {
+                let every_s = d.as_secs().max(1);
+                Grid::Every {
+                    phase_us: i64::try_from(phase_s(key, every_s)).unwrap_or(0) * 1_000_000,
+                    every_us: i64::try_from(every_s)
+                        .unwrap_or(i64::MAX / 1_000_000)
+                        .saturating_mul(1_000_000),
+                }
+            }
+            Schedule::Cron(expr) => match croner::parser::CronParser::builder()
+                .seconds(croner::parser::Seconds::Required)
+                .build()
+                .parse(expr)
+            {
+                Ok(cron) => Grid::Cron(Box::new(cron)),
+                // Validated when the config was loaded; the crate refuses it too.
+                Err(_) => Grid::Unknown,
+            },
+        }
+    }
+
     /// The latest due instant at or before `now_us`, if any.
     fn due_at_or_before(&self, now_us: i64) -> Option<i64> {
         match self {
-            Grid::Every { anchor, every_us } => {
-                let anchor = anchor.load(Ordering::Relaxed);
-                if anchor == 0 || *every_us <= 0 || now_us < anchor {
+            Grid::Every { phase_us, every_us } => {
+                if *every_us <= 0 {
                     return None;
                 }
-                Some(anchor + (now_us - anchor) / every_us * every_us)
+                Some(now_us - (now_us - phase_us).rem_euclid(*every_us))
             }
             Grid::Cron(cron) => {
                 let now = chrono::DateTime::from_timestamp_micros(now_us)?;
@@ -396,6 +435,27 @@ impl Grid {
             }
             Grid::Unknown => None,
         }
+    }
+
+    /// The due instant of a tick the crate fires at `now_us`: an interval
+    /// tick fires a lead ahead of it.
+    fn due_for_fire_at(&self, now_us: i64) -> Option<i64> {
+        match self {
+            Grid::Every { .. } => self.due_at_or_before(now_us + LEAD_US),
+            _ => self.due_at_or_before(now_us),
+        }
+    }
+
+    /// An interval grid's first tick for a runner started at `now_us`: the
+    /// first grid point at least half an interval later, so that it does
+    /// not repeat the start-up run; `None` for cron (the crate places it).
+    fn first_due_after_start(&self, now_us: i64) -> Option<i64> {
+        let Grid::Every { every_us, .. } = self else {
+            return None;
+        };
+        let earliest = now_us + every_us / 2;
+        let due = self.due_at_or_before(earliest)?;
+        Some(if due < earliest { due + every_us } else { due })
     }
 }
 
@@ -426,6 +486,20 @@ async fn run_loop(
             Trigger::Tick { due_us } => Some(due_us),
             Trigger::Now => None,
         };
+        if let Some(due) = due_us {
+            // An interval tick fired ahead of its due instant (LEAD_US):
+            // wait for it. Never earlier, even by a timer's rounding.
+            loop {
+                let ahead = due - crate::time::now_us();
+                if ahead <= 0 {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_micros(ahead.unsigned_abs())) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
         if due_us.is_some() && !jitter.is_zero() {
             // A push notification arriving during the jitter wait starts the
             // run at once; it and the tick are one run.
@@ -455,23 +529,80 @@ async fn run_loop(
 mod tests {
     use super::*;
 
+    fn key(tenant: &str, source: &str) -> SourceKey {
+        SourceKey {
+            tenant: tenant.to_string(),
+            source: source.to_string(),
+        }
+    }
+
     #[test]
     fn an_interval_tick_answers_the_latest_grid_point_at_or_before_now() {
         let s = 1_000_000;
         let grid = Grid::Every {
-            anchor: Arc::new(AtomicI64::new(1_000 * s)),
+            phase_us: 40 * s,
             every_us: 60 * s,
         };
-        assert_eq!(
-            grid.due_at_or_before(999 * s),
-            None,
-            "before the first tick"
-        );
+        assert_eq!(grid.due_at_or_before(999 * s), Some(940 * s));
         assert_eq!(grid.due_at_or_before(1_000 * s), Some(1_000 * s));
         assert_eq!(grid.due_at_or_before(1_000 * s + 400_000), Some(1_000 * s));
         assert_eq!(grid.due_at_or_before(1_059 * s), Some(1_000 * s));
-        assert_eq!(grid.due_at_or_before(1_060 * s + 1), Some(1_060 * s));
+        assert_eq!(grid.due_at_or_before(1_060 * s), Some(1_060 * s));
         assert_eq!(grid.due_at_or_before(1_185 * s), Some(1_180 * s));
+        // Fired a lead ahead (the crate's poll lands anywhere in the second
+        // before), a tick answers the grid point ahead of it.
+        assert_eq!(grid.due_for_fire_at(1_059 * s), Some(1_060 * s));
+        assert_eq!(grid.due_for_fire_at(1_059 * s + 600_000), Some(1_060 * s));
+    }
+
+    #[test]
+    fn an_interval_source_first_ticks_on_its_grid_at_least_half_an_interval_after_start() {
+        let s = 1_000_000;
+        for every_s in [1_i64, 2, 5, 60, 3_600] {
+            let schedule = Schedule::Every(Duration::from_secs(every_s as u64));
+            for (i, now) in [0, 7 * s + 123, 1_700_000_000 * s + 999_999]
+                .into_iter()
+                .enumerate()
+            {
+                let grid = Grid::of(&key("acme", &format!("s{i}")), &schedule);
+                let first = grid.first_due_after_start(now).expect("interval");
+                let every = every_s * s;
+                assert!(first >= now + every / 2, "{every_s}s: {first} vs {now}");
+                assert!(
+                    first < now + every / 2 + every,
+                    "{every_s}s: {first} vs {now}"
+                );
+                assert_eq!(grid.due_at_or_before(first), Some(first), "on the grid");
+            }
+        }
+        let cron = Schedule::Cron("0 * * * * *".into());
+        assert_eq!(
+            Grid::of(&key("a", "b"), &cron).first_due_after_start(0),
+            None
+        );
+    }
+
+    #[test]
+    fn interval_sources_are_spread_over_their_interval_and_keep_their_phase() {
+        let mut per_second = [0_usize; 60];
+        for i in 0..10_000 {
+            let k = key(&format!("t{:03}", i / 100), &format!("s{i:05}"));
+            let p = phase_s(&k, 60);
+            assert_eq!(p, phase_s(&k, 60), "stable");
+            per_second[p as usize] += 1;
+        }
+        // 10,000 sources over 60 seconds: about 167 a second, none empty,
+        // none carrying a herd.
+        let (min, max) = (
+            per_second.iter().min().copied().unwrap_or(0),
+            per_second.iter().max().copied().unwrap_or(0),
+        );
+        assert!(min >= 100 && max <= 250, "{min}..{max}: {per_second:?}");
+        assert_eq!(phase_s(&key("acme", "team"), 1), 0);
+        // FNV-1a of "acme/team", computed independently: another build or
+        // platform gives a source the same phase.
+        assert_eq!(phase_s(&key("acme", "team"), 3_600), 1_817);
+        assert_eq!(phase_s(&key("acme", "team"), 60), 17);
     }
 
     #[test]
