@@ -105,7 +105,10 @@ async fn reload(
     stop: &CancellationToken,
 ) -> Result<Scheduler, CliError> {
     if scheduler.can_reload(old, new) {
-        match scheduler.reload(new, new.scheduler.shutdown_timeout).await {
+        match scheduler
+            .reload(old, new, new.scheduler.shutdown_timeout)
+            .await
+        {
             Ok(s) => tracing::info!(
                 added = ?s.added.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 removed = ?s.removed.iter().map(ToString::to_string).collect::<Vec<_>>(),

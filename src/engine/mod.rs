@@ -8,6 +8,7 @@
 //! Pages waiting when a commit ends are committed together, in one
 //! transaction with the progress after the last of them.
 
+mod reclaim;
 mod redact;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tracing::Instrument;
 use crate::config::SourceKey;
 use crate::sources::{Page, Source, SourceError};
 use crate::store::{PageStats, RunOutcome, RunRecord, Store, StoreError};
+pub use reclaim::{Activity, RECLAIM_AFTER};
 pub use redact::Redactor;
 
 /// Pages fetched ahead of the commit: bounds the memory of a run (a few
@@ -62,6 +64,7 @@ pub struct Engine {
     store: Store,
     redactor: Redactor,
     observer: Option<PageObserver>,
+    activity: Arc<Activity>,
 }
 
 impl Engine {
@@ -70,6 +73,7 @@ impl Engine {
             store,
             redactor,
             observer: None,
+            activity: Arc::default(),
         }
     }
 
@@ -81,6 +85,12 @@ impl Engine {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The runs in progress; the daemon hands memory back when they stop
+    /// (see [`Activity::reclaim_when_idle`]).
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
     }
 
     /// Runs one sync of `source` until it is done, fails, or `stop` fires
@@ -129,6 +139,7 @@ impl Engine {
         due_us: Option<i64>,
     ) -> RunReport {
         let started = Instant::now();
+        let _active = self.activity.begin();
         let mut totals = RunRecord::default();
         if let Err(e) = self.store.start_run(key, kind, &run_id, due_us).await {
             // The run cannot even be recorded (locked or full disk): report

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
@@ -41,10 +41,45 @@ pub enum Trigger {
     Now,
 }
 
+/// A source's pending run request: at most one, and a request made while
+/// one is pending is coalesced into it. A run in progress plus one pending
+/// is all a source ever owes. (A `tokio::sync::mpsc` channel of one slot
+/// does the same with ~1 KB of buffers per source; this is ~100 bytes.)
+#[derive(Default)]
+pub struct Pending {
+    slot: std::sync::Mutex<Option<Trigger>>,
+    ready: Notify,
+}
+
+impl Pending {
+    /// Asks for a run; false if one was already pending (coalesced).
+    fn offer(&self, t: Trigger) -> bool {
+        {
+            let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_some() {
+                return false;
+            }
+            *slot = Some(t);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// Waits for the pending request and takes it.
+    async fn take(&self) -> Trigger {
+        loop {
+            if let Some(t) = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return t;
+            }
+            // notify_one stores a permit when nobody waits: an offer made
+            // between the check above and this wait is not missed.
+            self.ready.notified().await;
+        }
+    }
+}
+
 struct Runner {
-    /// The configuration it was started with, to tell a changed source on reload.
-    cfg: SourceConfig,
-    trigger: mpsc::Sender<Trigger>,
+    trigger: Arc<Pending>,
     /// Stops this source alone (reload) or with all the others (shutdown).
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -63,15 +98,15 @@ pub struct ReloadSummary {
 
 /// Cheap, cloneable way to ask the runners for an immediate run.
 #[derive(Clone, Default)]
-pub struct Triggers(Arc<BTreeMap<SourceKey, mpsc::Sender<Trigger>>>);
+pub struct Triggers(Arc<BTreeMap<SourceKey, Arc<Pending>>>);
 
 impl Triggers {
     /// Asks for a run of `key` as soon as possible, coalesced with one that
     /// is pending or running. Returns false for an unknown source.
     pub fn now(&self, key: &SourceKey) -> bool {
         match self.0.get(key) {
-            Some(tx) => {
-                let _ = tx.try_send(Trigger::Now);
+            Some(pending) => {
+                pending.offer(Trigger::Now);
                 true
             }
             None => false,
@@ -145,6 +180,12 @@ impl Scheduler {
             stop,
             capacity,
         };
+        tokio::spawn(
+            me.engine
+                .activity()
+                .clone()
+                .reclaim_when_idle(me.engine.store().clone(), me.stop.child_token()),
+        );
         for source_cfg in config.sources() {
             me.add(source_cfg).await?;
         }
@@ -167,12 +208,13 @@ impl Scheduler {
             .entry(origin(endpoint).unwrap_or_else(|| endpoint.to_string()))
             .or_insert_with(|| Arc::new(Semaphore::new(http.host_concurrency(endpoint))))
             .clone();
-        let (tx, rx) = mpsc::channel(1);
+        let pending = Arc::new(Pending::default());
         let task = tokio::spawn(run_loop(
-            cfg.clone(),
+            cfg.key(),
+            cfg.kind_name(),
             Arc::from(source),
             self.engine.clone(),
-            rx,
+            pending.clone(),
             Slots {
                 host,
                 all: self.limit.clone(),
@@ -182,14 +224,13 @@ impl Scheduler {
         ));
         let job = self
             .cron
-            .add(tick_job(&cfg.key(), &cfg.schedule, tx.clone())?)
+            .add(tick_job(&cfg.key(), &cfg.schedule, pending.clone())?)
             .await?;
-        let _ = tx.try_send(Trigger::Now);
+        pending.offer(Trigger::Now);
         self.runners.insert(
             cfg.key(),
             Runner {
-                cfg: cfg.clone(),
-                trigger: tx,
+                trigger: pending,
                 stop,
                 task,
                 reporter,
@@ -203,20 +244,27 @@ impl Scheduler {
     /// after their current page, changed ones restart, unchanged ones keep
     /// running undisturbed. The caller restarts the whole scheduler instead
     /// when global settings changed (see [`Scheduler::can_reload`]).
+    ///
+    /// `old` is the configuration the runners were started from (the last
+    /// one applied): a source is unchanged when its section is equal in
+    /// both. The runners keep no copy of their configuration (~1 KB each).
     pub async fn reload(
         &mut self,
+        old: &Config,
         config: &Config,
         deadline: Duration,
     ) -> Result<ReloadSummary, SchedulerError> {
         let wanted: BTreeMap<SourceKey, &SourceConfig> =
             config.sources().map(|s| (s.key(), s)).collect();
+        let before: BTreeMap<SourceKey, &SourceConfig> =
+            old.sources().map(|s| (s.key(), s)).collect();
         let mut summary = ReloadSummary::default();
         let mut stopping = Vec::new();
         let keys: Vec<SourceKey> = self.runners.keys().cloned().collect();
         for key in keys {
             let keep = wanted
                 .get(&key)
-                .is_some_and(|cfg| self.runners.get(&key).is_some_and(|r| r.cfg == **cfg));
+                .is_some_and(|cfg| before.get(&key) == Some(cfg));
             if keep {
                 summary.unchanged += 1;
                 continue;
@@ -332,7 +380,7 @@ const LEAD_US: i64 = 1_000_000;
 fn tick_job(
     key: &SourceKey,
     schedule: &Schedule,
-    tx: mpsc::Sender<Trigger>,
+    pending: Arc<Pending>,
 ) -> Result<Job, JobSchedulerError> {
     let grid = Grid::of(key, schedule);
     // Where the crate fires an interval job's first tick: a lead ahead of
@@ -345,9 +393,9 @@ fn tick_job(
         // Computed when the crate fires the job, not when the future runs.
         let now = crate::time::now_us();
         let due_us = grid.due_for_fire_at(now).unwrap_or(now);
-        // Full channel: a run is already pending, this tick is coalesced
-        // (into the earlier due instant: lateness is never understated).
-        let _ = tx.try_send(Trigger::Tick { due_us });
+        // A run already pending: this tick is coalesced into it (and its
+        // earlier due instant: lateness is never understated).
+        pending.offer(Trigger::Tick { due_us });
         Box::pin(async {}) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
     };
     let mut job = match schedule {
@@ -466,20 +514,20 @@ struct Slots {
 }
 
 /// The one task that runs a source, one run at a time.
+#[allow(clippy::too_many_arguments)]
 async fn run_loop(
-    cfg: SourceConfig,
+    key: SourceKey,
+    kind: &'static str,
     source: Arc<dyn Source>,
     engine: Engine,
-    mut triggers: mpsc::Receiver<Trigger>,
+    triggers: Arc<Pending>,
     slots: Slots,
     jitter: Duration,
     stop: CancellationToken,
 ) {
-    let key = cfg.key();
-    let kind = cfg.kind_name();
     loop {
         let trigger = tokio::select! {
-            t = triggers.recv() => match t { Some(t) => t, None => return },
+            t = triggers.take() => t,
             _ = stop.cancelled() => return,
         };
         let due_us = match trigger {
@@ -506,7 +554,7 @@ async fn run_loop(
             let wait = rand::rng().random_range(Duration::ZERO..=jitter);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = triggers.recv() => {}
+                _ = triggers.take() => {}
                 _ = stop.cancelled() => return,
             }
         }
@@ -618,6 +666,26 @@ mod tests {
         let s = 1_000_000;
         assert_eq!(grid.due_at_or_before(t0 + 450 * s), Some(t0 + 300 * s));
         assert_eq!(grid.due_at_or_before(t0 + 600 * s), Some(t0 + 600 * s));
+    }
+
+    #[tokio::test]
+    async fn a_pending_request_coalesces_the_next_ones_until_taken() {
+        let p = Arc::new(Pending::default());
+        assert!(p.offer(Trigger::Now));
+        assert!(!p.offer(Trigger::Tick { due_us: 5 }), "coalesced");
+        assert_eq!(p.take().await, Trigger::Now, "the first request stays");
+        // Taken: the next request is a new one, and a waiting taker wakes.
+        let waiter = tokio::spawn({
+            let p = p.clone();
+            async move { p.take().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(p.offer(Trigger::Tick { due_us: 7 }));
+        let got = tokio::time::timeout(Duration::from_secs(10), waiter).await;
+        assert!(
+            matches!(got, Ok(Ok(Trigger::Tick { due_us: 7 }))),
+            "{got:?}"
+        );
     }
 
     #[tokio::test]

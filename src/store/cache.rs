@@ -34,10 +34,17 @@ impl Store {
     pub async fn narrow_cache(&self) -> Result<(), StoreError> {
         if self.wide.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.set_cache(NARROW_KIB).await?;
-            sqlx::query("PRAGMA shrink_memory")
-                .execute(&self.writer)
-                .await?;
+            self.release_memory().await?;
         }
+        Ok(())
+    }
+
+    /// Frees the writer's page cache (the daemon went idle): pages are read
+    /// back from the OS cache when the next run needs them.
+    pub async fn release_memory(&self) -> Result<(), StoreError> {
+        sqlx::query("PRAGMA shrink_memory")
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 
