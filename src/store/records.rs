@@ -217,13 +217,21 @@ async fn write_page(
         deleted: write_rows(tx, tombstone_statements(), &shared, true, &tombstones).await?,
         ..PageStats::default()
     };
+    // Rows the statements inserted or changed carry the listing's mark
+    // already; when that is every row of the page (a first full listing),
+    // there is nothing left to mark.
+    let all_marked =
+        stats.upserted == rows.len() as u64 && stats.deleted == tombstones.len() as u64;
     if let Some(listing) = page.listing {
-        let ids: Vec<&str> = page
-            .upserts
-            .iter()
-            .map(|r| r.id.as_str())
-            .chain(page.deletes.iter().map(|t| t.id.as_str()))
-            .collect();
+        let ids: Vec<&str> = if all_marked {
+            Vec::new()
+        } else {
+            page.upserts
+                .iter()
+                .map(|r| r.id.as_str())
+                .chain(page.deletes.iter().map(|t| t.id.as_str()))
+                .collect()
+        };
         if !ids.is_empty() {
             let ids =
                 serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
