@@ -44,25 +44,23 @@ impl Store {
         scheduled_at: Option<i64>,
     ) -> Result<(), StoreError> {
         let now = now_us();
-        // Two autocommit statements, not a transaction: each statement is a
-        // round trip to sqlx's SQLite worker thread, and with thousands of
-        // runs starting together those round trips on the one writer are
-        // what bounds scheduling lateness (BENCHMARKS.md). A crash between
-        // the two loses nothing: the stale rows are closed either way.
+        // Two autocommit statements sent as ONE query: each query is a round
+        // trip to sqlx's SQLite worker thread, and with thousands of runs
+        // starting together those round trips on the one writer are what
+        // bounds how fast they start (BENCHMARKS.md, the herd). Anonymous
+        // parameters, bound in order across both statements. A crash
+        // between the two loses nothing: the stale rows are closed either
+        // way.
         sqlx::query(
-            "UPDATE runs SET outcome = 'failed', finished_at = ?3, \
+            "UPDATE runs SET outcome = 'failed', finished_at = ?, \
              error = 'interrupted (process stopped during the run)' \
-             WHERE tenant = ?1 AND source = ?2 AND outcome = 'running'",
+             WHERE tenant = ? AND source = ? AND outcome = 'running'; \
+             INSERT INTO runs (run_id, tenant, source, kind, started_at, outcome, scheduled_at) \
+             VALUES (?, ?, ?, ?, ?, 'running', ?)",
         )
+        .bind(now)
         .bind(&key.tenant)
         .bind(&key.source)
-        .bind(now)
-        .execute(&self.writer)
-        .await?;
-        sqlx::query(
-            "INSERT INTO runs (run_id, tenant, source, kind, started_at, outcome, scheduled_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
-        )
         .bind(run_id)
         .bind(&key.tenant)
         .bind(&key.source)

@@ -651,3 +651,50 @@ async fn a_progress_only_page_saves_the_progress() {
     assert_eq!(p.state["cursor"], "two");
     assert_eq!(export(&store, true).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_run_start_closes_the_runs_of_its_source_a_killed_process_left_running() {
+    use crate::store::{RunOutcome, RunRecord};
+    let (_d, store) = open().await;
+    let key = SourceKey::new("t", "a");
+    let other = SourceKey::new("t", "b");
+    // A process killed mid-run leaves `running` rows behind.
+    store.start_run(&key, "k", "dead1", None).await.expect("start");
+    store.start_run(&other, "k", "alive", Some(7)).await.expect("start");
+    store
+        .start_run(&key, "k", "next", Some(1_000_000))
+        .await
+        .expect("start");
+    let rows: Vec<(String, String, Option<String>, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT run_id, outcome, error, scheduled_at, finished_at FROM runs ORDER BY id",
+    )
+    .fetch_all(&store.reader)
+    .await
+    .expect("runs");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[0].0, "dead1");
+    assert_eq!(rows[0].1, "failed");
+    assert!(
+        rows[0].2.as_deref().is_some_and(|e| e.contains("interrupted")),
+        "{rows:?}"
+    );
+    assert!(rows[0].4.is_some(), "closed: {rows:?}");
+    assert_eq!(
+        (rows[1].0.as_str(), rows[1].1.as_str(), rows[1].3),
+        ("alive", "running", Some(7)),
+        "another source's run is not touched"
+    );
+    assert_eq!(
+        (rows[2].0.as_str(), rows[2].1.as_str(), rows[2].3),
+        ("next", "running", Some(1_000_000))
+    );
+    store
+        .finish_run("next", RunOutcome::Success, &RunRecord::default())
+        .await
+        .expect("finish");
+    let (outcome,): (String,) = sqlx::query_as("SELECT outcome FROM runs WHERE run_id = 'next'")
+        .fetch_one(&store.reader)
+        .await
+        .expect("run");
+    assert_eq!(outcome, "success");
+}
