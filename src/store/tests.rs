@@ -659,13 +659,20 @@ async fn a_run_start_closes_the_runs_of_its_source_a_killed_process_left_running
     let key = SourceKey::new("t", "a");
     let other = SourceKey::new("t", "b");
     // A process killed mid-run leaves `running` rows behind.
-    store.start_run(&key, "k", "dead1", None).await.expect("start");
-    store.start_run(&other, "k", "alive", Some(7)).await.expect("start");
+    store
+        .start_run(&key, "k", "dead1", None)
+        .await
+        .expect("start");
+    store
+        .start_run(&other, "k", "alive", Some(7))
+        .await
+        .expect("start");
     store
         .start_run(&key, "k", "next", Some(1_000_000))
         .await
         .expect("start");
-    let rows: Vec<(String, String, Option<String>, Option<i64>, Option<i64>)> = sqlx::query_as(
+    type Row = (String, String, Option<String>, Option<i64>, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT run_id, outcome, error, scheduled_at, finished_at FROM runs ORDER BY id",
     )
     .fetch_all(&store.reader)
@@ -675,7 +682,10 @@ async fn a_run_start_closes_the_runs_of_its_source_a_killed_process_left_running
     assert_eq!(rows[0].0, "dead1");
     assert_eq!(rows[0].1, "failed");
     assert!(
-        rows[0].2.as_deref().is_some_and(|e| e.contains("interrupted")),
+        rows[0]
+            .2
+            .as_deref()
+            .is_some_and(|e| e.contains("interrupted")),
         "{rows:?}"
     );
     assert!(rows[0].4.is_some(), "closed: {rows:?}");
@@ -697,4 +707,20 @@ async fn a_run_start_closes_the_runs_of_its_source_a_killed_process_left_running
         .await
         .expect("run");
     assert_eq!(outcome, "success");
+}
+
+#[tokio::test]
+async fn closing_stale_runs_does_not_walk_the_run_history() {
+    let (_d, store) = open().await;
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "EXPLAIN QUERY PLAN UPDATE runs SET outcome = 'failed' \
+         WHERE tenant = 't' AND source = 's' AND outcome = 'running'",
+    )
+    .fetch_all(&store.reader)
+    .await
+    .expect("plan");
+    assert!(
+        plan.iter().any(|r| r.3.contains("runs_running")),
+        "{plan:?}"
+    );
 }
