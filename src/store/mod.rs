@@ -10,6 +10,7 @@
 
 mod cache;
 mod export;
+mod journal;
 mod outbox;
 mod progress;
 mod records;
@@ -54,6 +55,8 @@ pub enum StoreError {
     Write(std::io::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the database is closed")]
+    Closed,
 }
 
 /// Adds what an operator should check to the SQLite errors that mean
@@ -93,6 +96,8 @@ pub struct Store {
     queued: std::sync::Arc<std::sync::Mutex<QueuedSignals>>,
     /// Large syncs running with a widened writer cache (see `cache.rs`).
     wide: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Run starts, ends and progress-only pages, group-committed.
+    journal: journal::Journal,
 }
 
 /// The [`Store::outbox_queued`] signals, by source.
@@ -154,6 +159,7 @@ impl Store {
             .await
             .map_err(open_err)?;
         Ok(Self {
+            journal: journal::Journal::start(writer.clone()),
             writer,
             reader,
             path,

@@ -5,6 +5,7 @@
 
 use serde_json::value::RawValue;
 
+use super::journal::Entry;
 use super::{Store, StoreError, now_us};
 use crate::config::SourceKey;
 use crate::sources::{Page, Progress, Record, Report, ReportOutcome, Tombstone};
@@ -342,9 +343,17 @@ impl Store {
             // is one statement, atomic on its own: one writer round trip
             // instead of three (BEGIN, save, COMMIT), which is what thousands
             // of runs due at once queue for.
+            // Group-committed with other runs' (see `journal.rs`).
             if save_progress {
-                progress_query(key, kind, last, &state, now)
-                    .execute(&self.writer)
+                self.journal
+                    .write(Entry::Progress {
+                        tenant: key.tenant.clone(),
+                        source: key.source.clone(),
+                        kind: kind.to_string(),
+                        phase: last.next_progress.phase.as_str(),
+                        state,
+                        at: now,
+                    })
                     .await?;
             }
             return Ok(vec![PageStats::default(); pages.len()]);

@@ -1,6 +1,7 @@
 //! Run history: one row per sync run, written when it starts and when it ends,
 //! so that a crash leaves a visible "interrupted" trace.
 
+use super::journal::Entry;
 use super::{Store, StoreError, now_us};
 use crate::config::SourceKey;
 
@@ -43,33 +44,18 @@ impl Store {
         run_id: &str,
         scheduled_at: Option<i64>,
     ) -> Result<(), StoreError> {
-        let now = now_us();
-        // Two autocommit statements sent as ONE query: each query is a round
-        // trip to sqlx's SQLite worker thread, and with thousands of runs
-        // starting together those round trips on the one writer are what
-        // bounds how fast they start (BENCHMARKS.md, the herd). Anonymous
-        // parameters, bound in order across both statements. A crash
-        // between the two loses nothing: the stale rows are closed either
-        // way.
-        sqlx::query(
-            "UPDATE runs SET outcome = 'failed', finished_at = ?, \
-             error = 'interrupted (process stopped during the run)' \
-             WHERE tenant = ? AND source = ? AND outcome = 'running'; \
-             INSERT INTO runs (run_id, tenant, source, kind, started_at, outcome, scheduled_at) \
-             VALUES (?, ?, ?, ?, ?, 'running', ?)",
-        )
-        .bind(now)
-        .bind(&key.tenant)
-        .bind(&key.source)
-        .bind(run_id)
-        .bind(&key.tenant)
-        .bind(&key.source)
-        .bind(kind)
-        .bind(now)
-        .bind(scheduled_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        // Group-committed with the other runs starting or ending at the
+        // same moment (see `journal.rs`).
+        self.journal
+            .write(Entry::Start {
+                tenant: key.tenant.clone(),
+                source: key.source.clone(),
+                kind: kind.to_string(),
+                run_id: run_id.to_string(),
+                at: now_us(),
+                scheduled_at,
+            })
+            .await
     }
 
     /// Records how a run ended.
@@ -79,20 +65,17 @@ impl Store {
         outcome: RunOutcome,
         totals: &RunRecord,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE runs SET outcome = ?2, finished_at = ?3, error = ?4, pages = ?5, \
-             upserted = ?6, deleted = ?7 WHERE run_id = ?1",
-        )
-        .bind(run_id)
-        .bind(outcome.as_str())
-        .bind(now_us())
-        .bind(totals.error.as_deref())
-        .bind(totals.pages as i64)
-        .bind(totals.upserted as i64)
-        .bind(totals.deleted as i64)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        self.journal
+            .write(Entry::Finish {
+                run_id: run_id.to_string(),
+                outcome: outcome.as_str(),
+                at: now_us(),
+                error: totals.error.clone(),
+                pages: totals.pages as i64,
+                upserted: totals.upserted as i64,
+                deleted: totals.deleted as i64,
+            })
+            .await
     }
 }
 

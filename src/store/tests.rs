@@ -724,3 +724,100 @@ async fn closing_stale_runs_does_not_walk_the_run_history() {
         "{plan:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_starting_and_ending_together_are_group_committed_and_each_recorded() {
+    use crate::store::{RunOutcome, RunRecord};
+    let (_d, store) = open().await;
+    const N: usize = 300;
+    // Half the sources have a run a killed process left open.
+    for i in (0..N).step_by(2) {
+        let key = SourceKey::new("t", format!("s{i}"));
+        store
+            .start_run(&key, "k", &format!("dead{i}"), None)
+            .await
+            .expect("start");
+    }
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let key = SourceKey::new("t", format!("s{i}"));
+                let run = format!("run{i}");
+                store
+                    .start_run(&key, "k", &run, Some(i as i64))
+                    .await
+                    .expect("start");
+                // A no-change page: only the progress moves.
+                let p = page(vec![], vec![], &format!("c{i}"));
+                store.commit_page(&key, "k", &p).await.expect("progress");
+                let totals = RunRecord {
+                    pages: 1,
+                    upserted: i as u64,
+                    deleted: 0,
+                    error: i.is_multiple_of(3).then(|| format!("boom {i}")),
+                };
+                let outcome = if i.is_multiple_of(3) {
+                    RunOutcome::Failed
+                } else {
+                    RunOutcome::Success
+                };
+                store
+                    .finish_run(&run, outcome, &totals)
+                    .await
+                    .expect("finish");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    assert!(store.journal.batched() > 0, "some entries were batched");
+
+    type Row = (
+        String,
+        String,
+        String,
+        Option<String>,
+        i64,
+        i64,
+        Option<i64>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT run_id, source, outcome, error, pages, upserted, scheduled_at FROM runs ORDER BY id",
+    )
+    .fetch_all(&store.reader)
+    .await
+    .expect("runs");
+    assert_eq!(rows.len(), N + N / 2);
+    for (run_id, source, outcome, error, pages, upserted, scheduled_at) in &rows {
+        let i: usize = source[1..].parse().expect("index");
+        if run_id.starts_with("dead") {
+            assert_eq!(outcome, "failed", "{run_id}");
+            assert!(
+                error.as_deref().is_some_and(|e| e.contains("interrupted")),
+                "{run_id}: {error:?}"
+            );
+            continue;
+        }
+        assert_eq!(run_id, &format!("run{i}"));
+        assert_eq!(*scheduled_at, Some(i as i64), "{run_id}");
+        assert_eq!((*pages, *upserted), (1, i as i64), "{run_id}");
+        if i.is_multiple_of(3) {
+            assert_eq!(outcome, "failed", "{run_id}");
+            assert_eq!(error.as_deref(), Some(format!("boom {i}").as_str()));
+        } else {
+            assert_eq!(outcome, "success", "{run_id}");
+            assert_eq!(error, &None, "{run_id}");
+        }
+    }
+    for i in [0, 1, 150, 299] {
+        let key = SourceKey::new("t", format!("s{i}"));
+        let progress = store
+            .load_progress(&key)
+            .await
+            .expect("load")
+            .expect("some");
+        assert_eq!(progress.state, json!({ "cursor": format!("c{i}") }));
+    }
+}
