@@ -130,33 +130,14 @@ async fn serve(
     }
 }
 
-/// One entry, one autocommit query (both statements of a start in one
-/// round trip: anonymous parameters bind in order across them).
+/// One entry, one autocommit query.
 async fn write_one(writer: &SqlitePool, entry: &Entry) -> Result<(), StoreError> {
     match entry {
-        Entry::Start {
-            tenant,
-            source,
-            kind,
-            run_id,
-            at,
-            scheduled_at,
-        } => {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE runs SET outcome = 'failed', finished_at = ?, error = '{INTERRUPTED}' \
-                 WHERE tenant = ? AND source = ? AND outcome = 'running'; \
-                 INSERT INTO runs (run_id, tenant, source, kind, started_at, outcome, scheduled_at) \
-                 VALUES (?, ?, ?, ?, ?, 'running', ?)"
-            )))
-            .bind(at)
-            .bind(tenant)
-            .bind(source)
-            .bind(run_id)
-            .bind(tenant)
-            .bind(source)
-            .bind(kind)
-            .bind(at)
-            .bind(scheduled_at)
+        Entry::Start { .. } => {
+            bind_starts(
+                sqlx::query(sqlx::AssertSqlSafe(start_sql(1))),
+                std::slice::from_ref(&entry),
+            )
             .execute(writer)
             .await?;
         }
@@ -195,43 +176,12 @@ async fn write_batch(writer: &SqlitePool, entries: &[&Entry]) -> Result<(), Stor
         .collect();
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
     for chunk in chunks(&starts) {
-        let at = chunk.iter().find_map(|e| match e {
-            Entry::Start { at, .. } => Some(*at),
-            _ => None,
-        });
-        let mut close = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE runs SET outcome = 'failed', finished_at = ?, error = '{INTERRUPTED}' \
-             WHERE outcome = 'running' AND (tenant, source) IN (VALUES {})",
-            rows(chunk.len(), "(?, ?)")
-        )))
-        .bind(at);
-        let mut open = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO runs (run_id, tenant, source, kind, started_at, outcome, scheduled_at) \
-             VALUES {}",
-            rows(chunk.len(), "(?, ?, ?, ?, ?, 'running', ?)")
-        )));
-        for e in chunk {
-            if let Entry::Start {
-                tenant,
-                source,
-                kind,
-                run_id,
-                at,
-                scheduled_at,
-            } = e
-            {
-                close = close.bind(tenant).bind(source);
-                open = open
-                    .bind(run_id)
-                    .bind(tenant)
-                    .bind(source)
-                    .bind(kind)
-                    .bind(at)
-                    .bind(scheduled_at);
-            }
-        }
-        close.execute(&mut *tx).await?;
-        open.execute(&mut *tx).await?;
+        bind_starts(
+            sqlx::query(sqlx::AssertSqlSafe(start_sql(chunk.len()))),
+            chunk,
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     for chunk in chunks(&progress) {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(progress_sql(chunk.len())));
@@ -252,6 +202,53 @@ async fn write_batch(writer: &SqlitePool, entries: &[&Entry]) -> Result<(), Stor
 }
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// The starts of `n` runs: close the runs of their sources a killed process
+/// left open, then open theirs. Two statements, one query (one round trip:
+/// anonymous parameters bind in order across them).
+fn start_sql(n: usize) -> String {
+    format!(
+        "UPDATE runs SET outcome = 'failed', finished_at = ?, error = '{INTERRUPTED}' \
+         WHERE outcome = 'running' AND (tenant, source) IN (VALUES {}); \
+         INSERT INTO runs (run_id, tenant, source, kind, started_at, outcome, scheduled_at) \
+         VALUES {}",
+        rows(n, "(?, ?)"),
+        rows(n, "(?, ?, ?, ?, ?, 'running', ?)")
+    )
+}
+
+fn bind_starts<'q>(mut q: Query<'q>, starts: &[&'q Entry]) -> Query<'q> {
+    let at = starts.iter().find_map(|e| match e {
+        Entry::Start { at, .. } => Some(*at),
+        _ => None,
+    });
+    q = q.bind(at);
+    for e in starts {
+        if let Entry::Start { tenant, source, .. } = e {
+            q = q.bind(tenant).bind(source);
+        }
+    }
+    for e in starts {
+        if let Entry::Start {
+            tenant,
+            source,
+            kind,
+            run_id,
+            at,
+            scheduled_at,
+        } = e
+        {
+            q = q
+                .bind(run_id)
+                .bind(tenant)
+                .bind(source)
+                .bind(kind)
+                .bind(at)
+                .bind(scheduled_at);
+        }
+    }
+    q
+}
 
 fn progress_sql(n: usize) -> String {
     format!(
