@@ -46,7 +46,7 @@ pub enum Trigger {
 /// is all a source ever owes. (A `tokio::sync::mpsc` channel of one slot
 /// does the same with ~1 KB of buffers per source; this is ~100 bytes.)
 #[derive(Default)]
-pub struct Pending {
+struct Pending {
     slot: std::sync::Mutex<Option<Trigger>>,
     ready: Notify,
 }
