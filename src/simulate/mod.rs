@@ -10,6 +10,7 @@ pub mod content;
 mod control;
 pub mod demarches;
 mod faults;
+pub(crate) mod text;
 mod traffic;
 
 use std::net::SocketAddr;

@@ -122,6 +122,7 @@ pub fn request(
         completions: 0,
         import_response: Value::Null,
         corrupt: false,
+        rendered: Default::default(),
     };
     if state == COMPLETED {
         r.completed_ms = Some(at);

@@ -2,6 +2,7 @@
 //! `PUT {API_PATH}/content/{id}/import`, with JSON error bodies and
 //! injected faults (on the listing only).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
@@ -16,6 +17,7 @@ use super::query::Query;
 use super::{ContentSim, ImportMode, Report, lock};
 use crate::simulate::Fault;
 use crate::simulate::faults;
+use crate::simulate::text;
 
 /// Path prefix of the Contentor API (the connector's `endpoint`).
 pub const API_PATH: &str = "/contentor/v1";
@@ -107,8 +109,18 @@ async fn list(
         Some(_) => return error(StatusCode::BAD_REQUEST, "page must be a positive integer"),
     };
     let (requests, total, pages) = sim.store().list(&query, page, sim.page_size());
-    axum::Json(json!({ "requests": requests, "total": total, "pages": pages, "page": page }))
-        .into_response()
+    text::json_response(StatusCode::OK, page_body(&requests, total, pages, page))
+}
+
+/// `{"page", "pages", "requests", "total"}` around requests already
+/// encoded: the bytes `axum::Json(json!({...}))` of the same values sends.
+pub(super) fn page_body(requests: &[Arc<str>], total: usize, pages: usize, page: usize) -> String {
+    text::object(vec![
+        ("requests", text::array(requests)),
+        ("total", total.to_string()),
+        ("pages", pages.to_string()),
+        ("page", page.to_string()),
+    ])
 }
 
 /// A valid import-state body: (`importState`, `message`).

@@ -3,6 +3,7 @@
 //! back and never repeats (ms precision), except that a batch shares one.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -10,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::generate;
 use super::query::Query;
+use crate::simulate::text::Cached;
 
 /// A request in this state has `completed` set and field values.
 pub const COMPLETED: &str = "completed";
@@ -60,6 +62,8 @@ pub struct ContentRequest {
     pub import_response: Value,
     /// Whether `fields` is served as a string (see `ContentSim::corrupt`).
     pub corrupt: bool,
+    /// [`ContentRequest::to_json`] as text, cleared by every change.
+    pub rendered: Cached,
 }
 
 /// Formats ms since the epoch as RFC 3339 UTC with ms (`...T10:15:42.123Z`).
@@ -96,6 +100,11 @@ impl ContentRequest {
             "fields": fields,
             "import_response": self.import_response,
         })
+    }
+
+    /// [`ContentRequest::to_json`] as JSON text, rendered once per version.
+    pub fn text(&self) -> Arc<str> {
+        self.rendered.get_or_render(|| self.to_json())
     }
 }
 
@@ -170,6 +179,8 @@ impl Store {
         let id = self.next_id;
         self.next_id += 1;
         let request = generate::request(&mut self.rng, id, batch_id, source, at);
+        // Rendered now, so that serving it is a copy.
+        request.text();
         self.requests.insert(id, request);
         self.by_change.clear();
         id
@@ -183,6 +194,7 @@ impl Store {
             let Some(r) = self.requests.get_mut(id) else {
                 continue;
             };
+            r.rendered.clear();
             r.state = state.to_string();
             r.last_state_change_ms = at;
             if state == COMPLETED {
@@ -198,6 +210,7 @@ impl Store {
     /// Replaces `import_response`; `lastStateChange` is unchanged.
     pub fn set_import_response(&mut self, id: i64, value: Value) {
         if let Some(r) = self.requests.get_mut(&id) {
+            r.rendered.clear();
             r.import_response = value;
         }
     }
@@ -205,6 +218,7 @@ impl Store {
     /// Serves `fields` as a string from now on.
     pub fn corrupt(&mut self, id: i64) {
         if let Some(r) = self.requests.get_mut(&id) {
+            r.rendered.clear();
             r.corrupt = true;
         }
     }
@@ -224,13 +238,13 @@ impl Store {
     }
 
     /// Page `page` (1-based) of the requests matching `query`, in its
-    /// order: (requests, total, pages).
+    /// order, as JSON text: (requests, total, pages).
     pub fn list(
         &mut self,
         query: &Query,
         page: usize,
         page_size: usize,
-    ) -> (Vec<Value>, usize, usize) {
+    ) -> (Vec<Arc<str>>, usize, usize) {
         let skip = page.saturating_sub(1).saturating_mul(page_size);
         let Some((from, rest)) = query.change_window() else {
             return self.scan(query, skip, page_size);
@@ -258,7 +272,7 @@ impl Store {
             .iter()
             .skip(skip)
             .take(page_size)
-            .filter_map(|(_, id)| requests.get(id).map(ContentRequest::to_json))
+            .filter_map(|(_, id)| requests.get(id).map(ContentRequest::text))
             .collect();
         (items, total, total.div_ceil(page_size))
     }
@@ -269,7 +283,7 @@ impl Store {
         query: &Query,
         skip: usize,
         page_size: usize,
-    ) -> (Vec<Value>, usize, usize) {
+    ) -> (Vec<Arc<str>>, usize, usize) {
         let mut matching: Vec<&ContentRequest> = self
             .requests
             .values()
@@ -284,7 +298,7 @@ impl Store {
             .iter()
             .skip(skip)
             .take(page_size)
-            .map(|r| r.to_json())
+            .map(|r| r.text())
             .collect();
         (items, total, pages)
     }

@@ -807,3 +807,36 @@ fn the_change_index_pages_like_a_full_scan() {
         assert!(n > 0 && n < 500, "{n} requests from the watermark");
     }
 }
+
+/// Pages are served from each request's cached text: after every kind of
+/// change the text is the request's current JSON, and a page body is the
+/// bytes serialising the equivalent `Value` gives.
+#[test]
+fn cached_texts_follow_changes_and_bodies_match_the_values() {
+    use super::query::Query;
+    use super::store::Store;
+
+    let mut store = Store::new();
+    let ids = store.seed(60, 25);
+    // Rendered before the changes, so that a stale cache would show.
+    let (before, _, _) = store.list(&Query::default(), 1, 100);
+    assert_eq!(before.len(), 63, "60 api requests and 3 web ones");
+    store.set_state(&ids[3..5], "completed");
+    store.set_state(&ids[5..6], "pending");
+    store.set_import_response(ids[6], json!({"imported": true, "note": "é \"q\""}));
+    store.corrupt(ids[7]);
+    for id in &ids {
+        let r = store.get(*id).expect("seeded");
+        assert_eq!(&*r.text(), r.to_json().to_string(), "request {id}");
+    }
+    for (page, size) in [(1, 20), (2, 20), (4, 20), (9, 20), (1, 7)] {
+        let (items, total, pages) = store.list(&Query::default(), page, size);
+        let values: Vec<Value> = items
+            .iter()
+            .map(|t| serde_json::from_str(t).expect("valid JSON"))
+            .collect();
+        let expected =
+            json!({ "requests": values, "total": total, "pages": pages, "page": page }).to_string();
+        assert_eq!(super::http::page_body(&items, total, pages, page), expected);
+    }
+}
