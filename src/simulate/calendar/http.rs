@@ -2,6 +2,7 @@
 //! `POST {TOKEN_PATH}`, with Google's error bodies and injected faults.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -9,12 +10,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::store::{Filter, Store, SyncTokenError, time_zone};
 use super::tokens::{Token, fnv};
 use super::{CalSim, oauth};
 use crate::simulate::Fault;
+use crate::simulate::text;
 
 /// Path prefix of the Calendar API (the connector's `endpoint`).
 pub const API_PATH: &str = "/calendar/v3";
@@ -221,7 +223,7 @@ async fn list_events(
             .into_owned()
             .collect();
     match list(&cal, &calendar_id, &params) {
-        Ok(body) => axum::Json(body).into_response(),
+        Ok(body) => text::json_response(StatusCode::OK, body),
         Err(e) => e.into_response(),
     }
 }
@@ -332,7 +334,7 @@ fn bad_page_token() -> ApiError {
 }
 
 /// Serves one page of `events.list`.
-fn list(cal: &CalSim, calendar_id: &str, raw: &[(String, String)]) -> Result<Value, ApiError> {
+fn list(cal: &CalSim, calendar_id: &str, raw: &[(String, String)]) -> Result<String, ApiError> {
     if !cal.store().calendars.contains_key(calendar_id) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -434,33 +436,34 @@ fn list(cal: &CalSim, calendar_id: &str, raw: &[(String, String)]) -> Result<Val
     Ok(envelope(&store, calendar_id, items, next_page, next_sync))
 }
 
-/// The `calendar#events` response around `items`.
-fn envelope(
+/// The `calendar#events` response around `items` (each already JSON
+/// text): the bytes serialising the same response as a `Value` gives.
+pub(super) fn envelope(
     store: &Store,
     calendar_id: &str,
-    items: Vec<Value>,
+    items: Vec<Arc<str>>,
     next_page: Option<String>,
     next_sync: Option<String>,
-) -> Value {
+) -> String {
     let updated = store.calendar_updated(calendar_id);
-    let mut body = json!({
-        "kind": "calendar#events",
-        "etag": format!("\"p3{:x}\"", fnv(&updated)),
-        "summary": calendar_id,
-        "description": "",
-        "updated": updated,
-        "timeZone": time_zone(),
-        "accessRole": "owner",
-        "defaultReminders": [],
-    });
+    let mut fields = vec![
+        ("kind", text::encode(&json!("calendar#events"))),
+        ("etag", text::encode(&json!(format!("\"p3{:x}\"", fnv(&updated))))),
+        ("summary", text::encode(&json!(calendar_id))),
+        ("description", text::encode(&json!(""))),
+        ("updated", text::encode(&json!(updated))),
+        ("timeZone", text::encode(&json!(time_zone()))),
+        ("accessRole", text::encode(&json!("owner"))),
+        ("defaultReminders", "[]".to_string()),
+        ("items", text::array(&items)),
+    ];
     if let Some(t) = next_page {
-        body["nextPageToken"] = json!(t);
+        fields.push(("nextPageToken", text::encode(&json!(t))));
     }
     if let Some(t) = next_sync {
-        body["nextSyncToken"] = json!(t);
+        fields.push(("nextSyncToken", text::encode(&json!(t))));
     }
-    body["items"] = Value::Array(items);
-    body
+    text::object(fields)
 }
 
 /// `POST /oauth2/token` (form-encoded refresh-token grant).

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -13,6 +14,7 @@ use serde_json::{Map, Value, json};
 use super::generate::{self, TIME_ZONE, format_ms};
 use super::tokens::{Token, fnv};
 use crate::simulate::demarches::codec::base64;
+use crate::simulate::text::Cached;
 use crate::time::now_us;
 
 /// A series of occurrences (`RRULE:FREQ=DAILY|WEEKLY;...;COUNT=n`).
@@ -69,6 +71,8 @@ pub struct Event {
     /// For an instance exception: the recurring event's id and the
     /// instance's original start, µs.
     pub instance_of: Option<(String, i64)>,
+    /// [`Event::render`] as text, cleared by every change.
+    pub rendered: Cached,
 }
 
 impl Event {
@@ -116,6 +120,12 @@ impl Event {
         out.insert("reminders".into(), json!({ "useDefault": true }));
         out.insert("eventType".into(), json!("default"));
         Value::Object(out)
+    }
+
+    /// [`Event::render`] as JSON text, rendered once per version (an event
+    /// belongs to one calendar, so `calendar_id` is always the same).
+    pub fn text(&self, calendar_id: &str) -> Arc<str> {
+        self.rendered.get_or_render(|| self.render(calendar_id))
     }
 }
 
@@ -217,6 +227,9 @@ impl Store {
         event.seq = self.seq;
         event.ordinal = self.ordinal;
         let id = event.id.clone();
+        // Rendered now, so that serving it is a copy.
+        event.rendered.clear();
+        event.text(calendar_id);
         let cal = self.calendar_mut(calendar_id);
         cal.updated_ms = cal.updated_ms.max(event.updated_ms);
         cal.by_ordinal.insert(event.ordinal, id.clone());
@@ -240,6 +253,7 @@ impl Store {
         cal.changes.remove(&event.seq);
         event.seq = seq;
         event.updated_ms = now;
+        event.rendered.clear();
         cal.changes.insert(seq, id.to_string());
         cal.updated_ms = cal.updated_ms.max(now);
         self.seq = seq;
@@ -259,6 +273,7 @@ impl Store {
             span: g.span,
             recurrence: g.recurrence,
             instance_of: None,
+            rendered: Cached::default(),
         }
     }
 
@@ -361,6 +376,7 @@ impl Store {
             span: (start, start + r.duration_us),
             recurrence: None,
             instance_of: Some((recurring_id.to_string(), start)),
+            rendered: Cached::default(),
         };
         self.insert(calendar_id, event)
     }
@@ -454,7 +470,7 @@ impl Store {
         filter: Filter,
         after: u64,
         max: usize,
-    ) -> (Vec<Value>, Option<u64>) {
+    ) -> (Vec<Arc<str>>, Option<u64>) {
         let Some(cal) = self.calendars.get(calendar_id) else {
             return (Vec::new(), None);
         };
@@ -470,7 +486,7 @@ impl Store {
                 return (items, Some(last));
             }
             last = e.ordinal;
-            items.push(e.render(calendar_id));
+            items.push(e.text(calendar_id));
         }
         (items, None)
     }
@@ -484,7 +500,7 @@ impl Store {
         after: u64,
         upper: u64,
         max: usize,
-    ) -> (Vec<Value>, Option<u64>) {
+    ) -> (Vec<Arc<str>>, Option<u64>) {
         let Some(cal) = self.calendars.get(calendar_id) else {
             return (Vec::new(), None);
         };
@@ -504,7 +520,7 @@ impl Store {
                 return (items, Some(last));
             }
             last = *seq;
-            items.push(e.render(calendar_id));
+            items.push(e.text(calendar_id));
         }
         (items, None)
     }

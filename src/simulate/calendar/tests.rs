@@ -756,3 +756,69 @@ async fn faults_are_served_google_style() {
     assert_eq!(status, 500);
     sim.shutdown().await;
 }
+
+/// Pages are served from each event's cached text: after every kind of
+/// change the text is the event's current rendering, and a response body
+/// is the bytes serialising the equivalent `Value` gives.
+#[test]
+fn cached_texts_follow_changes_and_bodies_match_the_values() {
+    use super::http::envelope;
+    use super::store::{Filter, Store};
+
+    let mut store = Store::new();
+    let ids = store.seed(CAL, 40);
+    let all = Filter {
+        show_deleted: true,
+        ..Filter::default()
+    };
+    // Rendered before the changes, so that a stale cache would show.
+    let (before, _) = store.full_page(CAL, all, 0, 100);
+    assert_eq!(before.len(), 40);
+    store.update(CAL, &ids[1]);
+    store.update(CAL, &ids[1]);
+    store.cancel(CAL, &ids[2]);
+    let recurring = ids
+        .iter()
+        .find(|id| store.calendars[CAL].events[*id].recurrence.is_some())
+        .cloned();
+    if let Some(r) = recurring {
+        assert!(!store.cancel_instance(CAL, &r).is_empty());
+    }
+    let created = store.create(CAL);
+    for (id, e) in &store.calendars[CAL].events {
+        assert_eq!(&*e.text(CAL), e.render(CAL).to_string(), "event {id}");
+    }
+    let (full, next) = store.full_page(CAL, all, 0, 25);
+    let (changes, _) = store.changes_page(CAL, 30, store.seq(), 250);
+    assert!(changes.len() >= 3, "the changes are listed");
+    assert!(changes.iter().any(|t| t.contains(&created)));
+    for (items, next_page, next_sync) in [
+        (full, next.map(|n| n.to_string()), None),
+        (changes, None, Some("sync-token".to_string())),
+    ] {
+        let values: Vec<Value> = items
+            .iter()
+            .map(|t| serde_json::from_str(t).expect("valid JSON"))
+            .collect();
+        let updated = store.calendar_updated(CAL);
+        let mut expected = json!({
+            "kind": "calendar#events",
+            "etag": format!("\"p3{:x}\"", super::tokens::fnv(&updated)),
+            "summary": CAL,
+            "description": "",
+            "updated": updated,
+            "timeZone": super::store::time_zone(),
+            "accessRole": "owner",
+            "defaultReminders": [],
+        });
+        if let Some(t) = &next_page {
+            expected["nextPageToken"] = json!(t);
+        }
+        if let Some(t) = &next_sync {
+            expected["nextSyncToken"] = json!(t);
+        }
+        expected["items"] = Value::Array(values);
+        let body = envelope(&store, CAL, items, next_page, next_sync);
+        assert_eq!(body, expected.to_string());
+    }
+}
