@@ -35,7 +35,11 @@ impl Cached {
 /// as JSON text, keys sorted as `serde_json::Map` sorts them.
 pub fn object(mut fields: Vec<(&str, String)>) -> String {
     fields.sort_by(|a, b| a.0.cmp(b.0));
-    let len = fields.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>() + 2;
+    let len = fields
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 4)
+        .sum::<usize>()
+        + 2;
     let mut out = String::with_capacity(len);
     out.push('{');
     for (i, (key, value)) in fields.iter().enumerate() {
@@ -77,12 +81,7 @@ pub fn push_str_literal(out: &mut String, s: &str) {
 
 /// A JSON response, as `axum::Json` sends it (same content type).
 pub fn json_response(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 #[cfg(test)]

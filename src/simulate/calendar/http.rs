@@ -448,7 +448,10 @@ pub(super) fn envelope(
     let updated = store.calendar_updated(calendar_id);
     let mut fields = vec![
         ("kind", text::encode(&json!("calendar#events"))),
-        ("etag", text::encode(&json!(format!("\"p3{:x}\"", fnv(&updated))))),
+        (
+            "etag",
+            text::encode(&json!(format!("\"p3{:x}\"", fnv(&updated)))),
+        ),
         ("summary", text::encode(&json!(calendar_id))),
         ("description", text::encode(&json!(""))),
         ("updated", text::encode(&json!(updated))),

@@ -2,6 +2,7 @@
 //! API v2, token scopes, and the handle tests use to drive it.
 
 pub(crate) mod codec;
+mod fast;
 mod generate;
 pub mod schema;
 pub mod store;
@@ -242,6 +243,12 @@ impl DsSim {
             Some(t) if t.expired => Err(AuthError::Expired),
             Some(t) => Ok(t.scope.clone()),
         }
+    }
+
+    /// The response to a GraphQL request body when the fast path for
+    /// synchro's page request can give it (see `fast.rs`); `None` otherwise.
+    pub(crate) fn fast_answer(&self, scope: &Scope, body: &[u8]) -> Option<String> {
+        fast::answer(&self.shared, scope, body)
     }
 
     /// Executes a GraphQL request with the given token scope.

@@ -206,6 +206,9 @@ pub struct Store {
     pub dossiers: HashMap<i64, Arc<DossierData>>,
     /// Hidden or purged dossiers.
     pub deletions: HashMap<i64, Deletion>,
+    /// Each dossier's `DossierFields` as JSON text, rendered when it was
+    /// stored, with the version it was rendered from.
+    rendered: HashMap<i64, (Arc<DossierData>, Arc<str>)>,
     next_number: i64,
     clock_us: i64,
     rng: StdRng,
@@ -224,6 +227,7 @@ impl Store {
             demarches: HashMap::new(),
             dossiers: HashMap::new(),
             deletions: HashMap::new(),
+            rendered: HashMap::new(),
             next_number: 10_001,
             clock_us: 0,
             rng: StdRng::seed_from_u64(0x00d5_5eed),
@@ -264,7 +268,21 @@ impl Store {
 
     fn insert(&mut self, dossier: DossierData) {
         self.index_live(&dossier);
-        self.dossiers.insert(dossier.number, Arc::new(dossier));
+        let number = dossier.number;
+        let dossier = Arc::new(dossier);
+        let text = Arc::from(super::fast::render_dossier(&dossier));
+        self.rendered.insert(number, (dossier.clone(), text));
+        self.dossiers.insert(number, dossier);
+    }
+
+    /// The dossier's `DossierFields` as JSON text: the one rendered when it
+    /// was stored, or rendered now if the dossier was replaced otherwise.
+    pub fn rendered(&self, number: i64) -> Option<Arc<str>> {
+        let dossier = self.dossiers.get(&number)?;
+        match self.rendered.get(&number) {
+            Some((version, text)) if Arc::ptr_eq(version, dossier) => Some(text.clone()),
+            _ => Some(Arc::from(super::fast::render_dossier(dossier))),
+        }
     }
 
     /// Adds `n` dossiers with distinct modification times spread over the past

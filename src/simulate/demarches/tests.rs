@@ -653,3 +653,168 @@ async fn snapshot_matches_what_the_client_receives() {
     assert!(states.len() >= 4, "{states:?}");
     sim.shutdown().await;
 }
+
+/// The engine's answer to `body` with `scope`, serialised as the server
+/// sends it.
+async fn engine_text(ds: &super::DsSim, scope: super::schema::Scope, body: &str) -> String {
+    let request: async_graphql::Request = serde_json::from_str(body).expect("a GraphQL request");
+    serde_json::to_string(&ds.execute(request, scope).await).expect("serialisable")
+}
+
+fn get_demarche_body(vars: Value) -> String {
+    json!({ "query": QUERY, "operationName": "getDemarche", "variables": vars }).to_string()
+}
+
+/// The fast path answers synchro's page request with exactly the engine's
+/// bytes: every page of both orderings (with and without `updatedSince`),
+/// several page sizes, cursors, the empty last page, and dossiers that were
+/// updated, created, restored, hidden or purged after seeding.
+#[tokio::test]
+async fn the_fast_path_answers_what_the_engine_answers() {
+    use super::schema::Scope;
+    let ds = super::DsSim::new();
+    let numbers = ds.seed(DEMARCHE, 260);
+    ds.seed(DEMARCHE + 1, 5);
+    for n in numbers.iter().step_by(7) {
+        ds.update(*n);
+    }
+    ds.hide(numbers[3]);
+    ds.hide(numbers[4]);
+    ds.restore(numbers[4]);
+    ds.purge(numbers[5], None);
+    for _ in 0..3 {
+        ds.create(DEMARCHE);
+    }
+    let mut compared = 0;
+    for since in [Some(SINCE), None, Some("2999-01-01T00:00:00+01:00")] {
+        for first in [Some(100), Some(37), Some(1000), None] {
+            let mut after: Option<String> = None;
+            loop {
+                let mut vars =
+                    json!({ "demarcheNumber": DEMARCHE, "first": first, "after": after });
+                if let Some(s) = since {
+                    vars["updatedSince"] = json!(s);
+                }
+                let body = get_demarche_body(vars);
+                let fast = ds
+                    .fast_answer(&Scope::All, body.as_bytes())
+                    .expect("the fast path serves synchro's request");
+                assert_eq!(fast, engine_text(&ds, Scope::All, &body).await, "{body}");
+                compared += 1;
+                let v: Value = serde_json::from_str(&fast).expect("JSON");
+                let info = &v["data"]["demarche"]["dossiers"]["pageInfo"];
+                if info["hasNextPage"] != json!(true) {
+                    break;
+                }
+                after = info["endCursor"].as_str().map(String::from);
+            }
+        }
+    }
+    assert!(compared > 20, "{compared} pages compared");
+    // A last page after the final cursor is empty, with a null endCursor.
+    let all = Scope::Only(vec![DEMARCHE]);
+    let mut end = Value::Null;
+    loop {
+        let body = get_demarche_body(
+            json!({ "demarcheNumber": DEMARCHE, "first": 100, "after": end, "updatedSince": SINCE }),
+        );
+        let v: Value = serde_json::from_str(&ds.fast_answer(&all, body.as_bytes()).expect("fast"))
+            .expect("JSON");
+        let info = &v["data"]["demarche"]["dossiers"]["pageInfo"];
+        end = info["endCursor"].clone();
+        if info["hasNextPage"] != json!(true) {
+            break;
+        }
+    }
+    let body = get_demarche_body(
+        json!({ "demarcheNumber": DEMARCHE, "first": 10, "after": end, "updatedSince": SINCE }),
+    );
+    let empty = ds.fast_answer(&all, body.as_bytes()).expect("fast");
+    assert!(empty.contains("\"endCursor\":null"), "{empty}");
+    assert_eq!(empty, engine_text(&ds, all, &body).await);
+}
+
+/// Whatever would make the engine answer differently from a page (errors,
+/// other operations or documents, unexpected variables) goes to the engine.
+#[tokio::test]
+async fn the_fast_path_leaves_everything_else_to_the_engine() {
+    use super::schema::Scope;
+    let ds = super::DsSim::new();
+    ds.seed(DEMARCHE, 3);
+    let ok = json!({ "demarcheNumber": DEMARCHE, "first": 10, "updatedSince": SINCE });
+    assert!(
+        ds.fast_answer(&Scope::All, get_demarche_body(ok.clone()).as_bytes())
+            .is_some()
+    );
+    let with = |key: &str, value: Value| {
+        let mut vars = ok.clone();
+        vars[key] = value;
+        get_demarche_body(vars)
+    };
+    let refused = [
+        with("demarcheNumber", json!(999)),
+        with("demarcheNumber", json!(1i64 << 40)),
+        with("first", json!(-1)),
+        with("first", json!(2.5)),
+        with("after", json!("not-a-cursor")),
+        with(
+            "after",
+            json!(
+                super::codec::Cursor {
+                    tag: 'd',
+                    key: 1,
+                    number: 2
+                }
+                .encode()
+            ),
+        ),
+        with("updatedSince", json!("yesterday")),
+        with("deletedSince", json!(SINCE)),
+        json!({ "query": QUERY, "operationName": "getDemarcheWithDeletions", "variables": ok })
+            .to_string(),
+        json!({ "query": format!("{QUERY}\n"), "operationName": "getDemarche", "variables": ok })
+            .to_string(),
+        json!({ "query": QUERY, "variables": ok }).to_string(),
+        "not json".to_string(),
+    ];
+    for body in &refused {
+        assert!(
+            ds.fast_answer(&Scope::All, body.as_bytes()).is_none(),
+            "{body}"
+        );
+    }
+    let body = get_demarche_body(ok);
+    assert!(
+        ds.fast_answer(&Scope::Only(vec![DEMARCHE + 1]), body.as_bytes())
+            .is_none()
+    );
+}
+
+/// Injected faults apply to the requests the fast path serves too.
+#[tokio::test]
+async fn faults_apply_to_fast_path_requests() {
+    let sim = start().await;
+    sim.ds().seed(DEMARCHE, 5);
+    let body = get_demarche_body(
+        json!({ "demarcheNumber": DEMARCHE, "first": 100, "updatedSince": SINCE }),
+    );
+    sim.ds().inject(Fault::Http500, 1);
+    sim.ds().inject(
+        Fault::GraphqlError {
+            message: "boom".into(),
+            code: "timeout".into(),
+        },
+        1,
+    );
+    let (status, _, _) = post_raw(&sim, Some(DEFAULT_DS_TOKEN), body.clone()).await;
+    assert_eq!(status, 500);
+    let (status, _, text) = post_raw(&sim, Some(DEFAULT_DS_TOKEN), body.clone()).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("timeout"), "{text}");
+    let (status, headers, text) = post_raw(&sim, Some(DEFAULT_DS_TOKEN), body.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/json");
+    let expected = engine_text(&sim.ds(), super::schema::Scope::All, &body).await;
+    assert_eq!(text, expected);
+    sim.shutdown().await;
+}
