@@ -113,10 +113,16 @@ WHERE tenant = ?1 AND source = ?2 AND id IN (SELECT j.value FROM json_each(?4) A
   AND listing IS NOT ?3
 "#;
 
-/// Removes what a completed full listing did not return.
-const SWEEP: &str = r#"
+/// Removes what a completed full listing did not return. The source's
+/// rowids come from the key index alone (a covering scan) and SQLite visits
+/// them in rowid order, i.e. table pages in file order, each read once:
+/// filtering straight off the key index visited rows in id order, one
+/// table page per row, and a listing of 200,000 events spent ~0.5 s of its
+/// last commit reading pages back from the OS (~0.2 s this way).
+pub(super) const SWEEP: &str = r#"
 DELETE FROM records
-WHERE tenant = ?1 AND source = ?2 AND (listing IS NULL OR listing <> ?3)
+WHERE rowid IN (SELECT rowid FROM records WHERE tenant = ?1 AND source = ?2)
+  AND (listing IS NULL OR listing <> ?3)
 "#;
 
 /// Queues import-state reports: once per (record, completion date) ever

@@ -821,3 +821,29 @@ async fn runs_starting_and_ending_together_are_group_committed_and_each_recorded
         assert_eq!(progress.state, json!({ "cursor": format!("c{i}") }));
     }
 }
+
+/// The sweep of a completed full listing reads the source's rowids from the
+/// key index alone and visits the table by rowid (file order), not a table
+/// row per index entry in id order.
+#[tokio::test]
+async fn the_sweep_visits_the_table_in_rowid_order() {
+    use sqlx::Row;
+    let (_d, store) = open().await;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN QUERY PLAN {}",
+        super::records::SWEEP
+    )))
+    .bind("t")
+    .bind("s")
+    .bind(1_i64)
+    .fetch_all(&store.writer)
+    .await
+    .expect("plan");
+    let text = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>(3).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    assert!(text.contains("INTEGER PRIMARY KEY (rowid=?)"), "{text}");
+    assert!(text.contains("COVERING INDEX records_key"), "{text}");
+}
