@@ -155,7 +155,7 @@ impl Calendar {
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
         for item in events.items {
-            let key: EventKey = serde_json::from_str(item.get())
+            let (key, spaced) = EventKey::read(item.get())
                 .map_err(|e| malformed(url, &format!("an event is not an object: {e}")))?;
             let id = key
                 .id
@@ -164,7 +164,7 @@ impl Calendar {
             let updated = key
                 .updated
                 .and_then(|u| crate::time::parse_us(&u).map(|us| (u, us)));
-            let data = payload::compact(item);
+            let data = payload::compact_scanned(item, spaced);
             if key.status.as_deref() == Some("cancelled") {
                 // Often only `id` is present; cancelled instances of a
                 // recurring event carry more and are kept as they are.

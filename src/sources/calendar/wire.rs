@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::sources::payload::Payload;
+use crate::sources::payload::{self, Payload};
 
 /// One page of `events.list`.
 #[derive(Debug, Deserialize)]
@@ -27,6 +27,26 @@ pub struct EventKey {
     pub updated: Option<String>,
     #[serde(default)]
     pub status: Option<String>,
+}
+
+impl EventKey {
+    /// The keys of an event's text, and whether the text has whitespace to
+    /// compact away: one pass over the text ([`payload::scan`]), or serde
+    /// when the scan leaves the text to it.
+    pub fn read(text: &str) -> Result<(EventKey, bool), serde_json::Error> {
+        let Some(scan) = payload::scan(text, ["id", "updated", "status"]) else {
+            return Ok((serde_json::from_str(text)?, true));
+        };
+        let field = |raw: Option<&str>| -> Result<Option<String>, serde_json::Error> {
+            raw.map_or(Ok(None), serde_json::from_str)
+        };
+        let key = EventKey {
+            id: field(scan.values[0])?,
+            updated: field(scan.values[1])?,
+            status: field(scan.values[2])?,
+        };
+        Ok((key, scan.spaced))
+    }
 }
 
 /// `{"error": {"code", "message", "errors": [{"domain", "reason", "message"}]}}`.

@@ -46,9 +46,32 @@ struct Keys {
     fields: Option<Box<RawValue>>,
 }
 
+impl Keys {
+    /// The keys of a request's text, and whether the text has whitespace to
+    /// compact away: one pass over the text ([`payload::scan`]), or serde
+    /// when the scan leaves the text to it.
+    fn read(text: &str) -> Option<(Keys, bool)> {
+        let names = ["id", "lastStateChange", "state", "completed", "fields"];
+        let Some(scan) = payload::scan(text, names) else {
+            return Some((serde_json::from_str(text).ok()?, true));
+        };
+        // Null reads as absent, as `Option` does with serde.
+        let present = |i: usize| scan.values[i].filter(|raw| *raw != "null");
+        let value = |i: usize| present(i).and_then(|raw| serde_json::from_str(raw).ok());
+        let keys = Keys {
+            id: value(0),
+            last_state_change: value(1),
+            state: value(2),
+            completed: value(3),
+            fields: present(4).and_then(|raw| RawValue::from_string(raw.to_string()).ok()),
+        };
+        Some((keys, scan.spaced))
+    }
+}
+
 /// Checks one request. `report` says whether import states are reported.
 pub fn check(item: Payload, report: bool) -> Checked {
-    let Ok(keys) = serde_json::from_str::<Keys>(item.get()) else {
+    let Some((keys, spaced)) = Keys::read(item.get()) else {
         return Checked::Garbage("a request is not an object with a usable `id`".to_string());
     };
     let id = match keys.id {
@@ -100,7 +123,7 @@ pub fn check(item: Payload, report: bool) -> Checked {
                     id: id.clone(),
                     updated_at,
                     updated_us,
-                    data: payload::compact(item),
+                    data: payload::compact_scanned(item, spaced),
                 },
                 report,
             )

@@ -195,7 +195,7 @@ impl Demarches {
     ) -> Result<Page, SourceError> {
         let mut upserts = Vec::with_capacity(conn.nodes.len());
         for node in conn.nodes {
-            let (number, modified) = dossier_key(&node).ok_or_else(|| {
+            let (number, modified, spaced) = dossier_key(&node).ok_or_else(|| {
                 malformed(
                     url,
                     "a dossier lacks `number` or `dateDerniereModification`",
@@ -207,7 +207,7 @@ impl Demarches {
                 id: number.to_string(),
                 updated_at,
                 updated_us,
-                data: payload::compact(node),
+                data: payload::compact_scanned(node, spaced),
             });
         }
         if conn.page_info.has_next_page {
@@ -423,8 +423,20 @@ struct DeletedKey {
     deleted: Option<serde_json::Value>,
 }
 
-fn dossier_key(node: &Payload) -> Option<(i64, (String, i64))> {
-    let key: DossierKey = serde_json::from_str(node.get()).ok()?;
+/// Also says whether the text has whitespace to compact away. Read in one
+/// pass over the text ([`payload::scan`]), or with serde when the scan
+/// leaves the text to it.
+fn dossier_key(node: &Payload) -> Option<(i64, (String, i64), bool)> {
+    let (key, spaced) = match payload::scan(node.get(), ["number", "dateDerniereModification"]) {
+        Some(scan) => {
+            let key = DossierKey {
+                number: serde_json::from_str(scan.values[0]?).ok()?,
+                modified: serde_json::from_str(scan.values[1]?).ok()?,
+            };
+            (key, scan.spaced)
+        }
+        None => (serde_json::from_str::<DossierKey>(node.get()).ok()?, true),
+    };
     let us = crate::time::parse_us(&key.modified)?;
-    Some((key.number, (key.modified, us)))
+    Some((key.number, (key.modified, us), spaced))
 }
