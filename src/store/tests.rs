@@ -847,3 +847,40 @@ async fn the_sweep_visits_the_table_in_rowid_order() {
     assert!(text.contains("INTEGER PRIMARY KEY (rowid=?)"), "{text}");
     assert!(text.contains("COVERING INDEX records_key"), "{text}");
 }
+
+/// A page of a full listing that writes some rows and leaves others as they
+/// were still marks the unchanged ones: the sweep keeps them.
+#[tokio::test]
+async fn unchanged_rows_of_a_partly_written_listing_page_survive_the_sweep() {
+    let (_d, store) = open().await;
+    let key = SourceKey::new("t", "cal");
+    let old = page(
+        vec![
+            rec("same", "2024-01-01T10:00:00Z", 1),
+            rec("gone", "2024-01-01T10:00:00Z", 1),
+        ],
+        vec![],
+        "t1",
+    );
+    store.commit_page(&key, "k", &old).await.expect("commit");
+    let mut p = page(
+        vec![
+            rec("same", "2024-01-01T10:00:00Z", 1),
+            rec("fresh", "2024-01-02T10:00:00Z", 1),
+        ],
+        vec![],
+        "done",
+    );
+    p.listing = Some(Listing {
+        generation: 9,
+        complete: true,
+    });
+    let s = store.commit_page(&key, "k", &p).await.expect("commit");
+    assert_eq!((s.upserted, s.removed), (1, 1));
+    let ids: Vec<String> = export(&store, true)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(ids, ["fresh", "same"]);
+}
