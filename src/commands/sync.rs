@@ -95,7 +95,21 @@ pub(crate) async fn sync_once(
             };
             let _permit = limit.acquire_owned().await;
             let report = match crate::sources::build(cfg, &http, stop) {
-                Ok(source) => engine.run(key, cfg.kind_name(), source.as_ref(), stop).await,
+                Ok(source) => {
+                    // A task of its own, on a worker thread, as the daemon's
+                    // scheduler runs it: the run and the HTTP connection
+                    // tasks it waits on share a worker instead of waking
+                    // the thread blocked in `main` for every response.
+                    let (engine, key, kind, stop) =
+                        (engine.clone(), key.clone(), cfg.kind_name(), stop.clone());
+                    let run = tokio::spawn(async move {
+                        engine.run(&key, kind, source.as_ref(), &stop).await
+                    });
+                    match run.await {
+                        Ok(report) => report,
+                        Err(e) => refused(format!("the sync run ended abnormally: {e}")),
+                    }
+                }
                 Err(msg) => {
                     tracing::error!(tenant = %key.tenant, source = %key.source, error = %msg, "cannot sync");
                     refused(msg)
