@@ -143,7 +143,11 @@ impl Store {
             .min_connections(0)
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(60))
-            .connect_with(base.clone().create_if_missing(true))
+            .connect_with(
+                base.clone()
+                    .create_if_missing(true)
+                    .pragma("journal_size_limit", cache::WAL_SIZE_LIMIT.to_string()),
+            )
             .await
             .map_err(open_err)?;
         sqlx::migrate!("./migrations").run(&writer).await?;

@@ -611,6 +611,7 @@ async fn outbox_queries_answer_while_a_commit_holds_the_writer() {
 async fn the_writer_cache_is_wide_only_while_a_large_sync_runs() {
     let (_d, store) = open().await;
     assert_eq!(store.cache_kib().await.expect("size"), 2000);
+    assert_eq!(store.checkpoint_pages().await.expect("pages"), 1000);
     store.widen_cache().await.expect("widen");
     store.widen_cache().await.expect("widen");
     assert_eq!(store.cache_kib().await.expect("size"), 16 * 1024);
@@ -620,8 +621,15 @@ async fn the_writer_cache_is_wide_only_while_a_large_sync_runs() {
         16 * 1024,
         "one still runs"
     );
+    assert_eq!(store.checkpoint_pages().await.expect("pages"), 8192);
     store.narrow_cache().await.expect("narrow");
     assert_eq!(store.cache_kib().await.expect("size"), 2000);
+    assert_eq!(store.checkpoint_pages().await.expect("pages"), 1000);
+    let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit")
+        .fetch_one(&store.writer)
+        .await
+        .expect("limit");
+    assert_eq!(limit, 4 * 1024 * 1024, "the WAL file shrinks back");
 }
 
 /// A page that only moves the progress (a no-change run) is saved without a
