@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::payload::{self, Payload};
 use super::{Page, Phase, Progress, Record, Source, SourceError, Tombstone, malformed, state_json};
 use crate::config::{DemarchesConfig, Secret};
-use crate::http::HttpClient;
+use crate::http::{HttpClient, HttpError};
 use wire::{Connection, GraphqlResponse};
 
 /// The GraphQL document sent to the API (also used by the simulator's
@@ -133,7 +133,10 @@ impl Demarches {
             )
             .await?;
         let resp = resp.error_for_status(attempts)?;
-        let parsed: GraphqlResponse = resp.json()?;
+        let parsed = GraphqlResponse::parse(&resp.body).map_err(|e| HttpError::Decode {
+            url: resp.url.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(parsed.with_url(&resp.url))
     }
 
@@ -154,7 +157,7 @@ impl Demarches {
             } else {
                 "getDemarche"
             };
-            let resp = self.call(operation, vars).await?;
+            let mut resp = self.call(operation, vars).await?;
             if let Some(err) = resp.error() {
                 if err.has_code("timeout") && first > MIN_PAGE {
                     first = (first / 2).max(MIN_PAGE);
@@ -259,7 +262,7 @@ impl Demarches {
             "after": after,
             "deletedSince": state.scan_since,
         });
-        let resp = self.call(operation, vars).await?;
+        let mut resp = self.call(operation, vars).await?;
         if let Some(err) = resp.error() {
             return Err(err.into_error());
         }
