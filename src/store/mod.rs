@@ -29,6 +29,7 @@ use sqlx::sqlite::{
 
 use crate::config::SourceKey;
 
+pub use cache::{WIDE_CHECKPOINT_PAGES, WIDE_KIB};
 pub use export::ExportRow;
 pub use outbox::PendingReport;
 pub use records::{PageStats, UPSERT_CONFLICT};

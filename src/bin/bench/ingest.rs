@@ -35,41 +35,69 @@ const TARGET_RSS_MB: f64 = 100.0;
 /// multi-row `VALUES` statement (fewer driver round trips).
 const MULTI_ROWS: usize = 100;
 
-/// Records/s and CPU time per record of one ceiling run.
-async fn ingest_ceiling(
-    dir: &Path,
-    n: usize,
-    attempt: usize,
-    rows_per_stmt: usize,
-) -> Result<(f64, Duration)> {
-    let db = dir.join(format!("ceiling-{attempt}-{rows_per_stmt}.db"));
-    let store = synchro::store::Store::open(&format!("sqlite://{}", db.display())).await?;
-    store.close().await;
+/// One row the ceiling inserts: id, updated_at, updated_us, deleted, data.
+type CeilingRow = (String, String, i64, bool, String);
 
-    // Payloads prepared before the clock starts: ~1 KB of JSON text each.
+/// The synthetic payloads: ~1 KB of JSON text each, ids `0..n`.
+fn synthetic_rows(n: usize) -> Vec<CeilingRow> {
     let filler: String = (0..CEILING_PAYLOAD_BYTES)
         .map(|i| (b'a' + (i * 7 % 26) as u8) as char)
         .collect();
-    let rows: Vec<(String, String, i64, String)> = (0..n)
+    (0..n)
         .map(|i| {
             let data = format!(
                 r#"{{"number":{i},"state":"en_construction","text":"{}"}}"#,
                 &filler[..CEILING_PAYLOAD_BYTES - 60]
             );
             let us = 1_700_000_000_000_000 + i as i64;
-            (i.to_string(), synchro::time::format_us(us), us, data)
+            (i.to_string(), synchro::time::format_us(us), us, false, data)
         })
-        .collect();
+        .collect()
+}
+
+/// The records a sync stored, in the order it stored them (rowid): the
+/// payloads of the same-payload ceiling.
+async fn stored_rows(db: &Path) -> Result<Vec<CeilingRow>> {
+    let opts = SqliteConnectOptions::new().filename(db).read_only(true);
+    let mut conn = SqliteConnection::connect_with(&opts).await?;
+    let rows = sqlx::query_as(
+        "SELECT id, updated_at, updated_us, deleted, data FROM records ORDER BY rowid",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    conn.close().await?;
+    Ok(rows)
+}
+
+/// Records/s and CPU time per record of one ceiling run: `rows` (prepared
+/// before the clock starts) inserted into a fresh database as `kind`.
+async fn ingest_ceiling(
+    db: &Path,
+    kind: &str,
+    rows: &[CeilingRow],
+    rows_per_stmt: usize,
+) -> Result<(f64, Duration)> {
+    let store = synchro::store::Store::open(&format!("sqlite://{}", db.display())).await?;
+    store.close().await;
 
     let opts = SqliteConnectOptions::new()
-        .filename(&db)
+        .filename(db)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal);
     let mut conn = SqliteConnection::connect_with(&opts).await?;
+    // The page cache and WAL checkpoint interval synchro itself uses for a
+    // large sync: the ceiling is never handicapped against the sync.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "PRAGMA cache_size = -{}; PRAGMA wal_autocheckpoint = {}",
+        synchro::store::WIDE_KIB,
+        synchro::store::WIDE_CHECKPOINT_PAGES
+    )))
+    .execute(&mut conn)
+    .await?;
     let cpu_before = child::own_cpu();
     let started = Instant::now();
     let statement = |rows: usize| {
-        let values = vec!["(?, ?, ?, 'demarches', ?, ?, 0, ?, ?)"; rows].join(", ");
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
         format!(
             "INSERT INTO records (tenant, source, id, kind, updated_at, updated_us, deleted, data, stored_at) \
              VALUES {values} {}",
@@ -88,13 +116,15 @@ async fn ingest_ceiling(
                 &partial
             };
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for (id, at, us, data) in group {
+            for (id, at, us, deleted, data) in group {
                 q = q
                     .bind("bench")
                     .bind("ceiling")
                     .bind(id)
+                    .bind(kind)
                     .bind(at)
                     .bind(us)
+                    .bind(deleted)
                     .bind(data)
                     .bind(us);
             }
@@ -105,7 +135,22 @@ async fn ingest_ceiling(
     let elapsed = started.elapsed();
     let cpu = child::own_cpu().saturating_sub(cpu_before);
     conn.close().await?;
+    let n = rows.len().max(1);
     Ok((n as f64 / elapsed.as_secs_f64(), cpu / n as u32))
+}
+
+/// The best of [`CEILING_ATTEMPTS`] multi-row ceiling runs of the records
+/// a connector's sync stored in `db`.
+async fn same_payload_ceiling(db: &Path, kind: &str) -> Result<f64> {
+    let rows = stored_rows(db).await?;
+    let dir = tempfile::tempdir()?;
+    let mut best = 0.0_f64;
+    for attempt in 0..CEILING_ATTEMPTS {
+        let target = dir.path().join(format!("same-{attempt}.db"));
+        let (rate, _) = ingest_ceiling(&target, kind, &rows, MULTI_ROWS).await?;
+        best = best.max(rate);
+    }
+    Ok(best)
 }
 
 // ---------------------------------------------------------------- end to end
@@ -183,6 +228,9 @@ struct E2e {
     child_cpu: Duration,
     /// CPU time of this process while it ran: the in-process simulator.
     sim_cpu: Duration,
+    /// The ceiling measured on the very records this sync stored, in the
+    /// order it stored them (records/s).
+    same_ceiling: f64,
 }
 
 async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result<E2e> {
@@ -225,6 +273,7 @@ async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result
     if records < n as i64 {
         bail!("{}: {records} records stored, {n} expected", kind.name());
     }
+    let same_ceiling = same_payload_ceiling(&db, kind.name()).await?;
     Ok(E2e {
         kind,
         records,
@@ -237,6 +286,7 @@ async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result
         nochange_wall: second.wall,
         child_cpu: first.cpu,
         sim_cpu,
+        same_ceiling,
     })
 }
 
@@ -259,7 +309,8 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
          Insert of {n} payloads of ~1 KB into a fresh database with synchro's schema and \
          indexes (`Store::open`) and synchro's own upsert clause (`ON CONFLICT ... DO UPDATE \
          WHERE newer`), prepared statements through sqlx, one transaction per \
-         {CEILING_TX_ROWS} rows, WAL, `synchronous=NORMAL`; no HTTP, no JSON parsing. Two \
+         {CEILING_TX_ROWS} rows, WAL, `synchronous=NORMAL`, the page cache and WAL \
+         checkpoint interval synchro gives a large sync; no HTTP, no JSON parsing. Two \
          variants, {CEILING_ATTEMPTS} runs each; the ceiling is the best of all: \
          **{ceiling:.0} records/s**.\n\n\
          - one row per statement: {} records/s\n\
@@ -273,15 +324,20 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
          `synchro sync` (release binary, child process) of a fresh database from the \
          in-process simulator, which serves on the same cores. *Run* is the sync run as \
          recorded in `runs` (fetch + commit); *process* adds start-up, migration and exit. \
-         Ratio = run throughput / ingest ceiling. Target: ≥ 60 % of the ceiling, peak RSS \
+         Two baselines: the synthetic ceiling above (~1 KB payloads, ids in order), and \
+         the *same-payload ceiling*: the same insert of the very records the sync stored \
+         (same ids, timestamps, deletion flags and payload text, in the order the sync \
+         stored them), measured right after it, best of 3 runs of the multi-row variant. \
+         That is issue 7's definition (\"the same 200,000 payloads with the same upsert \
+         and the same indexes\"), and the target applies to it: ≥ 60 % of it. Peak RSS \
          < 100 MB.\n\n",
     );
-    s.push_str("| Connector | Records | Avg payload | Pages | Run | Records/s (run) | Ratio to ceiling | Target ≥ 60 % | Process | Peak RSS | Target < 100 MB |\n");
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n");
+    s.push_str("| Connector | Records | Avg payload | Pages | Run | Records/s (run) | Ratio to the synthetic ceiling | Same-payload ceiling | Ratio to it | Target ≥ 60 % | Process | Peak RSS | Target < 100 MB |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n");
     let mut misses = Vec::new();
     for e in e2e {
         let rate = e.records as f64 / e.run.as_secs_f64().max(1e-9);
-        let ratio = rate / ceiling;
+        let ratio = rate / e.same_ceiling.max(1e-9);
         let rss_mb = e.max_rss_kb as f64 / 1024.0;
         let ingest_ok = ratio >= TARGET_INGEST_RATIO;
         let rss_ok = rss_mb < TARGET_RSS_MB;
@@ -289,18 +345,21 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
             let per = |d: Duration| d.as_secs_f64() * 1e6 / e.records.max(1) as f64;
             let (own, sim) = (per(e.child_cpu), per(e.sim_cpu));
             misses.push(format!(
-                "**{} ingest**: {:.0} records/s is {:.1} % of the ceiling; the target needs \
-                 {:.0} records/s, a gap of {:.1} points. Bound: one record costs {own:.1} µs \
-                 of synchro's CPU and {sim:.1} µs of the simulator's on the same two cores, \
+                "**{} ingest**: {:.0} records/s is {:.1} % of the same-payload ceiling \
+                 ({:.0} records/s; {:.1} % of the synthetic one); the target needs {:.0} \
+                 records/s, a gap of {:.1} points. Bound: one record costs {own:.1} µs of \
+                 synchro's CPU and {sim:.1} µs of the simulator's on the same two cores, \
                  against {:.1} µs for the ceiling, which parses nothing and serves nothing; \
-                 synchro's own CPU alone would allow {:.0} % of the ceiling.",
+                 synchro's own CPU alone would allow {:.0} % of it.",
                 e.kind.name(),
                 rate,
                 ratio * 100.0,
-                ceiling * TARGET_INGEST_RATIO,
+                e.same_ceiling,
+                rate / ceiling * 100.0,
+                e.same_ceiling * TARGET_INGEST_RATIO,
                 (TARGET_INGEST_RATIO - ratio) * 100.0,
-                1e6 / ceiling,
-                1e6 / own.max(1e-9) / ceiling * 100.0
+                1e6 / e.same_ceiling.max(1e-9),
+                1e6 / own.max(1e-9) / e.same_ceiling.max(1e-9) * 100.0
             ));
         }
         if !rss_ok {
@@ -311,13 +370,15 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
         }
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} B | {} | {:.2} s | {:.0} | {:.1} % | {} | {:.2} s | {:.1} MB | {} |",
+            "| {} | {} | {:.0} B | {} | {:.2} s | {:.0} | {:.1} % | {:.0} | {:.1} % | {} | {:.2} s | {:.1} MB | {} |",
             e.kind.name(),
             e.records,
             e.avg_bytes,
             e.pages,
             e.run.as_secs_f64(),
             rate,
+            rate / ceiling * 100.0,
+            e.same_ceiling,
             ratio * 100.0,
             verdict(ingest_ok),
             e.wall.as_secs_f64(),
@@ -335,13 +396,12 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
         s,
         "### Where the CPU goes\n\n\
          Both cores serve two programs during a sync: `synchro` and the simulator, which \
-         renders every record as JSON (the Démarches Simplifiées one through a GraphQL \
-         engine). CPU time per record, from `wait4` for `synchro` and `getrusage` for the \
+         serves every record as JSON (rendered when it is seeded; see the profile notes). \
+         CPU time per record, from `wait4` for `synchro` and `getrusage` for the \
          bench process (the simulator) over the same sync, next to the ceiling's CPU per \
          record ({:.1} µs). *synchro alone* is the rate synchro's own CPU time would allow \
-         if the upstream cost nothing: its ratio to the ceiling shows synchro's share of \
-         the gap.\n\n\
-         | Connector | synchro CPU/record | simulator CPU/record | synchro alone | Ratio to ceiling |\n\
+         if the upstream cost nothing, as a ratio to the connector's same-payload ceiling.\n\n\
+         | Connector | synchro CPU/record | simulator CPU/record | synchro alone | Ratio to the same-payload ceiling |\n\
          |---|---:|---:|---:|---:|\n",
         ceiling_cpu.as_secs_f64() * 1e6
     );
@@ -355,7 +415,7 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
             per(e.child_cpu),
             per(e.sim_cpu),
             alone,
-            alone / ceiling * 100.0
+            alone / e.same_ceiling.max(1e-9) * 100.0
         );
     }
     s.push('\n');
@@ -397,9 +457,13 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
 pub async fn run(bin: &Path, n: usize) -> Result<Section> {
     let dir = tempfile::tempdir()?;
     let mut ceilings = Vec::new();
+    let synthetic = synthetic_rows(n);
     for attempt in 0..CEILING_ATTEMPTS {
         for rows_per_stmt in [1, MULTI_ROWS] {
-            let (rate, cpu) = ingest_ceiling(dir.path(), n, attempt, rows_per_stmt).await?;
+            let db = dir
+                .path()
+                .join(format!("ceiling-{attempt}-{rows_per_stmt}.db"));
+            let (rate, cpu) = ingest_ceiling(&db, "demarches", &synthetic, rows_per_stmt).await?;
             eprintln!(
                 "ingest ceiling run {} ({rows_per_stmt} row(s)/statement): {rate:.0} records/s",
                 attempt + 1
@@ -408,6 +472,7 @@ pub async fn run(bin: &Path, n: usize) -> Result<Section> {
         }
     }
     drop(dir);
+    drop(synthetic);
     let ceiling = ceilings.iter().map(|c| c.1).fold(0.0, f64::max);
 
     let sim = Simulator::start(([127, 0, 0, 1], 0).into()).await?;
@@ -415,11 +480,13 @@ pub async fn run(bin: &Path, n: usize) -> Result<Section> {
     for kind in [Kind::Demarches, Kind::Calendar, Kind::Content] {
         let e = end_to_end(bin, &sim, kind, n).await?;
         eprintln!(
-            "{}: {} records in {:.2} s ({:.0}/s, {:.1} % of ceiling), peak RSS {:.1} MB, no-change cycle {} request(s)",
+            "{}: {} records in {:.2} s ({:.0}/s, {:.1} % of the same-payload ceiling {:.0}/s, {:.1} % of the synthetic one), peak RSS {:.1} MB, no-change cycle {} request(s)",
             kind.name(),
             e.records,
             e.run.as_secs_f64(),
             e.records as f64 / e.run.as_secs_f64(),
+            e.records as f64 / e.run.as_secs_f64() / e.same_ceiling * 100.0,
+            e.same_ceiling,
             e.records as f64 / e.run.as_secs_f64() / ceiling * 100.0,
             e.max_rss_kb as f64 / 1024.0,
             e.nochange_requests
@@ -518,6 +585,15 @@ records/s (55.1 and 55.8 %), calendar 49,231 and 41,509 (35.6 and 29.4 %), conte
 and 54,464 (43.9 and 38.5 %); synchro CPU per record 10.7-10.8 / 16.1-19.7 / 14.5-16.3 µs. \
 At \
 50,000 records demarches reached 61-62 % in two runs.\n\
+- **Which ceiling.** The first ceiling inserted synthetic ~1 KB payloads with ids in \
+order. Issue 7 defines the baseline as \"the same 200,000 payloads with the same upsert \
+and the same indexes\": the *same-payload ceiling* (table above) inserts the records each \
+sync stored, in the order it stored them, and is what the target is checked against; \
+both ratios stand in the table. Measured once while adding it: calendar's random \
+26-character ids make SQLite's own insert about 2.6 times slower than the synthetic \
+payloads, content's ~530-byte payloads about 1.2 times faster. The ceiling connection also \
+gets the page cache and WAL checkpoint interval synchro gives a large sync: without them \
+the calendar \"ceiling\" measured 34,473 records/s, below the sync's own 47,218.\n\
 - **What is left**: calendar: the writer thread (~12 µs per record at 200,000, twice the \
 demarches writer) inserting random 26-character ids into the key index, and the WAL and \
 checkpoint writes that follow; raising the group size further (8,192 queued records) made \
