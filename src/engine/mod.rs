@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::config::SourceKey;
 use crate::sources::{Page, Source, SourceError};
 use crate::store::{PageStats, RunOutcome, RunRecord, Store, StoreError};
-pub use reclaim::{Activity, RECLAIM_AFTER};
+pub use reclaim::Activity;
 pub use redact::Redactor;
 
 /// Records (a page counts at least one) fetched ahead of the commit: bounds

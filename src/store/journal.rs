@@ -142,9 +142,7 @@ async fn write_one(writer: &SqlitePool, entry: &Entry) -> Result<(), StoreError>
             .await?;
         }
         Entry::Progress { .. } => {
-            bind_progress(sqlx::query(sqlx::AssertSqlSafe(progress_sql(1))), entry)
-                .execute(writer)
-                .await?;
+            progress_query(entry).execute(writer).await?;
         }
         Entry::Finish { .. } => {
             bind_finish(sqlx::query(sqlx::AssertSqlSafe(finish_sql(1))), entry)
@@ -248,6 +246,12 @@ fn bind_starts<'q>(mut q: Query<'q>, starts: &[&'q Entry]) -> Query<'q> {
         }
     }
     q
+}
+
+/// The progress upsert of one `Entry::Progress`, ready to run (alone, or
+/// inside a page's transaction).
+pub(super) fn progress_query(entry: &Entry) -> Query<'_> {
+    bind_progress(sqlx::query(sqlx::AssertSqlSafe(progress_sql(1))), entry)
 }
 
 fn progress_sql(n: usize) -> String {

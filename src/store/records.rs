@@ -5,7 +5,7 @@
 
 use serde_json::value::RawValue;
 
-use super::journal::Entry;
+use super::journal::{self, Entry};
 use super::{Store, StoreError, now_us};
 use crate::config::SourceKey;
 use crate::sources::{Page, Progress, Record, Report, ReportOutcome, Tombstone};
@@ -139,14 +139,6 @@ WHERE j.value ->> '$.v' IS NULL
 ON CONFLICT (tenant, source, record_id, completed_at) DO NOTHING
 "#;
 
-const SAVE_PROGRESS: &str = r#"
-INSERT INTO progress (tenant, source, kind, phase, state, updated_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-ON CONFLICT (tenant, source) DO UPDATE SET
-    kind = excluded.kind, phase = excluded.phase, state = excluded.state,
-    updated_at = excluded.updated_at
-"#;
-
 /// What every row of a page shares.
 struct Shared<'a> {
     key: &'a SourceKey,
@@ -273,23 +265,6 @@ async fn write_page(
     Ok(stats)
 }
 
-/// The progress upsert of `page`, ready to run.
-fn progress_query<'q>(
-    key: &'q SourceKey,
-    kind: &'q str,
-    page: &'q Page,
-    state: &'q str,
-    now: i64,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    sqlx::query(SAVE_PROGRESS)
-        .bind(&key.tenant)
-        .bind(&key.source)
-        .bind(kind)
-        .bind(page.next_progress.phase.as_str())
-        .bind(state)
-        .bind(now)
-}
-
 impl Store {
     /// Commits a page and the progress that follows it, atomically.
     pub async fn commit_page(
@@ -344,23 +319,21 @@ impl Store {
                 && p.reports.is_empty()
                 && p.listing.is_none()
         });
+        let progress = Entry::Progress {
+            tenant: key.tenant.clone(),
+            source: key.source.clone(),
+            kind: kind.to_string(),
+            phase: last.next_progress.phase.as_str(),
+            state,
+            at: now,
+        };
         if nothing_but_progress {
             // A page that only moves the progress (the usual no-change run)
-            // is one statement, atomic on its own: one writer round trip
-            // instead of three (BEGIN, save, COMMIT), which is what thousands
-            // of runs due at once queue for.
-            // Group-committed with other runs' (see `journal.rs`).
+            // is one statement, atomic on its own, and group-committed with
+            // other runs' (see `journal.rs`): no BEGIN/save/COMMIT of its
+            // own, which is what thousands of runs due at once queue for.
             if save_progress {
-                self.journal
-                    .write(Entry::Progress {
-                        tenant: key.tenant.clone(),
-                        source: key.source.clone(),
-                        kind: kind.to_string(),
-                        phase: last.next_progress.phase.as_str(),
-                        state,
-                        at: now,
-                    })
-                    .await?;
+                self.journal.write(progress).await?;
             }
             return Ok(vec![PageStats::default(); pages.len()]);
         }
@@ -370,9 +343,7 @@ impl Store {
             all.push(write_page(&mut tx, key, kind, page, now).await?);
         }
         if save_progress {
-            progress_query(key, kind, last, &state, now)
-                .execute(&mut *tx)
-                .await?;
+            journal::progress_query(&progress).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         if all.iter().any(|s| s.reports > 0) {
