@@ -232,6 +232,7 @@ impl Engine {
         // budget, released when the page is committed.
         let (tx, mut rx) = mpsc::unbounded_channel::<(Page, OwnedSemaphorePermit)>();
         let budget = Arc::new(Semaphore::new(QUEUED_RECORDS));
+        let held = budget.clone();
         let store = self.store.clone();
         let observer = self.observer.clone();
         let writer_key = key.clone();
@@ -246,12 +247,21 @@ impl Engine {
                     let linger_until = tokio::time::Instant::now() + GROUP_LINGER;
                     let mut records = page.items();
                     let mut last = page.done;
+                    // Budget a page like the last one takes: with less left,
+                    // the fetcher cannot queue one before this group commits
+                    // and frees its share, so waiting for it is pointless.
+                    let mut share = permit.num_permits();
                     group.push(page);
                     permits.push(permit);
                     while records < GROUP_RECORDS && !last {
                         let next = match rx.try_recv() {
                             Ok(next) => Some(next),
                             Err(mpsc::error::TryRecvError::Disconnected) => None,
+                            Err(mpsc::error::TryRecvError::Empty)
+                                if held.available_permits() < share =>
+                            {
+                                None
+                            }
                             Err(mpsc::error::TryRecvError::Empty) => {
                                 tokio::time::timeout_at(linger_until, rx.recv())
                                     .await
@@ -262,6 +272,7 @@ impl Engine {
                         let Some((next, permit)) = next else { break };
                         records += next.items();
                         last = next.done;
+                        share = permit.num_permits();
                         group.push(next);
                         permits.push(permit);
                     }
