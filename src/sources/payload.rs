@@ -191,6 +191,18 @@ fn string_end(bytes: &[u8], start: usize) -> usize {
     }
 }
 
+/// The text of a JSON string value found by [`scan`] (quotes included, as
+/// the scan returns it): borrowed when it holds no escape, decoded by serde
+/// when it does. `None` when the value is not a string.
+pub fn str_value(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
 /// [`compact`] when a [`scan`] said the text has whitespace to remove.
 pub fn compact_scanned(raw: Payload, spaced: bool) -> Payload {
     if spaced { compact(raw) } else { raw }

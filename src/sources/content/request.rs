@@ -2,6 +2,8 @@
 //! the import-state report it is owed. Shared by the polling connector and
 //! the webhook, so both store and report a request the same way.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -29,11 +31,12 @@ pub enum Checked {
     Garbage(String),
 }
 
-/// What synchro reads of a request; the rest stays raw. Scalars are read as
-/// loose values so that a wrong type is a rejection with a reason, not a
-/// parse error for the whole page.
+/// What synchro reads of a request, decoded by serde: the fallback for
+/// text the one-pass scan leaves to it. Scalars are read as loose values so
+/// that a wrong type is a rejection with a reason, not a parse error for the
+/// whole page.
 #[derive(Deserialize)]
-struct Keys {
+struct OwnedKeys {
     #[serde(default)]
     id: Option<Value>,
     #[serde(default, rename = "lastStateChange")]
@@ -46,26 +49,77 @@ struct Keys {
     fields: Option<Box<RawValue>>,
 }
 
-impl Keys {
+/// What synchro reads of a request; the rest stays raw. Strings borrow the
+/// request's text unless they hold escapes, so that checking a request
+/// allocates nothing but what the record keeps.
+struct Keys<'a> {
+    /// The id as stored: a JSON number's text, or a string.
+    id: Option<Cow<'a, str>>,
+    last_state_change: Option<Cow<'a, str>>,
+    state: Option<Cow<'a, str>>,
+    completed: Option<Cow<'a, str>>,
+    /// `fields` is present and is not a list.
+    fields_not_a_list: bool,
+}
+
+impl<'a> Keys<'a> {
     /// The keys of a request's text, and whether the text has whitespace to
     /// compact away: one pass over the text ([`payload::scan`]), or serde
     /// when the scan leaves the text to it.
-    fn read(text: &str) -> Option<(Keys, bool)> {
+    fn read(text: &'a str) -> Option<(Keys<'a>, bool)> {
         let names = ["id", "lastStateChange", "state", "completed", "fields"];
         let Some(scan) = payload::scan(text, names) else {
-            return Some((serde_json::from_str(text).ok()?, true));
+            let owned: OwnedKeys = serde_json::from_str(text).ok()?;
+            return Some((Keys::from_owned(owned), true));
         };
         // Null reads as absent, as `Option` does with serde.
         let present = |i: usize| scan.values[i].filter(|raw| *raw != "null");
-        let value = |i: usize| present(i).and_then(|raw| serde_json::from_str(raw).ok());
         let keys = Keys {
-            id: value(0),
-            last_state_change: value(1),
-            state: value(2),
-            completed: value(3),
-            fields: present(4).and_then(|raw| RawValue::from_string(raw.to_string()).ok()),
+            id: present(0).and_then(id_text),
+            last_state_change: present(1).and_then(payload::str_value),
+            state: present(2).and_then(payload::str_value),
+            completed: present(3).and_then(payload::str_value),
+            fields_not_a_list: present(4).is_some_and(|raw| !raw.trim_start().starts_with('[')),
         };
         Some((keys, scan.spaced))
+    }
+
+    fn from_owned(keys: OwnedKeys) -> Keys<'static> {
+        let text = |v: Option<Value>| match v {
+            Some(Value::String(s)) => Some(Cow::Owned(s)),
+            _ => None,
+        };
+        Keys {
+            id: match keys.id {
+                Some(Value::Number(n)) => Some(Cow::Owned(n.to_string())),
+                Some(Value::String(s)) => Some(Cow::Owned(s)),
+                _ => None,
+            },
+            last_state_change: text(keys.last_state_change),
+            state: text(keys.state),
+            completed: text(keys.completed),
+            fields_not_a_list: keys
+                .fields
+                .is_some_and(|f| !f.get().trim_start().starts_with('[')),
+        }
+    }
+}
+
+/// A request id's text as stored: a string as is, a number as serde prints
+/// it. A non-negative integer literal that fits in 64 bits (the usual case;
+/// JSON has no leading zeros) prints as itself; anything else (a sign, a
+/// fraction, an exponent, a huge integer) goes through serde to keep its
+/// printing exact.
+fn id_text(raw: &str) -> Option<Cow<'_, str>> {
+    if raw.starts_with('"') {
+        return payload::str_value(raw);
+    }
+    if !raw.is_empty() && raw.len() <= 18 && raw.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Cow::Borrowed(raw));
+    }
+    match serde_json::from_str::<Value>(raw).ok()? {
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        _ => None,
     }
 }
 
@@ -75,20 +129,17 @@ pub fn check(item: Payload, report: bool) -> Checked {
         return Checked::Garbage("a request is not an object with a usable `id`".to_string());
     };
     let id = match keys.id {
-        Some(Value::Number(n)) => n.to_string(),
-        Some(Value::String(s)) if !s.trim().is_empty() => s,
+        Some(id) if !id.trim().is_empty() => id.into_owned(),
         _ => return Checked::Garbage("a request has no usable `id`".to_string()),
     };
     let changed = keys
         .last_state_change
-        .as_ref()
-        .and_then(Value::as_str)
+        .as_deref()
         .and_then(|s| crate::time::parse_us(s).map(|us| (s.to_string(), us)));
-    let state = keys.state.as_ref().and_then(Value::as_str);
+    let state = keys.state.as_deref();
     let completed_at = keys
         .completed
-        .as_ref()
-        .and_then(Value::as_str)
+        .as_deref()
         .filter(|s| !s.is_empty())
         .map(str::to_string);
     let owed = |outcome: ReportOutcome, version_us: Option<i64>| -> Option<Report> {
@@ -106,11 +157,7 @@ pub fn check(item: Payload, report: bool) -> Checked {
         Some("`lastStateChange` is missing or not a date".to_string())
     } else if !state.is_some_and(|s| STATES.contains(&s)) {
         Some("`state` is missing or unknown".to_string())
-    } else if keys
-        .fields
-        .as_ref()
-        .is_some_and(|f| !f.get().trim_start().starts_with('['))
-    {
+    } else if keys.fields_not_a_list {
         Some("`fields` is not a list".to_string())
     } else {
         None
@@ -120,7 +167,7 @@ pub fn check(item: Payload, report: bool) -> Checked {
             let report = owed(ReportOutcome::Success, Some(updated_us));
             Checked::Store(
                 Record {
-                    id: id.clone(),
+                    id,
                     updated_at,
                     updated_us,
                     data: payload::compact_scanned(item, spaced),
@@ -159,6 +206,60 @@ mod tests {
             "completed": if state == "completed" { json!("2024-05-01T10:00:00.123Z") } else { json!(null) },
             "fields": fields,
         }))
+    }
+
+    /// The one-pass reading of an id prints it as the serde reading does.
+    #[test]
+    fn id_text_prints_ids_as_serde_does() {
+        for raw in [
+            "42",
+            "0",
+            "-0",
+            "-7",
+            "1.0",
+            "1e3",
+            "123456789012345678",
+            "12345678901234567890",
+            "99999999999999999999999",
+            r#""abc""#,
+            r#""a\"b""#,
+            r#""\u00e9t\u00e9""#,
+            "true",
+            "[1]",
+        ] {
+            let serde = match serde_json::from_str::<Value>(raw).expect("json") {
+                Value::Number(n) => Some(n.to_string()),
+                Value::String(s) => Some(s),
+                _ => None,
+            };
+            assert_eq!(id_text(raw).map(Cow::into_owned), serde, "{raw}");
+        }
+    }
+
+    /// Escaped and plain text, with and without whitespace, read the same
+    /// through the scan as through serde.
+    #[test]
+    fn scanned_and_decoded_keys_agree() {
+        let texts = [
+            r#"{"id":7,"state":"completed","lastStateChange":"2024-05-01T10:00:00.123Z","completed":"2024-05-01T10:00:00.123Z","fields":[]}"#,
+            r#"{"id":"x\"y","state":"c\u006fmpleted","lastStateChange":"2024-05-01T10:00:00.123Z","completed":null,"fields":{"a":1}}"#,
+            "{ \"id\" : 8 , \"state\" : \"pending\" , \"fields\" : \"no\" }",
+        ];
+        for text in texts {
+            let (scanned, _) = Keys::read(text).expect("object");
+            let decoded = Keys::from_owned(serde_json::from_str(text).expect("json"));
+            assert_eq!(scanned.id, decoded.id, "{text}");
+            assert_eq!(scanned.state, decoded.state, "{text}");
+            assert_eq!(
+                scanned.last_state_change, decoded.last_state_change,
+                "{text}"
+            );
+            assert_eq!(scanned.completed, decoded.completed, "{text}");
+            assert_eq!(
+                scanned.fields_not_a_list, decoded.fields_not_a_list,
+                "{text}"
+            );
+        }
     }
 
     #[test]
