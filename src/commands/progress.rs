@@ -85,7 +85,7 @@ impl Progress {
     /// The engine callback that feeds this display.
     pub fn observer(self: &Arc<Self>) -> PageObserver {
         let me = self.clone();
-        Arc::new(move |key, _stats, received| me.page(key, received as u64))
+        Arc::new(move |key, received| me.page(key, received as u64))
     }
 
     fn page(&self, key: &SourceKey, received: u64) {
@@ -136,7 +136,6 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::PageStats;
 
     /// A writer the test can read back.
     #[derive(Clone, Default)]
@@ -162,7 +161,7 @@ mod tests {
         let observe = progress.observer();
         let key = SourceKey::new("acme", "permits");
         for _ in 0..5 {
-            observe(&key, &PageStats::default(), 100);
+            observe(&key, 100);
         }
         let text = String::from_utf8(buf.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .unwrap_or_default();
@@ -180,8 +179,8 @@ mod tests {
 
         let progress = Progress::lines(Duration::ZERO, Box::new(buf.clone()));
         let observe = progress.observer();
-        observe(&key, &PageStats::default(), 50);
-        observe(&key, &PageStats::default(), 50);
+        observe(&key, 50);
+        observe(&key, 50);
         let text = String::from_utf8(buf.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .unwrap_or_default();
         assert!(

@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::config::SourceKey;
 use crate::sources::{Page, Source, SourceError};
-use crate::store::{PageStats, RunOutcome, RunRecord, Store, StoreError};
+use crate::store::{RunOutcome, RunRecord, Store, StoreError};
 pub use reclaim::Activity;
 pub use redact::Redactor;
 
@@ -69,8 +69,9 @@ pub struct RunReport {
     pub elapsed: std::time::Duration,
 }
 
-/// Called after every committed page (progress bars, metrics).
-pub type PageObserver = Arc<dyn Fn(&SourceKey, &PageStats, usize) + Send + Sync>;
+/// Called after every committed page with the records it carried
+/// (progress bars).
+pub type PageObserver = Arc<dyn Fn(&SourceKey, usize) + Send + Sync>;
 
 /// Everything a run needs besides the source itself.
 #[derive(Clone)]
@@ -276,27 +277,30 @@ impl Engine {
                         group.push(next);
                         permits.push(permit);
                     }
+                    // What the loop below reports of each page, taken
+                    // before the pages move into the commit.
+                    let shapes: Vec<(usize, bool)> =
+                        group.iter().map(|p| (p.items(), p.done)).collect();
                     let stats = store
-                        .commit_pages(&writer_key, &writer_kind, &group)
+                        .commit_pages(&writer_key, &writer_kind, std::mem::take(&mut group))
                         .await?;
                     permits.clear();
-                    for (page, stats) in group.drain(..).zip(stats) {
-                        let n = page.items();
+                    acc.upserted += stats.upserted;
+                    acc.deleted += stats.deleted + stats.removed;
+                    for (received, done) in shapes.iter().copied() {
                         acc.pages += 1;
-                        acc.upserted += stats.upserted;
-                        acc.deleted += stats.deleted + stats.removed;
-                        tracing::debug!(
-                            received = n,
-                            upserted = stats.upserted,
-                            deleted = stats.deleted,
-                            removed = stats.removed,
-                            done = page.done,
-                            "page committed"
-                        );
+                        tracing::debug!(received, done, "page committed");
                         if let Some(obs) = &observer {
-                            obs(&writer_key, &stats, n);
+                            obs(&writer_key, received);
                         }
                     }
+                    tracing::debug!(
+                        pages = shapes.len(),
+                        upserted = stats.upserted,
+                        deleted = stats.deleted,
+                        removed = stats.removed,
+                        "group committed"
+                    );
                     if !widened && acc.pages >= WIDE_CACHE_AFTER_PAGES {
                         match store.widen_cache().await {
                             Ok(()) => widened = true,
@@ -411,7 +415,7 @@ mod tests {
         let committed = Arc::new(AtomicU64::new(0));
         let seen = committed.clone();
         let engine = Engine::new(store.clone(), Redactor::new(Vec::new())).with_observer(Arc::new(
-            move |_key: &SourceKey, _stats: &PageStats, n: usize| {
+            move |_key: &SourceKey, n: usize| {
                 seen.fetch_add(n as u64, Ordering::SeqCst);
             },
         ));

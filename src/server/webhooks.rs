@@ -160,7 +160,7 @@ pub(super) async fn content(
         }
         Checked::Garbage(reason) => Err(reason),
     };
-    if let Err(e) = store.commit_records(&key, "content", &page).await {
+    if let Err(e) = store.commit_records(&key, "content", page).await {
         tracing::error!(tenant = %key.tenant, source = %key.source, error = %e, "content callback could not be stored");
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -3,14 +3,16 @@
 //! with prepared multi-row statements (64 rows each), never a round trip per
 //! row; the small parts (listing marks, reports) go through `json_each`.
 
+use std::sync::Arc;
+
 use serde_json::value::RawValue;
 
 use super::journal::{self, Entry};
 use super::{Store, StoreError, now_us};
 use crate::config::SourceKey;
-use crate::sources::{Page, Progress, Record, Report, ReportOutcome, Tombstone};
+use crate::sources::{Listing, Page, Progress, Record, Report, ReportOutcome, Tombstone};
 
-/// What a committed page changed.
+/// What a committed page (or group of pages) changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PageStats {
     /// Records inserted or replaced by a newer version.
@@ -21,6 +23,15 @@ pub struct PageStats {
     pub removed: u64,
     /// Import-state reports newly queued in the outbox.
     pub reports: u64,
+}
+
+impl PageStats {
+    pub(super) fn add(&mut self, other: PageStats) {
+        self.upserted += other.upserted;
+        self.deleted += other.deleted;
+        self.removed += other.removed;
+        self.reports += other.reports;
+    }
 }
 
 /// Upsert rule: a version replaces the stored one only if it is newer by the
@@ -139,21 +150,36 @@ WHERE j.value ->> '$.v' IS NULL
 ON CONFLICT (tenant, source, record_id, completed_at) DO NOTHING
 "#;
 
-/// What every row of a page shares.
-struct Shared<'a> {
-    key: &'a SourceKey,
-    kind: &'a str,
+/// What every row of a commit shares. The texts are bound as shared
+/// `Arc`s: binding a `&str` copies it into a new allocation per row.
+struct Shared {
+    tenant: Arc<str>,
+    source: Arc<str>,
+    kind: Arc<str>,
     now: i64,
-    /// The full listing's generation, when the page belongs to one.
-    listing: Option<i64>,
 }
 
-/// One row to write: id, updated_at, updated_us, data (compact JSON).
-struct Row<'a> {
-    id: &'a str,
-    updated_at: &'a str,
+impl Shared {
+    fn new(key: &SourceKey, kind: &str, now: i64) -> Self {
+        Self {
+            tenant: Arc::from(key.tenant.as_str()),
+            source: Arc::from(key.source.as_str()),
+            kind: Arc::from(kind),
+            now,
+        }
+    }
+}
+
+/// One row to write: id, updated_at, updated_us, data (compact JSON). Owned
+/// and moved into the statement's arguments: a payload is bound without a
+/// copy (the driver copies a borrowed text into a new allocation).
+struct Row {
+    id: String,
+    updated_at: String,
     updated_us: i64,
-    data: &'a str,
+    data: String,
+    /// The full listing's generation, when the row's page belongs to one.
+    listing: Option<i64>,
 }
 
 /// Writes rows with the multi-row statements of `statements`; returns the
@@ -161,31 +187,29 @@ struct Row<'a> {
 async fn write_rows(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     statements: &RowStatements,
-    shared: &Shared<'_>,
+    shared: &Shared,
     deleted: bool,
-    rows: &[Row<'_>],
+    rows: Vec<Row>,
 ) -> Result<u64, StoreError> {
     let mut changed = 0;
-    let mut rest = rows;
+    let mut rest = rows.into_iter();
     // Largest statements first; the last one has a single row, so nothing
     // is left over.
     for (n, sql) in &statements.by_rows {
         while rest.len() >= *n {
-            let (chunk, tail) = rest.split_at(*n);
-            rest = tail;
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for row in chunk {
+            for row in rest.by_ref().take(*n) {
                 q = q
-                    .bind(&shared.key.tenant)
-                    .bind(&shared.key.source)
+                    .bind(shared.tenant.clone())
+                    .bind(shared.source.clone())
                     .bind(row.id)
-                    .bind(shared.kind)
+                    .bind(shared.kind.clone())
                     .bind(row.updated_at)
                     .bind(row.updated_us)
                     .bind(deleted)
                     .bind(row.data)
                     .bind(shared.now)
-                    .bind(shared.listing);
+                    .bind(row.listing);
             }
             changed += q.execute(&mut **tx).await?.rows_affected();
         }
@@ -193,76 +217,146 @@ async fn write_rows(
     Ok(changed)
 }
 
-/// Writes one page's records, deletions, listing marks and reports inside
-/// the caller's transaction.
-async fn write_page(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    key: &SourceKey,
-    kind: &str,
-    page: &Page,
-    now: i64,
-) -> Result<PageStats, StoreError> {
-    let rows = upsert_rows(&page.upserts);
-    let stamps = tombstone_stamps(&page.deletes, now);
-    let tombstones = tombstone_rows(&page.deletes, &stamps);
-    let shared = Shared {
-        key,
-        kind,
-        now,
-        listing: page.listing.map(|l| l.generation),
-    };
-    let mut stats = PageStats {
-        upserted: write_rows(tx, upsert_statements(), &shared, false, &rows).await?,
-        deleted: write_rows(tx, tombstone_statements(), &shared, true, &tombstones).await?,
-        ..PageStats::default()
-    };
-    // Rows the statements inserted or changed carry the listing's mark
-    // already; when that is every row of the page (a first full listing),
-    // there is nothing left to mark.
-    let all_marked =
-        stats.upserted == rows.len() as u64 && stats.deleted == tombstones.len() as u64;
-    if let Some(listing) = page.listing {
-        let ids: Vec<&str> = if all_marked {
-            Vec::new()
-        } else {
-            page.upserts
-                .iter()
-                .map(|r| r.id.as_str())
-                .chain(page.deletes.iter().map(|t| t.id.as_str()))
-                .collect()
-        };
-        if !ids.is_empty() {
-            let ids =
-                serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sqlx::query(MARK)
-                .bind(&key.tenant)
-                .bind(&key.source)
-                .bind(listing.generation)
-                .bind(ids)
-                .execute(&mut **tx)
-                .await?;
+/// Consecutive pages written as one: their rows go through the multi-row
+/// statements together, in page order, so that a group of small pages
+/// (Contentor's ~17 new requests each) costs a few statements, i.e. a few
+/// round trips to the writer thread, instead of two or more per page.
+///
+/// Rows keep their exact order (each page's upserts, then its deletions),
+/// and SQLite applies the rows of a statement one after the other, so the
+/// result is the one page-by-page statements give. What depends on the
+/// rows written so far closes a batch: a page with import-state reports
+/// (queued against the versions stored at that point), a page completing a
+/// full listing (its sweep), and a change of listing generation (marks are
+/// written after the batch's rows).
+#[derive(Default)]
+struct Batch {
+    /// Runs of rows of one kind (`true`: deletions), in order.
+    segments: Vec<(bool, Vec<Row>)>,
+    rows: u64,
+    /// The listing the batch's pages belong to, and the ids they listed.
+    listing: Option<Listing>,
+    listed: Vec<String>,
+    reports: Vec<Report>,
+}
+
+impl Batch {
+    /// Whether `page` can join the batch (see [`Batch`]).
+    fn takes(&self, page: &Page) -> bool {
+        (self.segments.is_empty() && self.listing.is_none())
+            || page.listing.map(|l| l.generation) == self.listing.map(|l| l.generation)
+    }
+
+    /// Adds `page`; says whether the batch must be written now.
+    fn push(&mut self, page: Page, now: i64) -> bool {
+        let Page {
+            upserts,
+            deletes,
+            listing,
+            reports,
+            ..
+        } = page;
+        if let Some(l) = listing {
+            // The ids a listing marks, taken before the rows move into the
+            // statements (needed only if some row is left unchanged).
+            self.listed.extend(upserts.iter().map(|r| r.id.clone()));
+            self.listed.extend(deletes.iter().map(|t| t.id.clone()));
+            self.listing = Some(l);
         }
-        if listing.complete {
-            stats.removed = sqlx::query(SWEEP)
+        let generation = listing.map(|l| l.generation);
+        self.add(false, upsert_rows(upserts, generation));
+        self.add(true, tombstone_rows(deletes, now, generation));
+        self.reports.extend(reports);
+        !self.reports.is_empty() || listing.is_some_and(|l| l.complete)
+    }
+
+    fn add(&mut self, deleted: bool, rows: Vec<Row>) {
+        if rows.is_empty() {
+            return;
+        }
+        self.rows += rows.len() as u64;
+        match self.segments.last_mut() {
+            Some((d, run)) if *d == deleted => run.extend(rows),
+            _ => self.segments.push((deleted, rows)),
+        }
+    }
+
+    /// Writes the batch's rows, listing marks, sweep and reports inside the
+    /// caller's transaction.
+    async fn write(
+        self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        key: &SourceKey,
+        shared: &Shared,
+    ) -> Result<PageStats, StoreError> {
+        let mut stats = PageStats::default();
+        for (deleted, rows) in self.segments {
+            if deleted {
+                stats.deleted += write_rows(tx, tombstone_statements(), shared, true, rows).await?;
+            } else {
+                stats.upserted += write_rows(tx, upsert_statements(), shared, false, rows).await?;
+            }
+        }
+        if let Some(listing) = self.listing {
+            // Rows the statements inserted or changed carry the listing's
+            // mark already; when that is every row (a first full listing),
+            // there is nothing left to mark.
+            let all_marked = stats.upserted + stats.deleted == self.rows;
+            if !all_marked && !self.listed.is_empty() {
+                let ids = serde_json::to_string(&self.listed)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                sqlx::query(MARK)
+                    .bind(&key.tenant)
+                    .bind(&key.source)
+                    .bind(listing.generation)
+                    .bind(ids)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            if listing.complete {
+                stats.removed = sqlx::query(SWEEP)
+                    .bind(&key.tenant)
+                    .bind(&key.source)
+                    .bind(listing.generation)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+            }
+        }
+        if let Some(json) = encode_reports(&self.reports)? {
+            stats.reports = sqlx::query(QUEUE_REPORTS)
                 .bind(&key.tenant)
                 .bind(&key.source)
-                .bind(listing.generation)
+                .bind(shared.now)
+                .bind(json)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected();
         }
+        Ok(stats)
     }
-    if let Some(json) = encode_reports(&page.reports)? {
-        stats.reports = sqlx::query(QUEUE_REPORTS)
-            .bind(&key.tenant)
-            .bind(&key.source)
-            .bind(now)
-            .bind(json)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
+}
+
+/// Writes consecutive pages inside the caller's transaction, batched (see
+/// [`Batch`]); returns what they changed together.
+async fn write_pages(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    key: &SourceKey,
+    shared: &Shared,
+    pages: Vec<Page>,
+) -> Result<PageStats, StoreError> {
+    let mut total = PageStats::default();
+    let mut batch = Batch::default();
+    for page in pages {
+        if !batch.takes(&page) {
+            total.add(std::mem::take(&mut batch).write(tx, key, shared).await?);
+        }
+        if batch.push(page, shared.now) {
+            total.add(std::mem::take(&mut batch).write(tx, key, shared).await?);
+        }
     }
-    Ok(stats)
+    total.add(batch.write(tx, key, shared).await?);
+    Ok(total)
 }
 
 impl Store {
@@ -273,19 +367,20 @@ impl Store {
         kind: &str,
         page: &Page,
     ) -> Result<PageStats, StoreError> {
-        self.commit_one(key, kind, page, true).await
+        self.commit_one(key, kind, page.clone(), true).await
     }
 
     /// Commits consecutive pages of one run and the progress that follows
     /// the last one, in ONE transaction (a group commit): the atomicity rule
     /// holds for the group as it does for a page, and a crash at worst
-    /// refetches the group. Returns each page's stats, in order.
+    /// refetches the group. Returns what the pages changed together. Takes
+    /// the pages by value: their payloads move into the statements uncopied.
     pub async fn commit_pages(
         &self,
         key: &SourceKey,
         kind: &str,
-        pages: &[Page],
-    ) -> Result<Vec<PageStats>, StoreError> {
+        pages: Vec<Page>,
+    ) -> Result<PageStats, StoreError> {
         self.commit(key, kind, pages, true).await
     }
 
@@ -295,7 +390,7 @@ impl Store {
         &self,
         key: &SourceKey,
         kind: &str,
-        page: &Page,
+        page: Page,
     ) -> Result<PageStats, StoreError> {
         self.commit_one(key, kind, page, false).await
     }
@@ -304,11 +399,11 @@ impl Store {
         &self,
         key: &SourceKey,
         kind: &str,
-        pages: &[Page],
+        pages: Vec<Page>,
         save_progress: bool,
-    ) -> Result<Vec<PageStats>, StoreError> {
+    ) -> Result<PageStats, StoreError> {
         let Some(last) = pages.last() else {
-            return Ok(Vec::new());
+            return Ok(PageStats::default());
         };
         let now = now_us();
         let state = serde_json::to_string(&last.next_progress.state)
@@ -335,34 +430,29 @@ impl Store {
             if save_progress {
                 self.journal.write(progress).await?;
             }
-            return Ok(vec![PageStats::default(); pages.len()]);
+            return Ok(PageStats::default());
         }
+        let shared = Shared::new(key, kind, now);
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut all = Vec::with_capacity(pages.len());
-        for page in pages {
-            all.push(write_page(&mut tx, key, kind, page, now).await?);
-        }
+        let stats = write_pages(&mut tx, key, &shared, pages).await?;
         if save_progress {
             journal::progress_query(&progress).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        if all.iter().any(|s| s.reports > 0) {
+        if stats.reports > 0 {
             self.reports_queued(key);
         }
-        Ok(all)
+        Ok(stats)
     }
 
     async fn commit_one(
         &self,
         key: &SourceKey,
         kind: &str,
-        page: &Page,
+        page: Page,
         save_progress: bool,
     ) -> Result<PageStats, StoreError> {
-        let stats = self
-            .commit(key, kind, std::slice::from_ref(page), save_progress)
-            .await?;
-        Ok(stats.into_iter().next().unwrap_or_default())
+        self.commit(key, kind, vec![page], save_progress).await
     }
 
     /// The progress stored for a source, if any. Read through the reader
@@ -399,16 +489,22 @@ impl Store {
     }
 }
 
-fn upsert_rows(records: &[Record]) -> Vec<Row<'_>> {
+fn upsert_rows(records: Vec<Record>, listing: Option<i64>) -> Vec<Row> {
     records
-        .iter()
+        .into_iter()
         .map(|r| Row {
-            id: &r.id,
-            updated_at: &r.updated_at,
+            id: r.id,
+            updated_at: r.updated_at,
             updated_us: r.updated_us,
-            data: r.data.get(),
+            data: payload_text(r.data),
+            listing,
         })
         .collect()
+}
+
+/// A payload's text, in the allocation it already has.
+fn payload_text(data: Box<RawValue>) -> String {
+    Box::<str>::from(data).into_string()
 }
 
 fn encode_reports(reports: &[Report]) -> Result<Option<String>, StoreError> {
@@ -432,26 +528,26 @@ fn encode_reports(reports: &[Report]) -> Result<Option<String>, StoreError> {
         .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-/// When each deletion happened: as the upstream says, or now.
-fn tombstone_stamps(deletes: &[Tombstone], now: i64) -> Vec<(String, i64)> {
+/// Tombstone rows, stamped with when each deletion happened: as the
+/// upstream says, or now.
+fn tombstone_rows(deletes: Vec<Tombstone>, now: i64, listing: Option<i64>) -> Vec<Row> {
     deletes
-        .iter()
-        .map(|t| match t.deleted_at.as_deref() {
-            Some(at) => (at.to_string(), crate::time::parse_us(at).unwrap_or(now)),
-            None => (crate::time::format_us(now), now),
-        })
-        .collect()
-}
-
-fn tombstone_rows<'a>(deletes: &'a [Tombstone], stamps: &'a [(String, i64)]) -> Vec<Row<'a>> {
-    deletes
-        .iter()
-        .zip(stamps)
-        .map(|(t, (at, us))| Row {
-            id: &t.id,
-            updated_at: at,
-            updated_us: *us,
-            data: t.data.get(),
+        .into_iter()
+        .map(|t| {
+            let (updated_at, updated_us) = match t.deleted_at {
+                Some(at) => {
+                    let us = crate::time::parse_us(&at).unwrap_or(now);
+                    (at, us)
+                }
+                None => (crate::time::format_us(now), now),
+            };
+            Row {
+                id: t.id,
+                updated_at,
+                updated_us,
+                data: payload_text(t.data),
+                listing,
+            }
         })
         .collect()
 }

@@ -258,10 +258,11 @@ async fn a_group_commit_stores_every_page_or_none() {
         page(records(127, 3), vec![tomb("5")], "two"),
         page(records(130, 70), vec![], "three"),
     ];
-    let stats = store.commit_pages(&key, "k", &pages).await.expect("commit");
-    let upserted: Vec<u64> = stats.iter().map(|s| s.upserted).collect();
-    assert_eq!(upserted, vec![127, 3, 70]);
-    assert_eq!(stats[1].deleted, 1);
+    let stats = store
+        .commit_pages(&key, "k", pages.clone())
+        .await
+        .expect("commit");
+    assert_eq!((stats.upserted, stats.deleted), (200, 1));
     let live = export(&store, false).await;
     assert_eq!(live.len(), 199, "200 records, one deleted");
     assert!(live.iter().all(|(id, ..)| id != "5"));
@@ -289,7 +290,12 @@ async fn a_group_commit_stores_every_page_or_none() {
         page(records(500, 10), vec![], "four"),
         page(vec![rec("boom", "2024-01-01T10:00:00Z", 0)], vec![], "five"),
     ];
-    assert!(store.commit_pages(&key, "k", &failing).await.is_err());
+    assert!(
+        store
+            .commit_pages(&key, "k", failing.clone())
+            .await
+            .is_err()
+    );
     assert_eq!(
         export(&store, true).await.len(),
         200,
@@ -435,7 +441,7 @@ async fn reports_are_queued_once_per_completion_and_only_for_stored_versions() {
     p.reports = vec![owed(&older, "2024-01-01T10:00:00Z")];
     assert_eq!(
         store
-            .commit_records(&key, "k", &p)
+            .commit_records(&key, "k", p.clone())
             .await
             .expect("commit")
             .reports,
@@ -570,7 +576,10 @@ async fn outbox_queries_answer_while_a_commit_holds_the_writer() {
         completed_at: "2024-01-02T10:00:00Z".into(),
         outcome: ReportOutcome::Success,
     }];
-    store.commit_records(&key, "k", &p).await.expect("commit");
+    store
+        .commit_records(&key, "k", p.clone())
+        .await
+        .expect("commit");
 
     // A write transaction in progress (a sync page, a webhook) holds the
     // only writer connection: the reporter's reads must not queue behind it,
@@ -891,4 +900,120 @@ async fn unchanged_rows_of_a_partly_written_listing_page_survive_the_sweep() {
         .map(|r| r.0)
         .collect();
     assert_eq!(ids, ["fresh", "same"]);
+}
+
+/// Every row of the records table, for comparing two databases.
+async fn table(store: &Store) -> Vec<(String, String, i64, bool, String, Option<i64>)> {
+    sqlx::query_as(
+        "SELECT id, updated_at, updated_us, deleted, data, listing FROM records ORDER BY id",
+    )
+    .fetch_all(&store.writer)
+    .await
+    .expect("records")
+}
+
+/// A group commit writes the rows of its pages together (a few multi-row
+/// statements for many small pages); the database ends exactly as if the
+/// pages had been committed one by one: repeats across pages (older after
+/// newer, newer after older), a deletion then a newer version, a listing
+/// that completes mid-group, and reports checked against the version
+/// stored at their own page.
+#[tokio::test]
+async fn a_group_commit_ends_as_page_by_page_commits() {
+    use crate::sources::{Report, ReportOutcome};
+    let key = SourceKey::new("t", "s");
+    let owed = |r: &Record| Report {
+        record_id: r.id.clone(),
+        version_us: Some(r.updated_us),
+        completed_at: r.updated_at.clone(),
+        outcome: ReportOutcome::Success,
+    };
+    let listed = |mut p: Page, generation: i64, complete: bool| {
+        p.listing = Some(Listing {
+            generation,
+            complete,
+        });
+        p
+    };
+    let t = |h: u32| format!("2024-01-01T{h:02}:00:00Z");
+    // Before the group: what a previous run left.
+    let before = vec![page(
+        vec![
+            rec("old", &t(1), 0),
+            rec("a", &t(1), 0),
+            rec("gone", &t(1), 0),
+        ],
+        vec![],
+        "before",
+    )];
+    let v1 = rec("r", &t(5), 1);
+    let v2 = rec("r", &t(6), 2);
+    let mut reported = page(vec![v1.clone()], vec![], "3");
+    reported.reports = vec![owed(&v1)];
+    let group = vec![
+        page(vec![rec("a", &t(3), 3), rec("b", &t(3), 3)], vec![], "1"),
+        page(
+            vec![rec("a", &t(2), 2), rec("b", &t(4), 4)],
+            vec![tomb("c")],
+            "2",
+        ),
+        page(vec![rec("c", &t(9), 9)], vec![tomb("b")], "2b"),
+        reported,
+        page(vec![v2.clone()], vec![], "4"),
+        listed(
+            page(vec![rec("a", &t(3), 3), rec("d", &t(1), 1)], vec![], "5"),
+            7,
+            false,
+        ),
+        listed(
+            page(vec![rec("old", &t(1), 0), rec("r", &t(6), 2)], vec![], "6"),
+            7,
+            true,
+        ),
+        page(vec![rec("e", &t(1), 1)], vec![tomb("d")], "7"),
+    ];
+    let (_d1, grouped) = open().await;
+    let (_d2, single) = open().await;
+    for store in [&grouped, &single] {
+        store
+            .commit_pages(&key, "k", before.clone())
+            .await
+            .expect("before");
+    }
+    let stats = grouped
+        .commit_pages(&key, "k", group.clone())
+        .await
+        .expect("group");
+    let mut one_by_one = crate::store::PageStats::default();
+    for p in &group {
+        one_by_one.add(single.commit_page(&key, "k", p).await.expect("page"));
+    }
+    assert_eq!(stats, one_by_one);
+    assert_eq!(stats.reports, 1, "v1 was the stored version at its page");
+    assert!(
+        stats.removed >= 1,
+        "the listing removed what it did not return"
+    );
+    let (g, s) = (table(&grouped).await, table(&single).await);
+    assert_eq!(g, s);
+    assert!(!g.iter().any(|row| row.0 == "gone"), "swept");
+    assert!(g.iter().any(|row| row.0 == "e"), "written after the sweep");
+    let reports = |store: &Store| {
+        let store = store.clone();
+        async move {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT record_id, completed_at FROM outbox ORDER BY record_id",
+            )
+            .fetch_all(&store.writer)
+            .await
+            .expect("outbox")
+        }
+    };
+    assert_eq!(reports(&grouped).await, reports(&single).await);
+    let progress = grouped
+        .load_progress(&key)
+        .await
+        .expect("load")
+        .expect("some");
+    assert_eq!(progress.state["cursor"], "7");
 }
