@@ -7,7 +7,8 @@
 //! committed page (the atomicity rule), so the overlap costs no safety.
 //! Pages waiting when a commit ends (or arriving within a few ms) are
 //! committed together, in one transaction with the progress after the last
-//! of them.
+//! of them. The writer is a task of its own, and the fetcher keeps fetching
+//! while a group commits: the two sides run on both cores at once.
 
 mod reclaim;
 mod redact;
@@ -58,6 +59,10 @@ pub enum SyncError {
     Source(SourceError),
     #[error("storing failed: {0}")]
     Store(#[from] StoreError),
+    /// The task committing the pages panicked (a bug): nothing after the
+    /// last committed page was stored.
+    #[error("the page writer failed: {0}")]
+    Writer(String),
 }
 
 /// The outcome of one run, as recorded in the `runs` table.
@@ -230,7 +235,10 @@ impl Engine {
         // GROUP_RECORDS records): records and the progress after the last
         // of them stay atomic, and small pages stop paying one transaction
         // each. The queue holds pages with their share of the record
-        // budget, released when the page is committed.
+        // budget, released when the writer takes them into a commit: the
+        // fetcher fills the queue again while the group commits (holding
+        // the budget until the commit ended made the two sides take turns;
+        // a run holds at most QUEUED_RECORDS + GROUP_RECORDS + a page).
         let (tx, mut rx) = mpsc::unbounded_channel::<(Page, OwnedSemaphorePermit)>();
         let budget = Arc::new(Semaphore::new(QUEUED_RECORDS));
         let held = budget.clone();
@@ -281,10 +289,12 @@ impl Engine {
                     // before the pages move into the commit.
                     let shapes: Vec<(usize, bool)> =
                         group.iter().map(|p| (p.items(), p.done)).collect();
+                    // The group leaves the queue: its budget goes back to
+                    // the fetcher for the duration of the commit.
+                    permits.clear();
                     let stats = store
                         .commit_pages(&writer_key, &writer_kind, std::mem::take(&mut group))
                         .await?;
-                    permits.clear();
                     acc.upserted += stats.upserted;
                     acc.deleted += stats.deleted + stats.removed;
                     for (received, done) in shapes.iter().copied() {
@@ -338,7 +348,13 @@ impl Engine {
                 }
             }
         };
-        let ((acc, written), fetched) = tokio::join!(writer, fetcher);
+        // Polled in this task beside the fetcher (`join!`), the writer saw
+        // its statements' results only between two parses of a page, and
+        // the sides took turns. If this run is dropped, the writer still
+        // commits the pages already queued, then ends.
+        let writer = tokio::spawn(writer.instrument(tracing::Span::current()));
+        let fetched = fetcher.await;
+        let (acc, written) = writer.await.map_err(|e| SyncError::Writer(e.to_string()))?;
         totals.pages = acc.pages;
         totals.upserted = acc.upserted;
         totals.deleted = acc.deleted;
@@ -431,11 +447,18 @@ mod tests {
         assert_eq!(report.outcome, crate::store::RunOutcome::Success);
         assert_eq!(report.totals.upserted, (PAGES * PER_PAGE) as u64);
         let ahead = source.most_ahead.load(Ordering::SeqCst);
-        // The budget, plus the group being committed (its permits are
-        // released just before the observer counts it).
+        // The budget, plus the group being committed (its permits go back
+        // to the fetcher when its commit starts).
         assert!(
             ahead <= QUEUED_RECORDS + GROUP_RECORDS + PER_PAGE,
             "fetched {ahead} records ahead of the commits"
+        );
+        // While a group commits, its budget is the fetcher's again: it
+        // filled the queue behind the commit, beyond what the queue alone
+        // holds.
+        assert!(
+            ahead > QUEUED_RECORDS,
+            "the fetcher waited for the commits: at most {ahead} records ahead"
         );
         store.close().await;
     }
