@@ -153,6 +153,63 @@ async fn same_payload_ceiling(db: &Path, kind: &str) -> Result<f64> {
     Ok(best)
 }
 
+// ---------------------------------------------------------------- request floor
+
+/// Sequential requests timed per connector for the request floor.
+const FLOOR_REQUESTS: usize = 1_000;
+
+/// The mean round trip of one page request of `kind` (the listing's first
+/// page, the size a sync asks for), sent one after the other by a bare
+/// reqwest client to the same simulator, body read, nothing parsed: what a
+/// sync's chain of dependent page requests costs before synchro does
+/// anything with the pages.
+async fn request_floor(sim: &Simulator, kind: Kind) -> Result<Duration> {
+    let client = reqwest::Client::new();
+    let request = || {
+        match kind {
+        Kind::Demarches => client
+            .post(sim.ds_endpoint())
+            .bearer_auth(simulate::DEFAULT_DS_TOKEN)
+            .json(&serde_json::json!({
+                "query": synchro::sources::demarches::QUERY,
+                "operationName": "getDemarche",
+                "variables": {"demarcheNumber": 1, "first": 100, "after": null, "updatedSince": null},
+            })),
+        Kind::Calendar => client
+            .get(format!("{}/calendars/bench/events", sim.calendar_endpoint()))
+            .bearer_auth(simulate::DEFAULT_CALENDAR_TOKEN)
+            .query(&[("maxResults", "250"), ("showDeleted", "true"), ("singleEvents", "false")]),
+        Kind::Content => client
+            .get(format!("{}/content", sim.content_endpoint()))
+            .bearer_auth(simulate::DEFAULT_CONTENT_TOKEN)
+            .query(&[
+                (
+                    "query",
+                    r#"{"criteria":[{"type":"source","criteria":"api"}],"sortBy":["lastStateChange"]}"#,
+                ),
+                ("page", "1"),
+            ]),
+    }
+    };
+    let mut best = Duration::MAX;
+    for _ in 0..2 {
+        let started = Instant::now();
+        for _ in 0..FLOOR_REQUESTS {
+            let resp = request().send().await?.error_for_status()?;
+            let body = resp.bytes().await?;
+            if body.len() < 100 {
+                bail!(
+                    "{}: a {}-byte page for the request floor",
+                    kind.name(),
+                    body.len()
+                );
+            }
+        }
+        best = best.min(started.elapsed() / FLOOR_REQUESTS as u32);
+    }
+    Ok(best)
+}
+
 // ---------------------------------------------------------------- end to end
 
 #[derive(Clone, Copy, PartialEq)]
@@ -231,6 +288,8 @@ struct E2e {
     /// The ceiling measured on the very records this sync stored, in the
     /// order it stored them (records/s).
     same_ceiling: f64,
+    /// Mean round trip of a bare page request to the same simulator.
+    floor_rtt: Duration,
 }
 
 async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result<E2e> {
@@ -274,6 +333,7 @@ async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result
         bail!("{}: {records} records stored, {n} expected", kind.name());
     }
     let same_ceiling = same_payload_ceiling(&db, kind.name()).await?;
+    let floor_rtt = request_floor(sim, kind).await?;
     Ok(E2e {
         kind,
         records,
@@ -287,6 +347,7 @@ async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result
         child_cpu: first.cpu,
         sim_cpu,
         same_ceiling,
+        floor_rtt,
     })
 }
 
@@ -350,7 +411,10 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
                  records/s, a gap of {:.1} points. Bound: one record costs {own:.1} µs of \
                  synchro's CPU and {sim:.1} µs of the simulator's on the same two cores, \
                  against {:.1} µs for the ceiling, which parses nothing and serves nothing; \
-                 synchro's own CPU alone would allow {:.0} % of it.",
+                 synchro's own CPU alone would allow {:.0} % of it. Its {} page requests \
+                 depend on each other; at {:.0} µs for a bare round trip to the simulator \
+                 they alone take {:.2} s, i.e. at most {:.0} % of the ceiling even if \
+                 reading and storing the pages cost nothing (see the request floor).",
                 e.kind.name(),
                 rate,
                 ratio * 100.0,
@@ -359,7 +423,16 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
                 e.same_ceiling * TARGET_INGEST_RATIO,
                 (TARGET_INGEST_RATIO - ratio) * 100.0,
                 1e6 / e.same_ceiling.max(1e-9),
-                1e6 / own.max(1e-9) / e.same_ceiling.max(1e-9) * 100.0
+                1e6 / own.max(1e-9) / e.same_ceiling.max(1e-9) * 100.0,
+                e.pages,
+                e.floor_rtt.as_secs_f64() * 1e6,
+                (e.floor_rtt * e.pages.max(0) as u32).as_secs_f64(),
+                e.records as f64
+                    / (e.floor_rtt * e.pages.max(0) as u32)
+                        .as_secs_f64()
+                        .max(1e-9)
+                    / e.same_ceiling.max(1e-9)
+                    * 100.0
             ));
         }
         if !rss_ok {
@@ -416,6 +489,35 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
             per(e.sim_cpu),
             alone,
             alone / e.same_ceiling.max(1e-9) * 100.0
+        );
+    }
+    s.push('\n');
+
+    let _ = write!(
+        s,
+        "### The request floor\n\n\
+         A sync's page requests form a chain: each needs something the previous answer \
+         holds (a cursor, a watermark), so they cannot overlap. *Round trip* is the mean \
+         time of one page request of the connector (the listing's first page, at the \
+         sync's page size) sent {FLOOR_REQUESTS} times one after the other by a bare \
+         reqwest client to the same simulator, body read and not parsed (best of 2). \
+         *Floor* is the sync's requests times that round trip: the rate it could not beat \
+         even if reading and storing the pages cost nothing.\n\n\
+         | Connector | Requests | Round trip | Floor | Best rate it allows | Ratio to the same-payload ceiling |\n\
+         |---|---:|---:|---:|---:|---:|\n"
+    );
+    for e in e2e {
+        let floor = e.floor_rtt * e.pages.max(0) as u32;
+        let best = e.records as f64 / floor.as_secs_f64().max(1e-9);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} µs | {:.2} s | {:.0} records/s | {:.1} % |",
+            e.kind.name(),
+            e.pages,
+            e.floor_rtt.as_secs_f64() * 1e6,
+            floor.as_secs_f64(),
+            best,
+            best / e.same_ceiling.max(1e-9) * 100.0
         );
     }
     s.push('\n');
