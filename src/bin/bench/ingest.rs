@@ -704,4 +704,42 @@ the contract's re-query from the watermark implies; the fetch side still spends 
 quarter of its time in thread wake-ups. Demarches: CPU is not the bound (12.7 µs per \
 record for both processes on two cores); each request needs the previous page's cursor, so \
 the simulator's answer, the transfer and synchro's parse of a page run back to back. \
-Reading the cursor before the full parse, to send the next request sooner, was not tried.\n\n";
+Reading the cursor before the full parse, to send the next request sooner, was not tried.\n\n\
+#### Third round\n\n\
+Before, 200,000 records, measured with `synchro simulate` in its own process and `perf record \
+-e cpu-clock --call-graph dwarf` on `synchro sync` (and on the simulator), then with the bench: \
+demarches ~2.3 s a sync (71-79k records/s), calendar ~4.1 s (48-50k), content ~3.3 s (58-65k).\n\n\
+- **Binding copied every value twice.** sqlx binds a `&str` by copying it into a new `String` \
+inside a new `Arc`: ten parameters a row, six of them texts (tenant, source and kind \
+included), about 10 % of the runtime threads' samples in a content sync. **Changed**: the \
+commit takes the pages by value; payloads, ids and timestamps move into the arguments \
+uncopied, tenant, source and kind are one shared `Arc<str>` per commit.\n\
+- **Small pages, many statements.** A group commit still wrote each page with its own \
+statements: a Contentor page of ~17 new requests cost two or more round trips to the SQLite \
+thread, each two thread wake-ups (~65,000 voluntary context switches for a 200,000-request \
+sync). **Changed**: the pages of a group share the multi-row statements, their rows in page \
+order (SQLite applies a statement's rows one after the other, so the result is the one \
+page-by-page statements give; a test compares both databases); a page with import-state \
+reports, a completing listing or a new listing generation closes a batch. Context switches \
+halved; content sync ~3.3 -> ~2.7 s.\n\
+- **Checking a content request** decoded each key into a `serde_json::Value` and copied its \
+`fields` (most of its text) only to see that it starts with `[` (~14 % of the fetch side). \
+**Changed**: the keys borrow the request's text.\n\
+- **Fetching and committing took turns.** The writer was polled in the fetcher's task \
+(`join!`), and a group's record budget was held until its commit ended, so the fetcher, \
+whose queue the group had just emptied, waited for the whole commit. **Changed**: the writer \
+is a task of its own and the budget returns to the fetcher when a commit starts (a test \
+proves the fetcher runs ahead during a commit). Demarches sync ~2.3 -> ~1.95 s.\n\
+- **Tried and dropped**: sending the next Contentor request ahead, as soon as a page's \
+envelope was read (every guess was right, yet the sync got slower: a task spawned by a task \
+runs on its thread only when that one yields, so the page's checks waited for the request \
+to go out, and the answer took one more hand-off); a longer commit linger (20 ms: no change); \
+one runtime thread (fewer context switches, yet twice slower; not investigated further).\n\
+- **After**, same machine, two bench runs: demarches 102,868 and 107,961 records/s, calendar \
+63,346 and 64,576, content 75,017 and 74,207; see the tables above for this run.\n\
+- **What is left, content**: 12,001 page requests that depend on each other. A bare \
+reqwest client needs ~105 µs for one such round trip to the simulator (the request floor \
+above), 1.3 s for the whole chain: that alone is 60-70 % of a same-payload ceiling that \
+measured 154,000-222,000 records/s across runs. Reading a page (~30 µs) and synchro's own \
+request handling (~20 µs) sit on the same chain; committing (the SQLite thread, ~1 s of CPU) \
+runs beside it on the second core, which the simulator also uses.\n\n";
