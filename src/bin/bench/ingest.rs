@@ -738,8 +738,10 @@ one runtime thread (fewer context switches, yet twice slower; not investigated f
 - **After**, same machine, two bench runs: demarches 102,868 and 107,961 records/s, calendar \
 63,346 and 64,576, content 75,017 and 74,207; see the tables above for this run.\n\
 - **What is left, content**: 12,001 page requests that depend on each other. A bare \
-reqwest client needs ~105 µs for one such round trip to the simulator (the request floor \
-above), 1.3 s for the whole chain: that alone is 60-70 % of a same-payload ceiling that \
-measured 154,000-222,000 records/s across runs. Reading a page (~30 µs) and synchro's own \
-request handling (~20 µs) sit on the same chain; committing (the SQLite thread, ~1 s of CPU) \
-runs beside it on the second core, which the simulator also uses.\n\n";
+reqwest client needs ~100-105 µs for one such round trip to the simulator (the request \
+floor above): 1.2-1.3 s for the chain, ~160,000 records/s at best. Reading a page (~30 µs) \
+and synchro's own request handling (~20 µs, measured with the commits switched off) sit on \
+the same chain: ~1.8 s, ~110,000 records/s, while the same-payload ceiling measured \
+154,000-222,000 records/s across runs (so 50-71 % at best, before the commits). Committing \
+(the SQLite thread, ~1 s of CPU) runs beside the chain on the second core, which the \
+simulator shares; the sync measured 2.6-2.7 s.\n\n";
