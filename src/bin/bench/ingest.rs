@@ -739,9 +739,10 @@ one runtime thread (fewer context switches, yet twice slower; not investigated f
 63,346 and 64,576, content 75,017 and 74,207; see the tables above for this run.\n\
 - **What is left, content**: 12,001 page requests that depend on each other. A bare \
 reqwest client needs ~100-105 µs for one such round trip to the simulator (the request \
-floor above): 1.2-1.3 s for the chain, ~160,000 records/s at best. Reading a page (~30 µs) \
-and synchro's own request handling (~20 µs, measured with the commits switched off) sit on \
-the same chain: ~1.8 s, ~110,000 records/s, while the same-payload ceiling measured \
-154,000-222,000 records/s across runs (so 50-71 % at best, before the commits). Committing \
-(the SQLite thread, ~1 s of CPU) runs beside the chain on the second core, which the \
-simulator shares; the sync measured 2.6-2.7 s.\n\n";
+floor above): 1.2-1.3 s for the chain, ~160,000 records/s at best, while the same-payload \
+ceiling measured 154,000-222,000 records/s across runs. Timing probes in the fetch loop \
+(removed since) put reading a page at ~25-30 µs and handing it to the writer at ~10 µs. \
+With the commits switched off, synchro's round trips took ~110 µs, close to the bare \
+client's, and the whole chain 1.7-1.8 s; with them, each round trip takes 150-170 µs and \
+the sync 2.5-2.8 s: the SQLite thread (~1 s of CPU) and the writer share the two cores \
+with the simulator and the fetch side, and every hand-off between them waits for a core.\n\n";
