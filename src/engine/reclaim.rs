@@ -46,7 +46,7 @@ impl Activity {
     }
 
     /// Until `stop`: each time the runs go idle and stay idle for
-    /// [`RECLAIM_AFTER`], shrink the writer's cache and trim the heap.
+    /// `RECLAIM_AFTER` (one second), shrink the writer's cache and trim the heap.
     pub async fn reclaim_when_idle(self: Arc<Self>, store: Store, stop: CancellationToken) {
         loop {
             tokio::select! {

@@ -297,7 +297,7 @@ impl Scheduler {
 
     /// Whether `config` can be applied with [`Scheduler::reload`]: the
     /// global scheduling and HTTP settings are unchanged, and the sources
-    /// still fit the channels sized at start (see [`channel_size`]).
+    /// still fit the channels sized at start (see `channel_size`).
     pub fn can_reload(&self, old: &Config, new: &Config) -> bool {
         old.scheduler == new.scheduler
             && old.http == new.http

@@ -1,7 +1,9 @@
 //! Page commits: a page's records, its deletions and the progress that
-//! follows them, in one `BEGIN IMMEDIATE` transaction. Records are written
-//! with prepared multi-row statements (64 rows each), never a round trip per
-//! row; the small parts (listing marks, reports) go through `json_each`.
+//! follows them, in one `BEGIN IMMEDIATE` transaction (or a group of
+//! consecutive pages and the progress after the last, see [`Batch`]).
+//! Records are written with prepared multi-row statements (64 rows each),
+//! never a round trip per row; the small parts (listing marks, reports) go
+//! through `json_each`.
 
 use std::sync::Arc;
 

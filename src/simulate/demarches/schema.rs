@@ -1,5 +1,5 @@
 //! The GraphQL schema subset of the platform's API v2, with its real type and
-//! field names, resolved against the [`Store`](super::store::Store).
+//! field names, resolved against the [`Store`].
 
 use std::sync::Arc;
 
