@@ -235,7 +235,6 @@ async fn write_rows(
 struct Batch {
     /// Runs of rows of one kind (`true`: deletions), in order.
     segments: Vec<(bool, Vec<Row>)>,
-    rows: u64,
     /// The listing the batch's pages belong to, and the ids they listed.
     listing: Option<Listing>,
     listed: Vec<String>,
@@ -276,7 +275,6 @@ impl Batch {
         if rows.is_empty() {
             return;
         }
-        self.rows += rows.len() as u64;
         match self.segments.last_mut() {
             Some((d, run)) if *d == deleted => run.extend(rows),
             _ => self.segments.push((deleted, rows)),
@@ -292,6 +290,7 @@ impl Batch {
         shared: &Shared,
     ) -> Result<PageStats, StoreError> {
         let mut stats = PageStats::default();
+        let written: usize = self.segments.iter().map(|(_, rows)| rows.len()).sum();
         for (deleted, rows) in self.segments {
             if deleted {
                 stats.deleted += write_rows(tx, tombstone_statements(), shared, true, rows).await?;
@@ -303,7 +302,7 @@ impl Batch {
             // Rows the statements inserted or changed carry the listing's
             // mark already; when that is every row (a first full listing),
             // there is nothing left to mark.
-            let all_marked = stats.upserted + stats.deleted == self.rows;
+            let all_marked = stats.upserted + stats.deleted == written as u64;
             if !all_marked && !self.listed.is_empty() {
                 let ids = serde_json::to_string(&self.listed)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
