@@ -79,7 +79,7 @@ impl<'a> Keys<'a> {
             last_state_change: present(1).and_then(payload::str_value),
             state: present(2).and_then(payload::str_value),
             completed: present(3).and_then(payload::str_value),
-            fields_not_a_list: present(4).is_some_and(|raw| !raw.trim_start().starts_with('[')),
+            fields_not_a_list: present(4).is_some_and(not_a_list),
         };
         Some((keys, scan.spaced))
     }
@@ -98,11 +98,14 @@ impl<'a> Keys<'a> {
             last_state_change: text(keys.last_state_change),
             state: text(keys.state),
             completed: text(keys.completed),
-            fields_not_a_list: keys
-                .fields
-                .is_some_and(|f| !f.get().trim_start().starts_with('[')),
+            fields_not_a_list: keys.fields.is_some_and(|f| not_a_list(f.get())),
         }
     }
+}
+
+/// Whether a JSON value's text is something other than an array.
+fn not_a_list(raw: &str) -> bool {
+    !raw.trim_start().starts_with('[')
 }
 
 /// A request id's text as stored: a string as is, a number as serde prints
