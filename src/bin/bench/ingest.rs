@@ -292,6 +292,19 @@ struct E2e {
     floor_rtt: Duration,
 }
 
+impl E2e {
+    /// The sync's page requests, one after the other, at the bare round
+    /// trip: the request floor.
+    fn floor(&self) -> Duration {
+        self.floor_rtt * self.pages.max(0) as u32
+    }
+
+    /// The rate the request floor allows (records/s).
+    fn floor_rate(&self) -> f64 {
+        self.records as f64 / self.floor().as_secs_f64().max(1e-9)
+    }
+}
+
 async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result<E2e> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("synchro.db");
@@ -426,13 +439,8 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
                 1e6 / own.max(1e-9) / e.same_ceiling.max(1e-9) * 100.0,
                 e.pages,
                 e.floor_rtt.as_secs_f64() * 1e6,
-                (e.floor_rtt * e.pages.max(0) as u32).as_secs_f64(),
-                e.records as f64
-                    / (e.floor_rtt * e.pages.max(0) as u32)
-                        .as_secs_f64()
-                        .max(1e-9)
-                    / e.same_ceiling.max(1e-9)
-                    * 100.0
+                e.floor().as_secs_f64(),
+                e.floor_rate() / e.same_ceiling.max(1e-9) * 100.0
             ));
         }
         if !rss_ok {
@@ -507,15 +515,14 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
          |---|---:|---:|---:|---:|---:|\n"
     );
     for e in e2e {
-        let floor = e.floor_rtt * e.pages.max(0) as u32;
-        let best = e.records as f64 / floor.as_secs_f64().max(1e-9);
+        let best = e.floor_rate();
         let _ = writeln!(
             s,
             "| {} | {} | {:.0} µs | {:.2} s | {:.0} records/s | {:.1} % |",
             e.kind.name(),
             e.pages,
             e.floor_rtt.as_secs_f64() * 1e6,
-            floor.as_secs_f64(),
+            e.floor().as_secs_f64(),
             best,
             best / e.same_ceiling.max(1e-9) * 100.0
         );
