@@ -840,3 +840,38 @@ fn cached_texts_follow_changes_and_bodies_match_the_values() {
         assert_eq!(super::http::page_body(&items, total, pages, page), expected);
     }
 }
+
+/// Seeded requests are product pages of about 1 KB of JSON (the size the
+/// ingest benchmark is specified at), and a completed translation delivers
+/// each field in its language: the description paragraphs included.
+#[test]
+fn seeded_requests_are_about_a_kilobyte_and_translations_are_translated() {
+    use super::query::Query;
+    use super::store::Store;
+
+    let mut store = Store::new();
+    store.seed(2_000, 50);
+    let (items, _, _) = store.list(&Query::default(), 1, 10_000);
+    assert!(items.len() >= 2_000, "{} requests", items.len());
+    let mean = items.iter().map(|t| t.len()).sum::<usize>() / items.len();
+    assert!((800..=1_300).contains(&mean), "mean request size {mean} B");
+
+    let mut translated = 0;
+    for text in &items {
+        let r: Value = serde_json::from_str(text).expect("valid JSON");
+        if r["type"] != "translation" || r["state"] != "completed" {
+            continue;
+        }
+        for f in r["fields"].as_array().expect("fields") {
+            let (original, value) = (&f["originalValue"], &f["value"]);
+            assert!(value.is_string(), "completed field has a value: {f}");
+            assert_ne!(
+                original, value,
+                "{} is translated to {}",
+                f["name"], r["language"]
+            );
+        }
+        translated += 1;
+    }
+    assert!(translated > 100, "{translated} completed translations");
+}
