@@ -766,9 +766,14 @@ content reached 44.9 % of its ceiling (66,838 records/s); at ~765 bytes 57.6 % (
 91,758, 92,001 and 77,710: the machine slowed during the session and both sides moved with \
 it). The target is met in some runs and missed by up to two points in others.\n\
 - **Where a page's time goes** (timing probes in the fetch loop, removed since; `synchro \
-simulate` in its own process, ~943-byte requests): sending the request and receiving the \
-answer 203-211 µs (the bare client's round trip: 98-119 µs), reading the body 20 µs, \
-checking the requests and building the page 20 µs, queueing it for the writer 28-48 µs.\n\
+simulate` in its own process, ~943-byte requests, two runs of ~3.0 s): reading the progress \
+and building the query 6.7 µs; sending the request and reading the answer 178-192 µs (the \
+bare client's round trip in the same session: 100-135 µs; one request in eight took over \
+200 µs); parsing the body 19 µs; checking the requests and building the page 20 µs; the \
+engine's hand-off to the writer 12-16 µs. The chain of 12,001 pages is the sync: synchro's \
+own steps on it take ~60 µs a page, and the commit side (the SQLite thread's ~1 s of CPU and \
+the writer's binding), which runs beside the chain on the same two cores as the simulator, \
+stretches each round trip by 50-80 µs over the bare client's.\n\
 - **Tried and dropped**: mimalloc as the global allocator (glibc's `malloc_consolidate` and \
 cross-thread frees were ~10 % of synchro's samples; the sync took ~10 % less time in two \
 runs, but peak RSS went from ~42 to ~80 MB, which the idle and ingest memory targets cannot \
