@@ -108,6 +108,15 @@ const PRODUCTS: &[&str] = &[
 const TRANSLATION_FIELDS: &[&str] = &["title", "description", "details", "meta_description"];
 const COPY_FIELDS: &[&str] = &["product_text", "seo_title"];
 
+/// The texts a translation field is drawn from, and translated with.
+fn translations(field: &str) -> &'static [[&'static str; 4]] {
+    match field {
+        "description" => DESCRIPTIONS,
+        "details" => DETAILS,
+        _ => TEXTS,
+    }
+}
+
 /// A new request in a state drawn at random (about 40 % completed),
 /// changed at `at` (ms) and created up to 3 days before.
 pub fn request(
@@ -135,11 +144,7 @@ pub fn request(
         let fields = TRANSLATION_FIELDS
             .iter()
             .map(|name| {
-                let texts = match *name {
-                    "description" => DESCRIPTIONS,
-                    "details" => DETAILS,
-                    _ => TEXTS,
-                };
+                let texts = translations(name);
                 Field {
                     name,
                     original: texts[rng.random_range(0..texts.len())][0].to_string(),
@@ -199,10 +204,8 @@ pub fn fill_values(r: &mut ContentRequest) {
     };
     for f in &mut r.fields {
         let text = if r.kind == "translation" {
-            TEXTS
+            translations(f.name)
                 .iter()
-                .chain(DESCRIPTIONS)
-                .chain(DETAILS)
                 .find(|t| t[0] == f.original)
                 .map_or_else(|| f.original.clone(), |t| t[lang].to_string())
         } else {
