@@ -760,7 +760,7 @@ translation), so its same-payload ceiling (149,000-222,000 records/s across runs
 above the other kinds' while its sync rate, set by 12,001 chained page requests, hardly \
 depends on the record size. **Changed**: seeded requests are product pages with a \
 description and a care paragraph in four languages, ~943 bytes on average (a simulator test \
-keeps the mean between 800 and 1,300 bytes). Four bench runs on the same day: at ~529 bytes \
+keeps the mean between 800 and 1,300 bytes). Ingest runs on the same day: at ~529 bytes \
 content reached 44.9 % of its ceiling (66,838 records/s); at ~765 bytes 57.6 % (65,686); at \
 ~943 bytes 66.0 %, 58.3 % and 62.0 % (60,588, 53,676 and 48,142 records/s against ceilings of \
 91,758, 92,001 and 77,710: the machine slowed during the session and both sides moved with \
@@ -780,5 +780,6 @@ runs, but peak RSS went from ~42 to ~80 MB, which the idle and ingest memory tar
 afford); the writer sleeping out its linger and nudged by the fetcher instead of woken by \
 every page (slower: 3.3 -> 4.4 s, 288 groups instead of 184); the writer on a thread and \
 runtime of its own, out of the way of the fetch side (round trips 205 -> 165 µs in the \
-probes, but 13 alternating runs put the two within 3 % of each other); `TCP_NODELAY` on \
+probes, but over 23 alternating runs the sync was only 2-6 % faster, and one set of 5 \
+runs went the other way); `TCP_NODELAY` on \
 the simulator's sockets (no change).\n\n";
