@@ -15,7 +15,13 @@
 //!    actually let through, so any window of one second holds at most `rate`
 //!    of them (rounded up), with no burst above it, even when a waiter wakes
 //!    up late on a busy machine (up to the timer's 1 ms resolution, which
-//!    is forgiven so as not to lower the rate).
+//!    is forgiven so as not to lower the rate). A turn due in less than a
+//!    third of the spacing (and less than that resolution) is not slept
+//!    for: the timer would round the wait up to a whole millisecond (a
+//!    request due in 10 µs at 10,000/s waited ~1 ms), so the request goes
+//!    at once and the schedule keeps its exact time. Early and late sends
+//!    together stay under one spacing, so any window still holds at most
+//!    one request more than the rate.
 //!
 //! The semaphore is taken before the send time so that requests released
 //! together by a finished one do not leave together: each still gets its own
@@ -97,9 +103,15 @@ impl HostState {
             *last = Some(Instant::now());
             return Ok(());
         };
-        if at <= Instant::now() {
+        let now = Instant::now();
+        if at <= now {
             // Idle long enough: no credit is banked, the schedule restarts now.
-            *last = Some(Instant::now());
+            *last = Some(now);
+            return Ok(());
+        }
+        if at - now <= TIMER_SLACK.min(self.spacing / 3) {
+            // Too short a wait for the timer: go now, keep the schedule.
+            *last = Some(at);
             return Ok(());
         }
         tokio::select! {
@@ -317,6 +329,41 @@ mod tests {
             assert!(pair[1] - pair[0] >= Duration::from_millis(100), "{times:?}");
         }
         assert_eq!(max_in_window(&times, Duration::from_secs(1)), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_due_in_less_than_the_timer_resolution_is_not_slept_for() {
+        // 10,000/s: one request every 100 µs, a tenth of a timer tick.
+        let limiter = Arc::new(HostLimiter::new(&cfg(10_000.0, 4, &[])));
+        let cancel = CancellationToken::new();
+        let u = url("http://127.0.0.1:9/a");
+        let start = Instant::now();
+        drop(limiter.acquire(&u, &cancel).await.unwrap());
+        // Due 20 µs from now: goes at once instead of at the next tick.
+        tokio::time::advance(Duration::from_micros(80)).await;
+        drop(limiter.acquire(&u, &cancel).await.unwrap());
+        assert_eq!(start.elapsed(), Duration::from_micros(80));
+        // The schedule kept its exact time (200 µs): due in 70 µs, too long
+        // to go early, so this one sleeps (to the timer's tick).
+        tokio::time::advance(Duration::from_micros(50)).await;
+        drop(limiter.acquire(&u, &cancel).await.unwrap());
+        assert!(
+            start.elapsed() >= Duration::from_micros(200),
+            "{:?}",
+            start.elapsed()
+        );
+        // Sequential requests a little under the spacing apart keep to the
+        // rate: never more than one above it in any window.
+        let mut times = Vec::new();
+        let t0 = Instant::now();
+        for _ in 0..2_000 {
+            drop(limiter.acquire(&u, &cancel).await.unwrap());
+            times.push(t0.elapsed());
+            tokio::time::advance(Duration::from_micros(90)).await;
+        }
+        assert!(max_in_window(&times, Duration::from_millis(10)) <= 101);
+        let mean = *times.last().unwrap() / (times.len() as u32 - 1);
+        assert!(mean >= Duration::from_micros(99), "{mean:?}");
     }
 
     #[tokio::test(start_paused = true)]
