@@ -24,6 +24,10 @@ use crate::report::{Section, verdict};
 
 const CEILING_TX_ROWS: usize = 1_000;
 const CEILING_ATTEMPTS: usize = 3;
+/// The highest per-host request rate the configuration accepts.
+const MAX_RATE: u32 = 100_000;
+/// Full syncs per connector, each followed by a same-payload ceiling run.
+const SYNC_ATTEMPTS: usize = 3;
 const CEILING_PAYLOAD_BYTES: usize = 1_024;
 /// Targets from issue 7.
 const TARGET_INGEST_RATIO: f64 = 0.60;
@@ -139,18 +143,18 @@ async fn ingest_ceiling(
     Ok((n as f64 / elapsed.as_secs_f64(), cpu / n as u32))
 }
 
-/// The best of [`CEILING_ATTEMPTS`] multi-row ceiling runs of the records
-/// a connector's sync stored in `db`.
-async fn same_payload_ceiling(db: &Path, kind: &str) -> Result<f64> {
-    let rows = stored_rows(db).await?;
-    let dir = tempfile::tempdir()?;
-    let mut best = 0.0_f64;
-    for attempt in 0..CEILING_ATTEMPTS {
-        let target = dir.path().join(format!("same-{attempt}.db"));
-        let (rate, _) = ingest_ceiling(&target, kind, &rows, MULTI_ROWS).await?;
-        best = best.max(rate);
-    }
-    Ok(best)
+/// One multi-row ceiling run of the records a connector's sync stored, as
+/// `kind`, into a fresh database in `dir` (records/s).
+async fn same_payload_ceiling(
+    dir: &Path,
+    attempt: usize,
+    kind: &str,
+    rows: &[CeilingRow],
+) -> Result<f64> {
+    let target = dir.join(format!("same-{attempt}.db"));
+    let (rate, _) = ingest_ceiling(&target, kind, rows, MULTI_ROWS).await?;
+    std::fs::remove_file(&target).ok();
+    Ok(rate)
 }
 
 // ---------------------------------------------------------------- request floor
@@ -271,23 +275,31 @@ impl Kind {
     }
 }
 
+/// A connector's full syncs and the same-payload ceiling runs measured
+/// between them; the figures of single runs are those of the fastest sync.
 struct E2e {
     kind: Kind,
     records: i64,
     avg_bytes: f64,
+    /// The fastest sync run, as recorded in `runs`.
     run: Duration,
+    /// Every sync run, in the order measured.
+    runs: Vec<Duration>,
     wall: Duration,
     pages: i64,
     max_rss_kb: i64,
     nochange_requests: u64,
     nochange_wall: Duration,
-    /// CPU time of the `synchro sync` process.
+    /// CPU time of the fastest `synchro sync` process.
     child_cpu: Duration,
-    /// CPU time of this process while it ran: the in-process simulator.
+    /// CPU time of this process while the fastest sync ran: the in-process
+    /// simulator.
     sim_cpu: Duration,
-    /// The ceiling measured on the very records this sync stored, in the
+    /// The best ceiling run on the very records the sync stored, in the
     /// order it stored them (records/s).
     same_ceiling: f64,
+    /// Every same-payload ceiling run, in the order measured.
+    same_ceilings: Vec<f64>,
     /// Mean round trip of a bare page request to the same simulator.
     floor_rtt: Duration,
 }
@@ -303,15 +315,37 @@ impl E2e {
     fn floor_rate(&self) -> f64 {
         self.records as f64 / self.floor().as_secs_f64().max(1e-9)
     }
+
+    /// Records/s of a sync run.
+    fn rate(&self, run: Duration) -> f64 {
+        self.records as f64 / run.as_secs_f64().max(1e-9)
+    }
 }
 
-async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result<E2e> {
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("synchro.db");
-    let config = dir.path().join("synchro.toml");
+/// What one full sync into a fresh database measured.
+struct FullSync {
+    run: Duration,
+    pages: i64,
+    records: i64,
+    avg_bytes: f64,
+    process: child::Finished,
+    sim_cpu: Duration,
+}
+
+/// A full sync of `kind` into a fresh database at `db` (config beside it),
+/// from the simulator as seeded.
+async fn full_sync(
+    bin: &Path,
+    sim: &Simulator,
+    kind: Kind,
+    db: &Path,
+    n: usize,
+) -> Result<FullSync> {
+    let dir = db.parent().context("the database has no folder")?;
+    let config = dir.join("synchro.toml");
     let toml = format!(
         "[storage]\ndatabase = \"sqlite://{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n\
-         [http]\nper_host_requests_per_second = 10000\nper_host_concurrency = 16\n\n\
+         [http]\nper_host_requests_per_second = {MAX_RATE}\nper_host_concurrency = 16\n\n\
          [[tenants]]\nid = \"bench\"\n\n[[tenants.sources]]\nid = \"{}\"\nkind = \"{}\"\n\
          schedule = \"every 1h\"\n{}",
         db.display(),
@@ -320,16 +354,11 @@ async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result
         kind.source_toml(sim)
     );
     std::fs::write(&config, toml)?;
-    kind.seed(sim, n);
-
     let sim_before = child::own_cpu();
-    let first = child::run_to_end(bin, &config, dir.path(), &["sync"]).await?;
+    let process = child::run_to_end(bin, &config, dir, &["sync"]).await?;
     let sim_cpu = child::own_cpu().saturating_sub(sim_before);
-    let before = kind.requests(sim);
-    let second = child::run_to_end(bin, &config, dir.path(), &["sync"]).await?;
-    let nochange_requests = kind.requests(sim) - before;
 
-    let opts = SqliteConnectOptions::new().filename(&db).read_only(true);
+    let opts = SqliteConnectOptions::new().filename(db).read_only(true);
     let mut conn = SqliteConnection::connect_with(&opts).await?;
     let (records, avg_bytes): (i64, f64) =
         sqlx::query_as("SELECT count(*), coalesce(avg(length(data)), 0.0) FROM records")
@@ -340,31 +369,83 @@ async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result
     )
     .fetch_one(&mut conn)
     .await
-    .context("the first run is not recorded as a success")?;
+    .context("the full sync is not recorded as a success")?;
     conn.close().await?;
     if records < n as i64 {
         bail!("{}: {records} records stored, {n} expected", kind.name());
     }
-    let same_ceiling = same_payload_ceiling(&db, kind.name()).await?;
+    Ok(FullSync {
+        run: Duration::from_micros(run_us.max(0) as u64),
+        pages,
+        records,
+        avg_bytes,
+        process,
+        sim_cpu,
+    })
+}
+
+/// [`SYNC_ATTEMPTS`] full syncs of `kind`, each into a fresh database and
+/// each followed by a same-payload ceiling run of the records the first one
+/// stored: the two sides alternate, so that both see the same machine.
+async fn end_to_end(bin: &Path, sim: &Simulator, kind: Kind, n: usize) -> Result<E2e> {
+    kind.seed(sim, n);
+    let mut best: Option<FullSync> = None;
+    let mut runs = Vec::new();
+    let mut same_ceilings = Vec::new();
+    let mut rows = Vec::new();
+    let mut max_rss_kb = 0;
+    let (mut nochange_requests, mut nochange_wall) = (0, Duration::ZERO);
+    let scratch = tempfile::tempdir()?;
+    for attempt in 0..SYNC_ATTEMPTS {
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("synchro.db");
+        let sync = full_sync(bin, sim, kind, &db, n).await?;
+        max_rss_kb = max_rss_kb.max(sync.process.max_rss_kb);
+        runs.push(sync.run);
+        if attempt == 0 {
+            let config = dir.path().join("synchro.toml");
+            let before = kind.requests(sim);
+            let second = child::run_to_end(bin, &config, dir.path(), &["sync"]).await?;
+            nochange_requests = kind.requests(sim) - before;
+            nochange_wall = second.wall;
+            max_rss_kb = max_rss_kb.max(second.max_rss_kb);
+            rows = stored_rows(&db).await?;
+        }
+        drop(dir);
+        same_ceilings
+            .push(same_payload_ceiling(scratch.path(), attempt, kind.name(), &rows).await?);
+        if best.as_ref().is_none_or(|b| sync.run < b.run) {
+            best = Some(sync);
+        }
+    }
+    drop(rows);
+    let best = best.context("no sync run")?;
     let floor_rtt = request_floor(sim, kind).await?;
     Ok(E2e {
         kind,
-        records,
-        avg_bytes,
-        run: Duration::from_micros(run_us.max(0) as u64),
-        wall: first.wall,
-        pages,
-        max_rss_kb: first.max_rss_kb.max(second.max_rss_kb),
+        records: best.records,
+        avg_bytes: best.avg_bytes,
+        run: best.run,
+        runs,
+        wall: best.process.wall,
+        pages: best.pages,
+        max_rss_kb,
         nochange_requests,
-        nochange_wall: second.wall,
-        child_cpu: first.cpu,
-        sim_cpu,
-        same_ceiling,
+        nochange_wall,
+        child_cpu: best.process.cpu,
+        sim_cpu: best.sim_cpu,
+        same_ceiling: same_ceilings.iter().copied().fold(0.0, f64::max),
+        same_ceilings,
         floor_rtt,
     })
 }
 
 // ---------------------------------------------------------------- report
+
+/// Figures separated by commas.
+fn joined(figures: impl Iterator<Item = String>) -> String {
+    figures.collect::<Vec<_>>().join(", ")
+}
 
 /// Renders the ceiling, the end-to-end table and the no-change cycle.
 fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2e]) -> Section {
@@ -393,18 +474,30 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
         runs(MULTI_ROWS)
     );
 
-    s.push_str(
+    let _ = write!(
+        s,
         "### End-to-end full sync\n\n\
          `synchro sync` (release binary, child process) of a fresh database from the \
          in-process simulator, which serves on the same cores. *Run* is the sync run as \
          recorded in `runs` (fetch + commit); *process* adds start-up, migration and exit. \
+         The per-host request rate is set to the most the configuration allows \
+         ({MAX_RATE}/s), so that the limiter stays out of the figure (at 10,000/s, which an \
+         earlier version of this bench used, the Contentor sync reached the rate in bursts \
+         and its run took ~25 % longer). \
          Two baselines: the synthetic ceiling above (~1 KB payloads, ids in order), and \
          the *same-payload ceiling*: the same insert of the very records the sync stored \
          (same ids, timestamps, deletion flags and payload text, in the order the sync \
-         stored them), measured right after it, best of 3 runs of the multi-row variant. \
-         That is issue 7's definition (\"the same 200,000 payloads with the same upsert \
-         and the same indexes\"), and the target applies to it: ≥ 60 % of it. Peak RSS \
-         < 100 MB.\n\n",
+         stored them), multi-row variant. That is issue 7's definition (\"the same 200,000 \
+         payloads with the same upsert and the same indexes\"), and the target applies to \
+         it: ≥ 60 % of it. Peak RSS < 100 MB.\n\n\
+         Each connector's full sync runs {SYNC_ATTEMPTS} times, each time into a fresh \
+         database and followed by one run of the same-payload ceiling, so that the two sides \
+         alternate and meet the same machine. The table compares the fastest sync with the \
+         fastest ceiling run: on a shared machine noise only ever slows a run down, so the \
+         best of each is the least disturbed measure of it, and both sides get the same \
+         number of tries. Every run, and the ratio of each sync to the ceiling run after \
+         it, are in the table that follows. *Process*, *Pages* and the CPU figures below \
+         are those of the fastest sync; *Peak RSS* is the highest of all.\n\n"
     );
     s.push_str("| Connector | Records | Avg payload | Pages | Run | Records/s (run) | Ratio to the synthetic ceiling | Same-payload ceiling | Ratio to it | Target ≥ 60 % | Process | Peak RSS | Target < 100 MB |\n");
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n");
@@ -465,6 +558,27 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
             e.wall.as_secs_f64(),
             rss_mb,
             verdict(rss_ok),
+        );
+    }
+    s.push('\n');
+
+    s.push_str(
+        "| Connector | Sync runs, records/s | Same-payload ceiling runs, records/s | Ratio, run by run |\n\
+         |---|---|---|---|\n",
+    );
+    for e in e2e {
+        let rates: Vec<f64> = e.runs.iter().map(|r| e.rate(*r)).collect();
+        let pairs = rates
+            .iter()
+            .zip(&e.same_ceilings)
+            .map(|(r, c)| format!("{:.1} %", r / c.max(1e-9) * 100.0));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            e.kind.name(),
+            joined(rates.iter().map(|r| format!("{r:.0}"))),
+            joined(e.same_ceilings.iter().map(|c| format!("{c:.0}"))),
+            joined(pairs),
         );
     }
     s.push('\n');
