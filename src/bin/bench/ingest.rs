@@ -896,4 +896,32 @@ every page (slower: 3.3 -> 4.4 s, 288 groups instead of 184); the writer on a th
 runtime of its own, out of the way of the fetch side (round trips 205 -> 165 µs in the \
 probes, but over 23 alternating runs the sync was only 2-6 % faster, and one set of 5 \
 runs went the other way); `TCP_NODELAY` on \
-the simulator's sockets (no change).\n\n";
+the simulator's sockets (no change).\n\n\
+#### Fifth round\n\n\
+- **One sync against the best of three ceilings.** Three full benches in a row put content at \
+50.6 %, 58.3 % and 76.1 % of its same-payload ceiling: the sync ran at 57,000-66,000 \
+records/s each time, while the ceiling, the best of three runs taken after it, measured \
+87,000-125,000. **Changed**: each connector syncs three times, each sync followed by one \
+ceiling run, and the best of each side is compared (the table above lists every run and \
+the ratio of each pair). On a quiet machine this first showed content at 52.6-54.6 % in \
+every pair (about 69,000 records/s against 126,000-133,000): a plain miss.\n\
+- **The host's rate limiter.** Timing every wait in the per-host limiter (a probe, removed \
+since) during one 200,000-record Contentor sync with the bench's 10,000 requests/s: 572 \
+requests waited for their turn, for 7 µs on average, and slept ~1,017 µs each, tokio's timer \
+rounding every wait up to its millisecond tick: 0.58 s of a 3.2 s run. **Changed**: a turn \
+due in less than a third of the spacing (and under a millisecond) goes at once and the next \
+turn keeps its exact time, so any window still holds at most one request more than the \
+rate (a paused-clock test checks both); and the bench sets the per-host rate to the most \
+the configuration accepts, 100,000/s, because at 10,000/s the sync still reached the rate \
+in bursts (pages answered in under 100 µs) and waited ~380 times for 30-60 µs. Runs \
+alternated on the same machine (`synchro simulate` in its own process, 200,000 requests): \
+3.25 s before, 3.10 s with the limiter change at 10,000/s, 2.4-2.8 s at 100,000/s; with the \
+bench's alternating runs content reached 66.1-79.7 % of the ceiling run after it.\n\
+- **Tried and dropped**: requesting page `n + 1` beside page `n` while stepping through a \
+batch larger than a page, kept for the next call (two requests in flight instead of one for \
+two pages in three: the same 2.46 s over 6 alternating runs, and a request in vain \
+whenever the batch ends on page `n`); leaving out of a page the requests byte for byte \
+identical to ones the previous page of the run handed over (a fifth of the upserts are \
+such repeats, but the sync took 3.14 s against 3.21 s over 8 alternating runs, and its CPU \
+time did not fall: SQLite's no-op upserts cost about what copying the previous page's texts \
+costs).\n\n";
