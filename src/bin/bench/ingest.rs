@@ -451,12 +451,12 @@ fn joined(figures: impl Iterator<Item = String>) -> String {
 fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2e]) -> Section {
     let mut s = String::new();
     let runs = |per: usize| {
-        ceilings
-            .iter()
-            .filter(|c| c.0 == per)
-            .map(|c| format!("{:.0}", c.1))
-            .collect::<Vec<_>>()
-            .join(", ")
+        joined(
+            ceilings
+                .iter()
+                .filter(|c| c.0 == per)
+                .map(|c| format!("{:.0}", c.1)),
+        )
     };
     let _ = write!(
         s,
@@ -503,7 +503,7 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n");
     let mut misses = Vec::new();
     for e in e2e {
-        let rate = e.records as f64 / e.run.as_secs_f64().max(1e-9);
+        let rate = e.rate(e.run);
         let ratio = rate / e.same_ceiling.max(1e-9);
         let rss_mb = e.max_rss_kb as f64 / 1024.0;
         let ingest_ok = ratio >= TARGET_INGEST_RATIO;
@@ -702,15 +702,16 @@ pub async fn run(bin: &Path, n: usize) -> Result<Section> {
     let mut e2e = Vec::new();
     for kind in [Kind::Demarches, Kind::Calendar, Kind::Content] {
         let e = end_to_end(bin, &sim, kind, n).await?;
+        let rate = e.rate(e.run);
         eprintln!(
             "{}: {} records in {:.2} s ({:.0}/s, {:.1} % of the same-payload ceiling {:.0}/s, {:.1} % of the synthetic one), peak RSS {:.1} MB, no-change cycle {} request(s)",
             kind.name(),
             e.records,
             e.run.as_secs_f64(),
-            e.records as f64 / e.run.as_secs_f64(),
-            e.records as f64 / e.run.as_secs_f64() / e.same_ceiling * 100.0,
+            rate,
+            rate / e.same_ceiling * 100.0,
             e.same_ceiling,
-            e.records as f64 / e.run.as_secs_f64() / ceiling * 100.0,
+            rate / ceiling * 100.0,
             e.max_rss_kb as f64 / 1024.0,
             e.nochange_requests
         );
