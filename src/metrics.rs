@@ -93,3 +93,10 @@ pub fn report_failed(key: &SourceKey, permanent: bool) {
     counter!("synchro_import_report_failures_total", "tenant" => key.tenant.clone(), "source" => key.source.clone(), "permanent" => if permanent { "true" } else { "false" })
         .increment(1);
 }
+
+/// A scheduled run not started because another process's run held the
+/// source (a manual `synchro sync`, a replica): not a failure.
+pub fn run_skipped(key: &SourceKey) {
+    counter!("synchro_runs_skipped_total", "tenant" => key.tenant.clone(), "source" => key.source.clone(), "reason" => "lease_held")
+        .increment(1);
+}

@@ -23,6 +23,8 @@ use crate::telemetry::LogFormat;
 pub const EX_CONFIG: u8 = 78;
 /// Bad usage, e.g. an unknown source on the command line.
 pub const EX_USAGE: u8 = 2;
+/// sysexits.h EX_TEMPFAIL: a source was busy (another run held it).
+pub const EX_TEMPFAIL: u8 = 75;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +62,14 @@ pub enum Command {
     Sync {
         /// TENANT/SOURCE_ID
         sources: Vec<String>,
+        /// How long to wait for a source that another run (the daemon,
+        /// another `sync`) is syncing; then it is synced. Past it: exit 75.
+        #[arg(long, value_name = "DURATION", default_value = "10m",
+              value_parser = humantime::parse_duration, conflicts_with = "no_wait")]
+        wait: std::time::Duration,
+        /// Exit 75 at once, naming the holder, if another run is syncing a source.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Per-source state: phase, last success, last error, records, reports.
     Status {
@@ -142,7 +152,14 @@ pub fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Run => run::run(&cli.config).await,
-        Command::Sync { ref sources } => sync::sync(&cli.config, sources).await,
+        Command::Sync {
+            ref sources,
+            wait,
+            no_wait,
+        } => {
+            let wait = if no_wait { None } else { Some(wait) };
+            sync::sync(&cli.config, sources, wait).await
+        }
         Command::Status { json } => status::status(&cli.config, json).await,
         Command::Export {
             ref sources,

@@ -131,7 +131,8 @@ async fn start(
     stop: &CancellationToken,
 ) -> Result<Scheduler, CliError> {
     let http = HttpClient::new(&config.http).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let engine = Engine::new(store.clone(), Redactor::new(config.secrets()));
+    let engine = Engine::new(store.clone(), Redactor::new(config.secrets()))
+        .with_lease_ttl(config.scheduler.lease_ttl);
     Scheduler::start(config, engine, http, stop.child_token())
         .await
         .map_err(|e| CliError::Other(anyhow::anyhow!("{e}")))

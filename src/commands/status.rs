@@ -42,6 +42,7 @@ pub(crate) fn table(rows: &[SourceStatus]) -> String {
         "RECORDS".into(),
         "DELETED".into(),
         "REPORTS PENDING".into(),
+        "SYNCING NOW".into(),
         "LAST ERROR".into(),
     ]];
     for r in rows {
@@ -79,6 +80,9 @@ pub(crate) fn table(rows: &[SourceStatus]) -> String {
             r.records.to_string(),
             r.deleted_records.to_string(),
             reports,
+            r.lease_holder
+                .as_ref()
+                .map_or_else(|| "-".to_string(), ToString::to_string),
             error,
         ]);
     }

@@ -11,12 +11,19 @@ use tracing::Instrument;
 
 use super::{CliError, load_config, open_store, select_sources};
 use crate::config::{Config, SourceKey};
-use crate::engine::{Engine, Redactor, RunReport};
+use crate::engine::{Attempt, Engine, Redactor, RunReport};
 use crate::http::HttpClient;
 use crate::reporter::Reporter;
-use crate::store::{RunOutcome, RunRecord, Store};
+use crate::sources::Source;
+use crate::store::{Holder, RunOutcome, RunRecord, Store};
 
-pub async fn sync(path: &Path, names: &[String]) -> Result<ExitCode, CliError> {
+/// Syncs `names` (all if empty) once. A source that another run holds is
+/// waited for up to `wait` (`None`: not at all), then synced.
+pub async fn sync(
+    path: &Path,
+    names: &[String],
+    wait: Option<Duration>,
+) -> Result<ExitCode, CliError> {
     let config = load_config(path)?;
     let keys = select_sources(&config, names)?;
     let store = open_store(&config).await?;
@@ -25,25 +32,54 @@ pub async fn sync(path: &Path, names: &[String]) -> Result<ExitCode, CliError> {
         .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
     let progress = super::progress::Progress::new(&keys);
     let engine = Engine::new(store.clone(), Redactor::new(config.secrets()))
+        .with_lease_ttl(config.scheduler.lease_ttl)
         .with_observer(progress.observer());
     // One client for the runs and the reports: one budget per host.
     let http = HttpClient::new(&config.http).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let reports = sync_once(&config, &keys, &engine, &http, &stop).await?;
+    let results = sync_once(&config, &keys, &engine, &http, &stop, wait).await?;
     progress.finish();
     send_reports(&config, &keys, &store, &http, &stop).await;
     store.close().await;
-    let mut failed = 0;
-    for (key, report) in &reports {
-        eprintln!("{}", summary(key, report));
-        if report.outcome != RunOutcome::Success {
-            failed += 1;
+    let (mut failed, mut busy) = (0, 0);
+    for (key, result) in &results {
+        match result {
+            SyncResult::Ran(report) => {
+                eprintln!("{}", summary(key, report));
+                if report.outcome != RunOutcome::Success {
+                    failed += 1;
+                }
+            }
+            SyncResult::Busy(holder) => {
+                eprintln!("{}", busy_line(key, holder));
+                busy += 1;
+            }
         }
     }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
+    // A failure says more than a busy source: it needs a look, a busy one
+    // only a later try.
+    Ok(if failed > 0 {
         ExitCode::FAILURE
+    } else if busy > 0 {
+        ExitCode::from(super::EX_TEMPFAIL)
+    } else {
+        ExitCode::SUCCESS
     })
+}
+
+/// What `sync` did with one source.
+#[derive(Debug)]
+pub(crate) enum SyncResult {
+    Ran(RunReport),
+    /// Another run held it, past the wait (or with `--no-wait`).
+    Busy(Holder),
+}
+
+/// How often a waiting `sync` asks again for a held source.
+const BUSY_POLL: Duration = Duration::from_millis(500);
+
+/// `acme/cal is being synced by pid 1234 on host-a since 12:03:01 UTC`.
+pub(crate) fn busy_line(key: &SourceKey, holder: &Holder) -> String {
+    format!("{key} is being synced by {holder} (run {})", holder.run_id)
 }
 
 /// How long `sync` waits for pending import-state reports before it exits.
@@ -77,45 +113,80 @@ async fn send_reports(
     futures::future::join_all(drains).await;
 }
 
-/// Runs one sync of each of `keys`, at most `max_concurrent_syncs` at a time.
+/// Runs one sync of each of `keys`, at most `max_concurrent_syncs` at a
+/// time; a source another run holds is waited for up to `wait`.
 pub(crate) async fn sync_once(
     config: &Config,
     keys: &[SourceKey],
     engine: &Engine,
     http: &HttpClient,
     stop: &CancellationToken,
-) -> Result<Vec<(SourceKey, RunReport)>, CliError> {
+    wait: Option<Duration>,
+) -> Result<Vec<(SourceKey, SyncResult)>, CliError> {
     let limit = Arc::new(Semaphore::new(config.scheduler.max_concurrent_syncs.max(1)));
     let runs = keys.iter().map(|key| {
         let limit = limit.clone();
         let http = http.clone();
         async move {
             let Some(cfg) = config.source(key) else {
-                return (key.clone(), refused(format!("{key}: not configured")));
+                let msg = format!("{key}: not configured");
+                return (key.clone(), SyncResult::Ran(refused(msg)));
             };
-            let _permit = limit.acquire_owned().await;
-            let report = match crate::sources::build(cfg, &http, stop) {
-                Ok(source) => {
-                    // A task of its own, on a worker thread, as the daemon's
-                    // scheduler runs it: the run and the HTTP connection
-                    // tasks it waits on share a worker instead of waking
-                    // the thread blocked in `main` for every response.
-                    let (engine, key, kind, stop) =
-                        (engine.clone(), key.clone(), cfg.kind_name(), stop.clone());
+            let source: Arc<dyn Source> = match crate::sources::build(cfg, &http, stop) {
+                Ok(source) => Arc::from(source),
+                Err(msg) => {
+                    tracing::error!(tenant = %key.tenant, source = %key.source, error = %msg, "cannot sync");
+                    return (key.clone(), SyncResult::Ran(refused(msg)));
+                }
+            };
+            let until = wait.map(|w| tokio::time::Instant::now() + w);
+            let mut told = false;
+            loop {
+                let attempt = {
+                    // The sync slot is held for a run, not for a wait.
+                    let _permit = limit.acquire().await;
+                    // A task of its own, on a worker thread, as the
+                    // daemon's scheduler runs it: the run and the HTTP
+                    // connection tasks it waits on share a worker instead
+                    // of waking the thread blocked in `main` for every
+                    // response.
+                    let (engine, key, kind, stop, source) = (
+                        engine.clone(),
+                        key.clone(),
+                        cfg.kind_name(),
+                        stop.clone(),
+                        source.clone(),
+                    );
                     let run = tokio::spawn(async move {
                         engine.run(&key, kind, source.as_ref(), &stop).await
                     });
                     match run.await {
-                        Ok(report) => report,
-                        Err(e) => refused(format!("the sync run ended abnormally: {e}")),
+                        Ok(attempt) => attempt,
+                        Err(e) => Attempt::Ran(refused(format!(
+                            "the sync run ended abnormally: {e}"
+                        ))),
                     }
+                };
+                let holder = match attempt {
+                    Attempt::Ran(report) => return (key.clone(), SyncResult::Ran(report)),
+                    Attempt::Busy(holder) => holder,
+                };
+                let now = tokio::time::Instant::now();
+                let Some(until) = until.filter(|u| *u > now && !stop.is_cancelled()) else {
+                    return (key.clone(), SyncResult::Busy(holder));
+                };
+                if !told {
+                    told = true;
+                    let left = until - now;
+                    tracing::info!(tenant = %key.tenant, source = %key.source, %holder,
+                        "waiting up to {} for the run holding the source to end",
+                        humantime::format_duration(Duration::from_secs(left.as_secs())));
                 }
-                Err(msg) => {
-                    tracing::error!(tenant = %key.tenant, source = %key.source, error = %msg, "cannot sync");
-                    refused(msg)
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.min(now + BUSY_POLL)) => {}
+                    _ = stop.cancelled() => {}
                 }
-            };
-            (key.clone(), report)
+            }
         }
     });
     Ok(futures::future::join_all(runs).await)

@@ -61,6 +61,12 @@ mod defaults {
     pub const MAX_CONCURRENT_SYNCS: usize = 8;
     pub const JITTER: Duration = Duration::from_secs(10);
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// A run's lease: long enough that a busy disk never loses it (renewed
+    /// every 10 s), short enough that a crashed holder on another host is
+    /// taken over soon (on the same host a dead pid is taken over at once).
+    pub const LEASE_TTL: Duration = Duration::from_secs(30);
+    pub const LEASE_TTL_MIN: Duration = Duration::from_secs(1);
+    pub const LEASE_TTL_MAX: Duration = Duration::from_secs(3600);
     pub const TIMEOUT: Duration = Duration::from_secs(30);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
     pub const MAX_RETRIES: u32 = 5;
@@ -412,11 +418,20 @@ fn scheduler(mut t: Table, p: &mut Problems) -> SchedulerConfig {
     let shutdown_timeout = t
         .duration("shutdown_timeout", p)
         .unwrap_or(defaults::SHUTDOWN_TIMEOUT);
+    let lease_ttl = t
+        .duration_in(
+            "lease_ttl",
+            defaults::LEASE_TTL_MIN,
+            defaults::LEASE_TTL_MAX,
+            p,
+        )
+        .unwrap_or(defaults::LEASE_TTL);
     t.finish(p);
     SchedulerConfig {
         max_concurrent_syncs,
         jitter,
         shutdown_timeout,
+        lease_ttl,
     }
 }
 

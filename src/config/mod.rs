@@ -51,6 +51,9 @@ pub struct SchedulerConfig {
     pub jitter: Duration,
     /// How long a shutdown waits for running syncs to finish their page.
     pub shutdown_timeout: Duration,
+    /// A run's hold on its source (DESIGN.md §3b): renewed every third of
+    /// it while the run lives; a holder silent for this long is taken over.
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

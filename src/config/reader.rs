@@ -417,6 +417,30 @@ impl Table {
         Some(d)
     }
 
+    /// A duration within `[min, max]` (bounds in the message as written).
+    pub(super) fn duration_in(
+        &mut self,
+        key: &'static str,
+        min: Duration,
+        max: Duration,
+        p: &mut Problems,
+    ) -> Option<Duration> {
+        let d = self.duration(key, p)?;
+        if d < min || d > max {
+            p.add(
+                self.key(key),
+                format!(
+                    "must be between {} and {}, got {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max),
+                    humantime::format_duration(d)
+                ),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
     /// A sub-table; absent gives `None` without a problem.
     pub(super) fn table(&mut self, key: &'static str, p: &mut Problems) -> Option<Table> {
         let v = self.take(key)?;

@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::config::SourceKey;
 use crate::sources::{Page, Source, SourceError};
-use crate::store::{RunOutcome, RunRecord, Store, StoreError};
+use crate::store::{Acquired, Holder, Lease, RunOutcome, RunRecord, Store, StoreError};
 pub use reclaim::Activity;
 pub use redact::Redactor;
 
@@ -63,6 +63,35 @@ pub enum SyncError {
     /// last committed page was stored.
     #[error("the page writer failed: {0}")]
     Writer(String),
+    /// Another run took the source's lease over (this process was paused
+    /// or cut off from the database past the lease's expiry).
+    #[error(
+        "lost the lease of {0} to another run (this process was paused or could not renew it); \
+         stopped without committing more"
+    )]
+    LeaseLost(SourceKey),
+}
+
+/// Lease duration when none is configured (`[scheduler] lease_ttl`).
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What asking for a run gave.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    /// The run took place (whatever its outcome).
+    Ran(RunReport),
+    /// Another live run holds the source's lease: nothing was done.
+    Busy(Holder),
+}
+
+impl Attempt {
+    /// The report of a run that took place.
+    pub fn ran(self) -> Option<RunReport> {
+        match self {
+            Attempt::Ran(r) => Some(r),
+            Attempt::Busy(_) => None,
+        }
+    }
 }
 
 /// The outcome of one run, as recorded in the `runs` table.
@@ -85,6 +114,7 @@ pub struct Engine {
     redactor: Redactor,
     observer: Option<PageObserver>,
     activity: Arc<Activity>,
+    lease_ttl: std::time::Duration,
 }
 
 impl Engine {
@@ -94,7 +124,15 @@ impl Engine {
             redactor,
             observer: None,
             activity: Arc::default(),
+            lease_ttl: DEFAULT_LEASE_TTL,
         }
+    }
+
+    /// How long a run's hold on its source lasts without renewal
+    /// (`[scheduler] lease_ttl`).
+    pub fn with_lease_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
     }
 
     /// Adds a callback run after each committed page.
@@ -114,15 +152,16 @@ impl Engine {
     }
 
     /// Runs one sync of `source` until it is done, fails, or `stop` fires
-    /// (then it ends after the page in flight). Never panics, never returns
-    /// early without recording the run.
+    /// (then it ends after the page in flight), unless another live run
+    /// holds the source's lease ([`Attempt::Busy`]). Never panics, never
+    /// returns early without recording a run it started.
     pub async fn run(
         &self,
         key: &SourceKey,
         kind: &str,
         source: &dyn Source,
         stop: &CancellationToken,
-    ) -> RunReport {
+    ) -> Attempt {
         self.run_scheduled(key, kind, source, stop, None).await
     }
 
@@ -136,7 +175,7 @@ impl Engine {
         source: &dyn Source,
         stop: &CancellationToken,
         due_us: Option<i64>,
-    ) -> RunReport {
+    ) -> Attempt {
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let span = tracing::info_span!("sync", tenant = %key.tenant, source = %key.source, run_id = %run_id);
         // Boxed: the state of a run (HTTP, JSON, commit futures) is several
@@ -157,24 +196,53 @@ impl Engine {
         stop: &CancellationToken,
         run_id: String,
         due_us: Option<i64>,
-    ) -> RunReport {
+    ) -> Attempt {
         let started = Instant::now();
         let _active = self.activity.begin();
         let mut totals = RunRecord::default();
-        if let Err(e) = self.store.start_run(key, kind, &run_id, due_us).await {
+        // The lease first: a run held elsewhere writes nothing, not even
+        // its start (the runs of a source never overlap in its history).
+        let cannot_start = |e: StoreError, totals: &mut RunRecord| {
             // The run cannot even be recorded (locked or full disk): report
             // it and do not fetch anything we could not store.
             let msg = self.redactor.scrub(&format!("storing failed: {e}"));
             tracing::error!(error = %msg, "sync run could not start");
             totals.error = Some(msg);
-            return RunReport {
+        };
+        let lease = match self.store.acquire_lease(key, &run_id, self.lease_ttl).await {
+            Ok(Acquired::Taken(lease)) => lease,
+            Ok(Acquired::Held(holder)) => return Attempt::Busy(holder),
+            Err(e) => {
+                cannot_start(e, &mut totals);
+                return Attempt::Ran(RunReport {
+                    run_id,
+                    outcome: RunOutcome::Failed,
+                    totals,
+                    elapsed: started.elapsed(),
+                });
+            }
+        };
+        if let Err(e) = self.store.start_run(key, kind, &run_id, due_us).await {
+            cannot_start(e, &mut totals);
+            if let Err(e) = self.store.release_lease(&lease).await {
+                tracing::warn!(error = %e, "could not free the lease; it lapses by itself");
+            }
+            return Attempt::Ran(RunReport {
                 run_id,
                 outcome: RunOutcome::Failed,
                 totals,
                 elapsed: started.elapsed(),
-            };
+            });
         }
-        let result = self.pages(key, kind, source, stop, &mut totals).await;
+        let lost = CancellationToken::new();
+        let renewal = tokio::spawn(
+            keep_lease(self.store.clone(), lease.clone(), lost.clone())
+                .instrument(tracing::Span::current()),
+        );
+        let result = self
+            .pages(&lease, kind, source, stop, &lost, &mut totals)
+            .await;
+        renewal.abort();
         let outcome = match result {
             Ok(true) => RunOutcome::Success,
             Ok(false) => RunOutcome::Cancelled,
@@ -205,27 +273,29 @@ impl Engine {
                 "sync run failed; progress stays at the last committed page"
             ),
         }
-        if let Err(e) = self.store.finish_run(&run_id, outcome, &totals).await {
+        if let Err(e) = self.store.finish_run(key, &run_id, outcome, &totals).await {
             tracing::error!(error = %e, "could not record the end of the run");
         }
         crate::metrics::run_finished(key, kind, outcome, &totals, elapsed);
-        RunReport {
+        Attempt::Ran(RunReport {
             run_id,
             outcome,
             totals,
             elapsed,
-        }
+        })
     }
 
     /// The page loop. `Ok(true)`: done; `Ok(false)`: stopped by shutdown.
     async fn pages(
         &self,
-        key: &SourceKey,
+        lease: &Lease,
         kind: &str,
         source: &dyn Source,
         stop: &CancellationToken,
+        lost: &CancellationToken,
         totals: &mut RunRecord,
     ) -> Result<bool, SyncError> {
+        let key = &lease.key;
         let stored = self.store.load_progress(key).await?;
         let mut progress = source.start_run(stored);
 
@@ -245,6 +315,7 @@ impl Engine {
         let store = self.store.clone();
         let observer = self.observer.clone();
         let writer_key = key.clone();
+        let writer_lease = lease.clone();
         let writer_kind = kind.to_string();
         let writer = async move {
             let mut acc = RunRecord::default();
@@ -293,7 +364,7 @@ impl Engine {
                     // the fetcher for the duration of the commit.
                     permits.clear();
                     let stats = store
-                        .commit_pages(&writer_key, &writer_kind, std::mem::take(&mut group))
+                        .commit_pages(&writer_lease, &writer_kind, std::mem::take(&mut group))
                         .await?;
                     acc.upserted += stats.upserted;
                     acc.deleted += stats.deleted + stats.removed;
@@ -331,7 +402,15 @@ impl Engine {
                 if stop.is_cancelled() {
                     return Ok(false);
                 }
-                let page = source.fetch(&progress).await?;
+                if lost.is_cancelled() {
+                    return Err(FetchEnd::LeaseLost);
+                }
+                // A lease taken over ends the fetch at once: nothing it
+                // brings could be committed.
+                let page = tokio::select! {
+                    page = source.fetch(&progress) => page?,
+                    _ = lost.cancelled() => return Err(FetchEnd::LeaseLost),
+                };
                 progress = page.next_progress.clone();
                 let done = page.done;
                 let share = page.items().clamp(1, QUEUED_RECORDS) as u32;
@@ -359,16 +438,49 @@ impl Engine {
         totals.upserted = acc.upserted;
         totals.deleted = acc.deleted;
         written?;
-        fetched.map_err(|e: SourceError| {
-            if e.is_credentials() {
-                SyncError::Credentials {
-                    key: key.clone(),
-                    source: e,
-                }
-            } else {
-                SyncError::Source(e)
-            }
+        fetched.map_err(|e: FetchEnd| match e {
+            FetchEnd::LeaseLost => SyncError::LeaseLost(key.clone()),
+            FetchEnd::Source(e) if e.is_credentials() => SyncError::Credentials {
+                key: key.clone(),
+                source: e,
+            },
+            FetchEnd::Source(e) => SyncError::Source(e),
         })
+    }
+}
+
+/// Why the fetching side of a run stopped early.
+enum FetchEnd {
+    Source(SourceError),
+    LeaseLost,
+}
+
+impl From<SourceError> for FetchEnd {
+    fn from(e: SourceError) -> Self {
+        FetchEnd::Source(e)
+    }
+}
+
+/// Renews `lease` every third of its ttl while the run lives (the task is
+/// aborted when it ends); cancels `lost` once another run took it over. A
+/// renewal that fails (a busy or full disk) is retried at the next turn:
+/// the fence keeps a lapsed lease safe whatever happens.
+async fn keep_lease(store: Store, lease: Lease, lost: CancellationToken) {
+    let every = crate::store::renew_every(lease.ttl);
+    loop {
+        tokio::time::sleep(every).await;
+        match store.renew_lease(&lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    epoch = lease.epoch,
+                    "another run took this source's lease over; stopping this run"
+                );
+                lost.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew the lease; will retry"),
+        }
     }
 }
 
@@ -443,7 +555,9 @@ mod tests {
         let key = SourceKey::new("t", "s");
         let report = engine
             .run(&key, "test", &source, &CancellationToken::new())
-            .await;
+            .await
+            .ran()
+            .expect("the lease is free");
         assert_eq!(report.outcome, crate::store::RunOutcome::Success);
         assert_eq!(report.totals.upserted, (PAGES * PER_PAGE) as u64);
         let ahead = source.most_ahead.load(Ordering::SeqCst);

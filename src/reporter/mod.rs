@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{Secret, SourceConfig, SourceKey, SourceKindConfig};
-use crate::http::{HttpClient, HttpError, body_excerpt, safe_url};
+use crate::http::{HostPermit, HttpClient, HttpError, body_excerpt, safe_url};
 use crate::store::{PendingReport, Store, StoreError};
 use crate::time::now_us;
 
@@ -26,8 +26,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// reports queued by another process. Each wait is shortened by up to 10 %
 /// at random so that a thousand reporters do not query together.
 const IDLE_POLL: Duration = Duration::from_secs(60);
-/// Reports taken per pass.
+/// Reports sent per pass at most.
 const BATCH: i64 = 50;
+/// How long a report's claim keeps other processes off it: the claim is
+/// taken once the host's budget granted a request, so it covers the send
+/// ([`TIMEOUT`]) and the bookkeeping after it with a wide margin.
+const CLAIM: Duration = Duration::from_secs(60);
 
 /// The reporter of one content source.
 #[derive(Clone)]
@@ -51,9 +55,6 @@ pub struct Pass {
 /// How one attempt went.
 enum Attempt {
     Sent,
-    /// Stopped while waiting for the host's budget: nothing was sent, the
-    /// report stays due as it was.
-    NotSent,
     Retry(String),
     Refused(String),
 }
@@ -80,21 +81,39 @@ impl Reporter {
     /// Sends the reports due now, one pass; stops between two reports when
     /// `stop` fires (the one in flight is finished). Returns how many were sent.
     pub async fn send_due(&self, stop: &CancellationToken) -> Result<Pass, StoreError> {
-        let due = self.store.due_reports(&self.key, now_us(), BATCH).await?;
         let mut pass = Pass::default();
-        let any = !due.is_empty();
-        for report in due {
+        let mut any = false;
+        for _ in 0..BATCH {
             if stop.is_cancelled() {
                 break;
             }
-            match self.attempt(&report, stop).await {
+            // The host's budget first, then the claim: a report is claimed
+            // only for the time it takes to send it.
+            let permit = match self.http.permit(&self.base, stop).await {
+                Ok(p) => p,
+                Err(HttpError::Cancelled) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot send import-state reports");
+                    pass.pause = Some(FIRST_BACKOFF);
+                    break;
+                }
+            };
+            let claim_until = now_us().saturating_add(CLAIM.as_micros() as i64);
+            let Some(report) = self
+                .store
+                .claim_report(&self.key, now_us(), claim_until)
+                .await?
+            else {
+                break;
+            };
+            any = true;
+            match self.attempt(&report, permit).await {
                 Attempt::Sent => {
                     self.store.report_sent(report.id, now_us()).await?;
                     crate::metrics::report_sent(&self.key);
                     pass.sent += 1;
                     tracing::debug!(request = %report.record_id, state = %report.import_state, "import state reported");
                 }
-                Attempt::NotSent => break,
                 Attempt::Retry(error) => {
                     let wait = backoff(report.attempts + 1);
                     tracing::warn!(request = %report.record_id, attempts = report.attempts + 1, retry_in = ?wait, %error, "import-state report failed; will retry");
@@ -206,7 +225,9 @@ impl Reporter {
         }
     }
 
-    async fn attempt(&self, report: &PendingReport, stop: &CancellationToken) -> Attempt {
+    /// Sends one claimed report; `_permit` (the host's budget) is held until
+    /// the answer is read: reports share the host's in-flight cap.
+    async fn attempt(&self, report: &PendingReport, _permit: HostPermit) -> Attempt {
         let mut url = self.base.clone();
         if let Ok(mut s) = url.path_segments_mut() {
             s.pop_if_empty()
@@ -219,12 +240,6 @@ impl Reporter {
             body["message"] = serde_json::Value::String(m.clone());
         }
         let shown = safe_url(&url);
-        // Held until the answer is read: reports share the host's in-flight cap.
-        let _permit = match self.http.permit(&url, stop).await {
-            Ok(p) => p,
-            Err(HttpError::Cancelled) => return Attempt::NotSent,
-            Err(e) => return Attempt::Retry(format!("{shown}: {e}")),
-        };
         let sent = self
             .http
             .client()

@@ -567,9 +567,16 @@ async fn run_loop(
             p = slots.all.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.cancelled() => return,
         };
-        engine
+        let attempt = engine
             .run_scheduled(&key, kind, source.as_ref(), &stop, due_us)
             .await;
+        if let crate::engine::Attempt::Busy(holder) = attempt {
+            // Another process (a manual `synchro sync`, a replica) is
+            // syncing it: that run does this tick's work.
+            tracing::info!(tenant = %key.tenant, source = %key.source, %holder,
+                "tick skipped: the source is being synced by another run");
+            crate::metrics::run_skipped(&key);
+        }
     }
 }
 

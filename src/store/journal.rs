@@ -43,9 +43,15 @@ pub(super) enum Entry {
         phase: &'static str,
         state: String,
         at: i64,
+        /// The run's lease (epoch, run id): the progress is written only
+        /// while the lease is still the run's (see `lease.rs`). `None`
+        /// inside a transaction that checked the fence already.
+        fence: Option<(i64, String)>,
     },
-    /// A run ended.
+    /// A run ended; its lease is freed in the same statement.
     Finish {
+        tenant: String,
+        source: String,
         run_id: String,
         outcome: &'static str,
         at: i64,
@@ -141,13 +147,34 @@ async fn write_one(writer: &SqlitePool, entry: &Entry) -> Result<(), StoreError>
             .execute(writer)
             .await?;
         }
+        Entry::Progress {
+            fence: Some((epoch, _)),
+            tenant,
+            source,
+            ..
+        } => {
+            let q = bind_progress(
+                sqlx::query(sqlx::AssertSqlSafe(fenced_progress_sql(1))),
+                entry,
+                true,
+            );
+            if q.execute(writer).await?.rows_affected() != 1 {
+                return Err(StoreError::LeaseLost {
+                    key: crate::config::SourceKey::new(tenant, source),
+                    epoch: *epoch,
+                });
+            }
+        }
         Entry::Progress { .. } => {
             progress_query(entry).execute(writer).await?;
         }
         Entry::Finish { .. } => {
-            bind_finish(sqlx::query(sqlx::AssertSqlSafe(finish_sql(1))), entry)
-                .execute(writer)
-                .await?;
+            bind_finishes(
+                sqlx::query(sqlx::AssertSqlSafe(finish_sql(1))),
+                std::slice::from_ref(&entry),
+            )
+            .execute(writer)
+            .await?;
         }
     }
     Ok(())
@@ -165,7 +192,12 @@ async fn write_batch(writer: &SqlitePool, entries: &[&Entry]) -> Result<(), Stor
     let progress: Vec<&Entry> = entries
         .iter()
         .copied()
-        .filter(|e| matches!(e, Entry::Progress { .. }))
+        .filter(|e| matches!(e, Entry::Progress { fence: None, .. }))
+        .collect();
+    let fenced: Vec<&Entry> = entries
+        .iter()
+        .copied()
+        .filter(|e| matches!(e, Entry::Progress { fence: Some(_), .. }))
         .collect();
     let finishes: Vec<&Entry> = entries
         .iter()
@@ -184,16 +216,30 @@ async fn write_batch(writer: &SqlitePool, entries: &[&Entry]) -> Result<(), Stor
     for chunk in chunks(&progress) {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(progress_sql(chunk.len())));
         for e in chunk {
-            q = bind_progress(q, e);
+            q = bind_progress(q, e, false);
         }
         q.execute(&mut *tx).await?;
     }
-    for chunk in chunks(&finishes) {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(finish_sql(chunk.len())));
+    for chunk in chunks(&fenced) {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(fenced_progress_sql(chunk.len())));
         for e in chunk {
-            q = bind_finish(q, e);
+            q = bind_progress(q, e, true);
         }
-        q.execute(&mut *tx).await?;
+        // A run whose lease moved: the whole batch rolls back and every
+        // entry is written alone, so that only that run gets the error.
+        if q.execute(&mut *tx).await?.rows_affected() != chunk.len() as u64 {
+            return Err(StoreError::Corrupt(
+                "a fenced progress entry of the batch lost its lease".into(),
+            ));
+        }
+    }
+    for chunk in chunks(&finishes) {
+        bind_finishes(
+            sqlx::query(sqlx::AssertSqlSafe(finish_sql(chunk.len()))),
+            chunk,
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(())
@@ -248,10 +294,14 @@ fn bind_starts<'q>(mut q: Query<'q>, starts: &[&'q Entry]) -> Query<'q> {
     q
 }
 
-/// The progress upsert of one `Entry::Progress`, ready to run (alone, or
-/// inside a page's transaction).
+/// The progress upsert of one `Entry::Progress`, ready to run inside a
+/// page's transaction, which checked the run's fence already.
 pub(super) fn progress_query(entry: &Entry) -> Query<'_> {
-    bind_progress(sqlx::query(sqlx::AssertSqlSafe(progress_sql(1))), entry)
+    bind_progress(
+        sqlx::query(sqlx::AssertSqlSafe(progress_sql(1))),
+        entry,
+        false,
+    )
 }
 
 fn progress_sql(n: usize) -> String {
@@ -264,7 +314,25 @@ fn progress_sql(n: usize) -> String {
     )
 }
 
-fn bind_progress<'q>(q: Query<'q>, e: &'q Entry) -> Query<'q> {
+/// The progress of `n` runs, each written only while its run still holds
+/// the lease at the epoch it took (the fence, in the same statement).
+fn fenced_progress_sql(n: usize) -> String {
+    format!(
+        "INSERT INTO progress (tenant, source, kind, phase, state, updated_at) \
+         SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6 \
+         FROM (VALUES {}) AS v \
+         WHERE EXISTS (SELECT 1 FROM leases l WHERE l.tenant = v.column1 \
+             AND l.source = v.column2 AND l.epoch = v.column7 AND l.run_id = v.column8) \
+         ON CONFLICT (tenant, source) DO UPDATE SET \
+         kind = excluded.kind, phase = excluded.phase, state = excluded.state, \
+         updated_at = excluded.updated_at",
+        rows(n, "(?, ?, ?, ?, ?, ?, ?, ?)")
+    )
+}
+
+/// Binds a progress entry: its six columns, then, `with_fence`, its fence
+/// (for [`fenced_progress_sql`]).
+fn bind_progress<'q>(q: Query<'q>, e: &'q Entry, with_fence: bool) -> Query<'q> {
     match e {
         Entry::Progress {
             tenant,
@@ -273,29 +341,43 @@ fn bind_progress<'q>(q: Query<'q>, e: &'q Entry) -> Query<'q> {
             phase,
             state,
             at,
-        } => q
-            .bind(tenant)
-            .bind(source)
-            .bind(kind)
-            .bind(*phase)
-            .bind(state)
-            .bind(at),
+            fence,
+        } => {
+            let q = q
+                .bind(tenant)
+                .bind(source)
+                .bind(kind)
+                .bind(*phase)
+                .bind(state)
+                .bind(at);
+            match fence {
+                Some((epoch, run_id)) if with_fence => q.bind(epoch).bind(run_id),
+                _ => q,
+            }
+        }
         _ => q,
     }
 }
 
+/// The ends of `n` runs, then the release of their leases (only where the
+/// lease still names the run: a lease taken over stays with its taker).
 fn finish_sql(n: usize) -> String {
     format!(
         "UPDATE runs SET outcome = v.column2, finished_at = v.column3, error = v.column4, \
          pages = v.column5, upserted = v.column6, deleted = v.column7 \
-         FROM (VALUES {}) AS v WHERE runs.run_id = v.column1",
-        rows(n, "(?, ?, ?, ?, ?, ?, ?)")
+         FROM (VALUES {}) AS v WHERE runs.run_id = v.column1; \
+         UPDATE leases SET run_id = NULL, expires_at = 0 \
+         FROM (VALUES {}) AS v \
+         WHERE leases.tenant = v.column1 AND leases.source = v.column2 \
+           AND leases.run_id = v.column3",
+        rows(n, "(?, ?, ?, ?, ?, ?, ?)"),
+        rows(n, "(?, ?, ?)")
     )
 }
 
-fn bind_finish<'q>(q: Query<'q>, e: &'q Entry) -> Query<'q> {
-    match e {
-        Entry::Finish {
+fn bind_finishes<'q>(mut q: Query<'q>, finishes: &[&'q Entry]) -> Query<'q> {
+    for e in finishes {
+        if let Entry::Finish {
             run_id,
             outcome,
             at,
@@ -303,16 +385,31 @@ fn bind_finish<'q>(q: Query<'q>, e: &'q Entry) -> Query<'q> {
             pages,
             upserted,
             deleted,
-        } => q
-            .bind(run_id)
-            .bind(*outcome)
-            .bind(at)
-            .bind(error.as_deref())
-            .bind(pages)
-            .bind(upserted)
-            .bind(deleted),
-        _ => q,
+            ..
+        } = e
+        {
+            q = q
+                .bind(run_id)
+                .bind(*outcome)
+                .bind(at)
+                .bind(error.as_deref())
+                .bind(pages)
+                .bind(upserted)
+                .bind(deleted);
+        }
     }
+    for e in finishes {
+        if let Entry::Finish {
+            tenant,
+            source,
+            run_id,
+            ..
+        } = e
+        {
+            q = q.bind(tenant).bind(source).bind(run_id);
+        }
+    }
+    q
 }
 
 /// `n` copies of a row's placeholders, comma-separated.
@@ -376,8 +473,11 @@ mod tests {
             phase: "incremental",
             state: format!("{{\"n\":{i}}}"),
             at: 30,
+            fence: None,
         }));
         batch.extend((3..70).map(|i| Entry::Finish {
+            tenant: "t".into(),
+            source: format!("s{i}"),
             run_id: format!("r{i}"),
             outcome: "success",
             at: 40,

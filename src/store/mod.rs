@@ -11,6 +11,7 @@
 mod cache;
 mod export;
 mod journal;
+mod lease;
 mod outbox;
 mod progress;
 mod records;
@@ -31,6 +32,7 @@ use crate::config::SourceKey;
 
 pub use cache::{WIDE_CHECKPOINT_PAGES, WIDE_KIB};
 pub use export::ExportRow;
+pub use lease::{Acquired, Holder, Lease, me as this_process, pid_alive, renew_every};
 pub use outbox::PendingReport;
 pub use records::{PageStats, UPSERT_CONFLICT};
 pub use runs::{RunOutcome, RunRecord};
@@ -58,6 +60,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the database is closed")]
     Closed,
+    /// The run's lease moved to another run (this one was paused or cut off
+    /// past its expiry): the commit was rolled back, nothing of it stored.
+    #[error("lost the lease of {key} (epoch {epoch}) to another run; this commit was rolled back")]
+    LeaseLost { key: SourceKey, epoch: i64 },
 }
 
 /// Adds what an operator should check to the SQLite errors that mean
@@ -134,6 +140,11 @@ impl Store {
             path: path.display().to_string(),
             source,
         };
+        // Two processes opening a fresh database at once would both run the
+        // migrations ("table records already exists", a duplicate version
+        // row, or SQLITE_BUSY on the switch to WAL): whoever opens first
+        // holds an exclusive lock on the file until its migrations ran.
+        let _migrating = MigrationLock::take(&path).await?;
         // No `test_before_acquire`: its ping is a round trip to the
         // connection's worker thread on every acquire (the webhook profile
         // showed it under each commit), and a local SQLite file cannot go
@@ -210,6 +221,36 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
+    }
+}
+
+/// An exclusive advisory lock (`flock`) on the database's folder, held
+/// while a process opens and migrates the database, released when dropped
+/// or when the process dies. The folder, not the file: closing any
+/// descriptor of the database file would drop the POSIX record locks
+/// SQLite holds on it in this process, and a sidecar lock file would be
+/// one more file for operators to wonder about. Other databases in the
+/// same folder wait for the few milliseconds an open takes.
+struct MigrationLock(#[allow(dead_code)] std::fs::File);
+
+impl MigrationLock {
+    async fn take(path: &std::path::Path) -> Result<Self, StoreError> {
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let shown = folder.display().to_string();
+        let lock = tokio::task::spawn_blocking(move || {
+            let dir = std::fs::File::open(&folder)?;
+            dir.lock()?;
+            Ok::<_, std::io::Error>(dir)
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("the migration lock task failed: {e}")))?;
+        lock.map(Self).map_err(|source| StoreError::CreateDir {
+            path: format!("{shown} (locking it for the migrations)"),
+            source,
+        })
     }
 }
 

@@ -42,6 +42,85 @@ impl Store {
         .await?)
     }
 
+    /// Claims the oldest report of a source that is due at `now_us` and
+    /// that no live claim holds, for this process until `until_us`: two
+    /// processes (the daemon and a `synchro sync`, or replicas) never send
+    /// the same report. Sending it ends the claim ([`Store::report_sent`],
+    /// [`Store::report_retry`], [`Store::report_refused`]); the claim of a
+    /// process that died first lapses at `until_us`.
+    pub async fn claim_report(
+        &self,
+        key: &SourceKey,
+        now_us: i64,
+        until_us: i64,
+    ) -> Result<Option<PendingReport>, StoreError> {
+        if let Some(report) = self.claim_one(key, now_us, until_us).await? {
+            return Ok(Some(report));
+        }
+        // Nothing free: a claim of a process of this node that died (a
+        // `sync` killed mid-send) is given up now rather than at its lapse.
+        if self.release_dead_claims(key, now_us).await? > 0 {
+            return self.claim_one(key, now_us, until_us).await;
+        }
+        Ok(None)
+    }
+
+    async fn claim_one(
+        &self,
+        key: &SourceKey,
+        now_us: i64,
+        until_us: i64,
+    ) -> Result<Option<PendingReport>, StoreError> {
+        Ok(sqlx::query_as(
+            "UPDATE outbox SET claimed_by = ?4, claim_expires_at = ?5 \
+             WHERE id = (SELECT id FROM outbox WHERE tenant = ?1 AND source = ?2 \
+                 AND status = 'pending' AND next_attempt_at <= ?3 AND claim_expires_at <= ?3 \
+                 ORDER BY id LIMIT 1) \
+             RETURNING id, record_id, completed_at, import_state, message, attempts",
+        )
+        .bind(&key.tenant)
+        .bind(&key.source)
+        .bind(now_us)
+        .bind(claimer())
+        .bind(until_us)
+        .fetch_optional(&self.writer)
+        .await?)
+    }
+
+    /// Frees the live claims on `key`'s due reports held by processes of
+    /// this node that are gone; returns how many claimers were.
+    async fn release_dead_claims(&self, key: &SourceKey, now_us: i64) -> Result<u64, StoreError> {
+        let claimers: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT claimed_by FROM outbox WHERE tenant = ?1 AND source = ?2 \
+             AND status = 'pending' AND next_attempt_at <= ?3 AND claim_expires_at > ?3 \
+             AND claimed_by IS NOT NULL",
+        )
+        .bind(&key.tenant)
+        .bind(&key.source)
+        .bind(now_us)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut released = 0;
+        for (claimed_by,) in claimers {
+            if !claimer_is_dead(&claimed_by) {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE outbox SET claimed_by = NULL, claim_expires_at = 0 \
+                 WHERE tenant = ?1 AND source = ?2 AND status = 'pending' AND claimed_by = ?3",
+            )
+            .bind(&key.tenant)
+            .bind(&key.source)
+            .bind(&claimed_by)
+            .execute(&self.writer)
+            .await?;
+            tracing::info!(tenant = %key.tenant, source = %key.source, claimer = %claimed_by,
+                "released the import-report claims of a process that is gone");
+            released += 1;
+        }
+        Ok(released)
+    }
+
     /// Pending reports of a source, due or not.
     pub async fn pending_report_count(&self, key: &SourceKey) -> Result<i64, StoreError> {
         let (n,): (i64,) = sqlx::query_as(
@@ -54,10 +133,11 @@ impl Store {
         Ok(n)
     }
 
-    /// When the earliest pending report of a source is due (µs), if any.
+    /// When the earliest pending report of a source is due (µs), if any: a
+    /// report another process claimed is due when its claim lapses.
     pub async fn next_report_due(&self, key: &SourceKey) -> Result<Option<i64>, StoreError> {
         let (t,): (Option<i64>,) = sqlx::query_as(
-            "SELECT MIN(next_attempt_at) FROM outbox \
+            "SELECT MIN(max(next_attempt_at, claim_expires_at)) FROM outbox \
              WHERE tenant = ?1 AND source = ?2 AND status = 'pending'",
         )
         .bind(&key.tenant)
@@ -71,7 +151,7 @@ impl Store {
     pub async fn report_sent(&self, id: i64, now_us: i64) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE outbox SET status = 'sent', sent_at = ?2, attempts = attempts + 1, \
-             last_error = NULL WHERE id = ?1",
+             last_error = NULL, claimed_by = NULL, claim_expires_at = 0 WHERE id = ?1",
         )
         .bind(id)
         .bind(now_us)
@@ -88,8 +168,8 @@ impl Store {
         next_at_us: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3 \
-             WHERE id = ?1",
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3, \
+             claimed_by = NULL, claim_expires_at = 0 WHERE id = ?1",
         )
         .bind(id)
         .bind(error)
@@ -103,8 +183,8 @@ impl Store {
     /// keep it, visible in `status`, but stop sending it.
     pub async fn report_refused(&self, id: i64, error: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?2 \
-             WHERE id = ?1",
+            "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?2, \
+             claimed_by = NULL, claim_expires_at = 0 WHERE id = ?1",
         )
         .bind(id)
         .bind(error)
@@ -112,4 +192,24 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// How this process signs its claims: `node|pid|instance`, so that
+/// another process of the same node can tell a dead claimer.
+fn claimer() -> String {
+    let me = super::lease::me();
+    format!("{}|{}|{}", me.node, me.pid, me.instance)
+}
+
+/// Whether a claim was made by a process of this node that is gone.
+fn claimer_is_dead(claimed_by: &str) -> bool {
+    let me = super::lease::me();
+    let mut parts = claimed_by.rsplitn(3, '|');
+    let (Some(instance), Some(pid), Some(node)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<i64>() else {
+        return false;
+    };
+    node == me.node && instance != me.instance && !super::lease::pid_alive(pid)
 }

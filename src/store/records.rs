@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::journal::{self, Entry};
+use super::lease::{self, Lease};
 use super::{Store, StoreError, now_us};
 use crate::config::SourceKey;
 use crate::sources::{Listing, Page, Progress, Record, Report, ReportOutcome, Tombstone};
@@ -360,29 +361,61 @@ async fn write_pages(
     Ok(total)
 }
 
+/// Who commits, which decides whether progress is saved and how the
+/// commit is fenced.
+#[derive(Clone, Copy)]
+enum Committer<'a> {
+    /// A sync run: records and progress, fenced on the run's lease.
+    Run(&'a Lease),
+    /// Records arriving outside a run (webhooks): upserts and reports only,
+    /// which the newer-wins rule makes safe beside any run.
+    Records,
+    /// Store tests of the page rules, which need no lease.
+    #[cfg(test)]
+    Unfenced,
+}
+
 impl Store {
-    /// Commits a page and the progress that follows it, atomically.
-    pub async fn commit_page(
+    /// Commits a page and the progress that follows it, atomically (store
+    /// tests; runs commit through [`Store::commit_pages`]).
+    #[cfg(test)]
+    pub(crate) async fn commit_page(
         &self,
         key: &SourceKey,
         kind: &str,
         page: &Page,
     ) -> Result<PageStats, StoreError> {
-        self.commit_one(key, kind, page.clone(), true).await
+        self.commit(key, kind, vec![page.clone()], Committer::Unfenced)
+            .await
     }
 
-    /// Commits consecutive pages of one run and the progress that follows
-    /// the last one, in ONE transaction (a group commit): the atomicity rule
-    /// holds for the group as it does for a page, and a crash at worst
-    /// refetches the group. Returns what the pages changed together. Takes
-    /// the pages by value: their payloads move into the statements uncopied.
-    pub async fn commit_pages(
+    /// Consecutive pages, unfenced (store tests).
+    #[cfg(test)]
+    pub(crate) async fn commit_pages_unfenced(
         &self,
         key: &SourceKey,
         kind: &str,
         pages: Vec<Page>,
     ) -> Result<PageStats, StoreError> {
-        self.commit(key, kind, pages, true).await
+        self.commit(key, kind, pages, Committer::Unfenced).await
+    }
+
+    /// Commits consecutive pages of one run and the progress that follows
+    /// the last one, in ONE transaction (a group commit): the atomicity rule
+    /// holds for the group as it does for a page, and a crash at worst
+    /// refetches the group. The transaction first checks that `lease` is
+    /// still the run's (the fence) and writes nothing if it was taken over
+    /// ([`StoreError::LeaseLost`]). Returns what the pages changed together.
+    /// Takes the pages by value: their payloads move into the statements
+    /// uncopied.
+    pub async fn commit_pages(
+        &self,
+        lease: &Lease,
+        kind: &str,
+        pages: Vec<Page>,
+    ) -> Result<PageStats, StoreError> {
+        self.commit(&lease.key, kind, pages, Committer::Run(lease))
+            .await
     }
 
     /// Commits records and reports that arrived outside a sync (webhooks):
@@ -393,7 +426,7 @@ impl Store {
         kind: &str,
         page: Page,
     ) -> Result<PageStats, StoreError> {
-        self.commit_one(key, kind, page, false).await
+        self.commit(key, kind, vec![page], Committer::Records).await
     }
 
     async fn commit(
@@ -401,7 +434,7 @@ impl Store {
         key: &SourceKey,
         kind: &str,
         pages: Vec<Page>,
-        save_progress: bool,
+        by: Committer<'_>,
     ) -> Result<PageStats, StoreError> {
         let Some(last) = pages.last() else {
             return Ok(PageStats::default());
@@ -415,6 +448,12 @@ impl Store {
                 && p.reports.is_empty()
                 && p.listing.is_none()
         });
+        let (save_progress, fence) = match by {
+            Committer::Run(lease) => (true, Some(lease)),
+            Committer::Records => (false, None),
+            #[cfg(test)]
+            Committer::Unfenced => (true, None),
+        };
         let progress = Entry::Progress {
             tenant: key.tenant.clone(),
             source: key.source.clone(),
@@ -422,19 +461,30 @@ impl Store {
             phase: last.next_progress.phase.as_str(),
             state,
             at: now,
+            fence: fence.map(|l| (l.epoch, l.run_id.clone())),
         };
         if nothing_but_progress {
             // A page that only moves the progress (the usual no-change run)
-            // is one statement, atomic on its own, and group-committed with
-            // other runs' (see `journal.rs`): no BEGIN/save/COMMIT of its
-            // own, which is what thousands of runs due at once queue for.
+            // is one statement, atomic on its own and fenced inside it, and
+            // group-committed with other runs' (see `journal.rs`): no
+            // BEGIN/save/COMMIT of its own, which is what thousands of runs
+            // due at once queue for.
             if save_progress {
-                self.journal.write(progress).await?;
+                self.journal.write(progress).await.map_err(|e| match e {
+                    StoreError::LeaseLost { .. } => StoreError::LeaseLost {
+                        key: key.clone(),
+                        epoch: fence.map_or(0, |l| l.epoch),
+                    },
+                    e => e,
+                })?;
             }
             return Ok(PageStats::default());
         }
         let shared = Shared::new(key, kind, now);
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(lease) = fence {
+            lease::check_fence(&mut tx, lease, now).await?;
+        }
         let stats = write_pages(&mut tx, key, &shared, pages).await?;
         if save_progress {
             journal::progress_query(&progress).execute(&mut *tx).await?;
@@ -444,16 +494,6 @@ impl Store {
             self.reports_queued(key);
         }
         Ok(stats)
-    }
-
-    async fn commit_one(
-        &self,
-        key: &SourceKey,
-        kind: &str,
-        page: Page,
-        save_progress: bool,
-    ) -> Result<PageStats, StoreError> {
-        self.commit(key, kind, vec![page], save_progress).await
     }
 
     /// The progress stored for a source, if any. Read through the reader

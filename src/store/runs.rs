@@ -58,15 +58,18 @@ impl Store {
             .await
     }
 
-    /// Records how a run ended.
+    /// Records how a run ended, and frees its lease if it still holds it.
     pub async fn finish_run(
         &self,
+        key: &SourceKey,
         run_id: &str,
         outcome: RunOutcome,
         totals: &RunRecord,
     ) -> Result<(), StoreError> {
         self.journal
             .write(Entry::Finish {
+                tenant: key.tenant.clone(),
+                source: key.source.clone(),
                 run_id: run_id.to_string(),
                 outcome: outcome.as_str(),
                 at: now_us(),

@@ -23,6 +23,8 @@ pub struct SourceStatus {
     pub deleted_records: i64,
     pub pending_reports: i64,
     pub failed_reports: i64,
+    /// The run syncing the source right now, in this process or another.
+    pub lease_holder: Option<super::Holder>,
 }
 
 impl Store {
@@ -90,6 +92,7 @@ impl Store {
         .await?;
         st.pending_reports = pending;
         st.failed_reports = failed;
+        st.lease_holder = self.lease_holder(key).await?;
         Ok(st)
     }
 }

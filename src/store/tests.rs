@@ -259,7 +259,7 @@ async fn a_group_commit_stores_every_page_or_none() {
         page(records(130, 70), vec![], "three"),
     ];
     let stats = store
-        .commit_pages(&key, "k", pages.clone())
+        .commit_pages_unfenced(&key, "k", pages.clone())
         .await
         .expect("commit");
     assert_eq!((stats.upserted, stats.deleted), (200, 1));
@@ -292,7 +292,7 @@ async fn a_group_commit_stores_every_page_or_none() {
     ];
     assert!(
         store
-            .commit_pages(&key, "k", failing.clone())
+            .commit_pages_unfenced(&key, "k", failing.clone())
             .await
             .is_err()
     );
@@ -716,7 +716,7 @@ async fn a_run_start_closes_the_runs_of_its_source_a_killed_process_left_running
         ("next", "running", Some(1_000_000))
     );
     store
-        .finish_run("next", RunOutcome::Success, &RunRecord::default())
+        .finish_run(&key, "next", RunOutcome::Success, &RunRecord::default())
         .await
         .expect("finish");
     let (outcome,): (String,) = sqlx::query_as("SELECT outcome FROM runs WHERE run_id = 'next'")
@@ -761,13 +761,25 @@ async fn runs_starting_and_ending_together_are_group_committed_and_each_recorded
             tokio::spawn(async move {
                 let key = SourceKey::new("t", format!("s{i}"));
                 let run = format!("run{i}");
+                let lease = match store
+                    .acquire_lease(&key, &run, std::time::Duration::from_secs(30))
+                    .await
+                    .expect("lease")
+                {
+                    crate::store::Acquired::Taken(l) => l,
+                    held => panic!("{held:?}"),
+                };
                 store
                     .start_run(&key, "k", &run, Some(i as i64))
                     .await
                     .expect("start");
-                // A no-change page: only the progress moves.
+                // A no-change page: only the progress moves, fenced on the
+                // run's lease, group-committed with the other runs'.
                 let p = page(vec![], vec![], &format!("c{i}"));
-                store.commit_page(&key, "k", &p).await.expect("progress");
+                store
+                    .commit_pages(&lease, "k", vec![p])
+                    .await
+                    .expect("progress");
                 let totals = RunRecord {
                     pages: 1,
                     upserted: i as u64,
@@ -780,7 +792,7 @@ async fn runs_starting_and_ending_together_are_group_committed_and_each_recorded
                     RunOutcome::Success
                 };
                 store
-                    .finish_run(&run, outcome, &totals)
+                    .finish_run(&key, &run, outcome, &totals)
                     .await
                     .expect("finish");
             })
@@ -976,12 +988,12 @@ async fn a_group_commit_ends_as_page_by_page_commits() {
     let (_d2, single) = open().await;
     for store in [&grouped, &single] {
         store
-            .commit_pages(&key, "k", before.clone())
+            .commit_pages_unfenced(&key, "k", before.clone())
             .await
             .expect("before");
     }
     let stats = grouped
-        .commit_pages(&key, "k", group.clone())
+        .commit_pages_unfenced(&key, "k", group.clone())
         .await
         .expect("group");
     let mut one_by_one = crate::store::PageStats::default();
