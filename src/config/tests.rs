@@ -64,6 +64,7 @@ listen = "0.0.0.0:8080"
 max_concurrent_syncs = 3
 jitter = "2s"
 shutdown_timeout = "5s"
+lease_ttl = "45s"
 
 [http]
 timeout = "20s"
@@ -129,6 +130,7 @@ fn full_config_gives_the_typed_values() {
     assert_eq!(c.scheduler.max_concurrent_syncs, 3);
     assert_eq!(c.scheduler.jitter, Duration::from_secs(2));
     assert_eq!(c.scheduler.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(c.scheduler.lease_ttl, Duration::from_secs(45));
     assert_eq!(c.http.timeout, Duration::from_secs(20));
     assert_eq!(c.http.connect_timeout, Duration::from_secs(3));
     assert_eq!(c.http.max_retries, 7);
@@ -199,6 +201,7 @@ fn defaults_fill_every_optional_key() {
     assert_eq!(c.scheduler.max_concurrent_syncs, 8);
     assert_eq!(c.scheduler.jitter, Duration::from_secs(10));
     assert_eq!(c.scheduler.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(c.scheduler.lease_ttl, Duration::from_secs(30));
     assert_eq!(c.http.timeout, Duration::from_secs(30));
     assert_eq!(c.http.connect_timeout, Duration::from_secs(10));
     assert_eq!(c.http.max_retries, 5);
@@ -949,4 +952,16 @@ concurrency = 1
         reason(&e, "http.per_host_requests_per_second"),
         "must be a finite number"
     );
+}
+
+#[test]
+fn a_lease_ttl_out_of_bounds_names_the_key() {
+    for (ttl, why) in [
+        ("500ms", "must be between 1s and 1h, got 500ms"),
+        ("2h", "must be between 1s and 1h, got 2h"),
+    ] {
+        let toml = format!("[scheduler]\nlease_ttl = \"{ttl}\"\n{DS_SOURCE}");
+        let e = load_err(&toml, &[("DS_TOKEN", "t")]);
+        assert_eq!(reason(&e, "scheduler.lease_ttl"), why);
+    }
 }
