@@ -100,3 +100,10 @@ pub fn run_skipped(key: &SourceKey) {
     counter!("synchro_runs_skipped_total", "tenant" => key.tenant.clone(), "source" => key.source.clone(), "reason" => "lease_held")
         .increment(1);
 }
+
+/// A run whose code panicked (a bug, on what an upstream sent): the run
+/// failed and the source kept its schedule.
+pub fn run_panicked(key: &SourceKey) {
+    counter!("synchro_run_panics_total", "tenant" => key.tenant.clone(), "source" => key.source.clone())
+        .increment(1);
+}

@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::{CliError, load_config, open_store, select_sources};
 use crate::config::{Config, SourceKey};
-use crate::engine::{Attempt, Engine, Redactor, RunReport};
+use crate::engine::{Attempt, Engine, Job, Redactor, RunReport};
 use crate::http::HttpClient;
 use crate::reporter::Reporter;
 use crate::sources::Source;
@@ -40,13 +40,15 @@ pub async fn sync(
     progress.finish();
     send_reports(&config, &keys, &store, &http, &stop).await;
     store.close().await;
-    let (mut failed, mut busy) = (0, 0);
+    let (mut failed, mut busy, mut cancelled) = (0, 0, 0);
     for (key, result) in &results {
         match result {
             SyncResult::Ran(report) => {
                 eprintln!("{}", summary(key, report));
-                if report.outcome != RunOutcome::Success {
-                    failed += 1;
+                match report.outcome {
+                    RunOutcome::Success => {}
+                    RunOutcome::Cancelled => cancelled += 1,
+                    RunOutcome::Failed => failed += 1,
                 }
             }
             SyncResult::Busy(holder) => {
@@ -55,16 +57,23 @@ pub async fn sync(
             }
         }
     }
-    // A failure says more than a busy source: it needs a look, a busy one
-    // only a later try.
+    // A failure says more than an interruption or a busy source: it needs
+    // a look, they only a later try.
     Ok(if failed > 0 {
         ExitCode::FAILURE
+    } else if cancelled > 0 || stop.is_cancelled() {
+        ExitCode::from(EX_INTERRUPTED)
     } else if busy > 0 {
         ExitCode::from(super::EX_TEMPFAIL)
     } else {
         ExitCode::SUCCESS
     })
 }
+
+/// The shell's code for a command ended by SIGINT (128 + 2): a `sync`
+/// stopped by Ctrl-C or SIGTERM, its runs `cancelled` after their last
+/// committed page. Not a failure.
+const EX_INTERRUPTED: u8 = 130;
 
 /// What `sync` did with one source.
 #[derive(Debug)]
@@ -150,16 +159,12 @@ pub(crate) async fn sync_once(
                     // connection tasks it waits on share a worker instead
                     // of waking the thread blocked in `main` for every
                     // response.
-                    let (engine, key, kind, stop, source) = (
-                        engine.clone(),
-                        key.clone(),
-                        cfg.kind_name(),
-                        stop.clone(),
-                        source.clone(),
-                    );
-                    let run = tokio::spawn(async move {
-                        engine.run(&key, kind, source.as_ref(), &stop).await
-                    });
+                    let (engine, job, stop, source) =
+                        (engine.clone(), Job::of(cfg), stop.clone(), source.clone());
+                    let run =
+                        tokio::spawn(
+                            async move { engine.run(&job, source.as_ref(), &stop).await },
+                        );
                     match run.await {
                         Ok(attempt) => attempt,
                         Err(e) => Attempt::Ran(refused(format!(

@@ -99,6 +99,10 @@ pub struct SourceConfig {
     pub id: String,
     pub schedule: Schedule,
     pub endpoint: url::Url,
+    /// Pages one run may fetch before it fails: an upstream that never
+    /// ends its listing (fresh tokens forever, no page count) cannot hold
+    /// a sync slot for good.
+    pub max_pages_per_run: u64,
     pub kind: SourceKindConfig,
 }
 

@@ -30,6 +30,9 @@ pub(super) mod defaults {
     pub const CALENDAR_ENDPOINT: &str = "https://www.googleapis.com/calendar/v3";
     pub const CONTENT_ENDPOINT: &str = "https://api.contentor.com/v1";
     pub const PAGE_SIZE: u32 = 100;
+    /// Far above any real listing (a million dossiers are 10,000 DS pages,
+    /// 200,000 Contentor requests about 12,000), far below forever.
+    pub const MAX_PAGES_PER_RUN: u64 = 100_000;
     pub const UPDATED_SINCE: &str = "2000-01-01T00:00:00Z";
     pub const RECONCILE_EVERY: Duration = Duration::from_secs(24 * 3600);
     pub const DELETED_LOOKBACK: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -100,6 +103,9 @@ pub(super) fn source(
             }
         });
     let endpoint = t.string("endpoint", p);
+    let max_pages_per_run = t
+        .int_in("max_pages_per_run", 1, i64::MAX, p)
+        .map_or(defaults::MAX_PAGES_PER_RUN, |n| n as u64);
 
     let Some(kind) = kind else {
         // Without a kind the other keys cannot be judged; report none of them.
@@ -126,6 +132,7 @@ pub(super) fn source(
         id: id?,
         schedule: schedule?,
         endpoint: endpoint?,
+        max_pages_per_run,
         kind: kind?,
     })
 }

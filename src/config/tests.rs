@@ -965,3 +965,20 @@ fn a_lease_ttl_out_of_bounds_names_the_key() {
         assert_eq!(reason(&e, "scheduler.lease_ttl"), why);
     }
 }
+
+#[test]
+fn max_pages_per_run_defaults_and_is_read_per_source() {
+    let c = load_ok(DS_SOURCE, &[("DS_TOKEN", "t")]);
+    let s = c.sources().next().expect("source");
+    assert_eq!(s.max_pages_per_run, 100_000);
+    let toml = DS_SOURCE.replace("demarche = 1234", "demarche = 1234\nmax_pages_per_run = 50");
+    let c = load_ok(&toml, &[("DS_TOKEN", "t")]);
+    assert_eq!(c.sources().next().expect("source").max_pages_per_run, 50);
+    let toml = DS_SOURCE.replace("demarche = 1234", "demarche = 1234\nmax_pages_per_run = 0");
+    let e = load_err(&toml, &[("DS_TOKEN", "t")]);
+    assert!(
+        reason(&e, "tenants[0].sources[0].max_pages_per_run").contains("at least 1"),
+        "{}",
+        e.report()
+    );
+}

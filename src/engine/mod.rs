@@ -16,6 +16,7 @@ mod redact;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -70,6 +71,47 @@ pub enum SyncError {
          stopped without committing more"
     )]
     LeaseLost(SourceKey),
+    /// The upstream never ends the listing: more pages than allowed.
+    #[error(
+        "{key}: more than {max} pages in one run (max_pages_per_run); the upstream does not \
+         end its listing (last position: {position})"
+    )]
+    TooManyPages {
+        key: SourceKey,
+        max: u64,
+        position: String,
+    },
+    /// The upstream led back to a position this run already fetched from:
+    /// following it would loop forever.
+    #[error(
+        "{key}: the upstream led back to a position this run already passed ({position}); \
+         stopping instead of looping"
+    )]
+    Cycle { key: SourceKey, position: String },
+    /// The source's code panicked on what the upstream sent (a bug): the
+    /// run fails, the source keeps its schedule.
+    #[error("{key}: the sync panicked: {message}")]
+    Panicked { key: SourceKey, message: String },
+}
+
+/// What to run: which source, of which kind, within which bounds.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub key: SourceKey,
+    pub kind: &'static str,
+    /// Pages one run may fetch before it fails (`max_pages_per_run`).
+    pub max_pages: u64,
+}
+
+impl Job {
+    /// The job of a configured source.
+    pub fn of(cfg: &crate::config::SourceConfig) -> Self {
+        Self {
+            key: cfg.key(),
+            kind: cfg.kind_name(),
+            max_pages: cfg.max_pages_per_run,
+        }
+    }
 }
 
 /// Lease duration when none is configured (`[scheduler] lease_ttl`).
@@ -155,14 +197,8 @@ impl Engine {
     /// (then it ends after the page in flight), unless another live run
     /// holds the source's lease ([`Attempt::Busy`]). Never panics, never
     /// returns early without recording a run it started.
-    pub async fn run(
-        &self,
-        key: &SourceKey,
-        kind: &str,
-        source: &dyn Source,
-        stop: &CancellationToken,
-    ) -> Attempt {
-        self.run_scheduled(key, kind, source, stop, None).await
+    pub async fn run(&self, job: &Job, source: &dyn Source, stop: &CancellationToken) -> Attempt {
+        self.run_scheduled(job, source, stop, None).await
     }
 
     /// Same as [`Engine::run`] for a run answering a schedule tick that was
@@ -170,33 +206,74 @@ impl Engine {
     /// instant, so that start lateness can be read from the database.
     pub async fn run_scheduled(
         &self,
-        key: &SourceKey,
-        kind: &str,
+        job: &Job,
         source: &dyn Source,
         stop: &CancellationToken,
         due_us: Option<i64>,
     ) -> Attempt {
+        let key = &job.key;
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let span = tracing::info_span!("sync", tenant = %key.tenant, source = %key.source, run_id = %run_id);
         // Boxed: the state of a run (HTTP, JSON, commit futures) is several
         // KB, and the task of every configured source would otherwise carry
         // it inline while it waits for its next tick, i.e. almost always.
-        Box::pin(
-            self.run_inner(key, kind, source, stop, run_id, due_us)
-                .instrument(span),
-        )
-        .await
+        let run = Box::pin(
+            self.run_inner(job, source, stop, run_id.clone(), due_us)
+                .instrument(span.clone()),
+        );
+        // A panic escaping the run (fetch panics are caught closer, see
+        // `pages`) still ends as a failed run: recorded, its lease freed,
+        // counted, and the caller (the source's runner) lives on.
+        match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+            Ok(attempt) => attempt,
+            Err(panic) => {
+                let _enter = span.enter();
+                let err = SyncError::Panicked {
+                    key: key.clone(),
+                    message: panic_message(panic.as_ref()),
+                };
+                let totals = RunRecord {
+                    error: Some(self.redactor.scrub(&err.to_string())),
+                    ..RunRecord::default()
+                };
+                tracing::error!(
+                    error = totals.error.as_deref().unwrap_or_default(),
+                    "sync run panicked"
+                );
+                crate::metrics::run_panicked(key);
+                if let Err(e) = self
+                    .store
+                    .finish_run(key, &run_id, RunOutcome::Failed, &totals)
+                    .await
+                {
+                    tracing::error!(error = %e, "could not record the end of the run");
+                }
+                crate::metrics::run_finished(
+                    key,
+                    job.kind,
+                    RunOutcome::Failed,
+                    &totals,
+                    std::time::Duration::ZERO,
+                );
+                Attempt::Ran(RunReport {
+                    run_id,
+                    outcome: RunOutcome::Failed,
+                    totals,
+                    elapsed: std::time::Duration::ZERO,
+                })
+            }
+        }
     }
 
     async fn run_inner(
         &self,
-        key: &SourceKey,
-        kind: &str,
+        job: &Job,
         source: &dyn Source,
         stop: &CancellationToken,
         run_id: String,
         due_us: Option<i64>,
     ) -> Attempt {
+        let (key, kind) = (&job.key, job.kind);
         let started = Instant::now();
         let _active = self.activity.begin();
         let mut totals = RunRecord::default();
@@ -240,7 +317,7 @@ impl Engine {
                 .instrument(tracing::Span::current()),
         );
         let result = self
-            .pages(&lease, kind, source, stop, &lost, &mut totals)
+            .pages(&lease, job, source, stop, &lost, &mut totals)
             .await;
         renewal.abort();
         let outcome = match result {
@@ -289,13 +366,14 @@ impl Engine {
     async fn pages(
         &self,
         lease: &Lease,
-        kind: &str,
+        job: &Job,
         source: &dyn Source,
         stop: &CancellationToken,
         lost: &CancellationToken,
         totals: &mut RunRecord,
     ) -> Result<bool, SyncError> {
-        let key = &lease.key;
+        let (key, kind) = (&lease.key, job.kind);
+        let max_pages = job.max_pages;
         let stored = self.store.load_progress(key).await?;
         let mut progress = source.start_run(stored);
 
@@ -398,6 +476,11 @@ impl Engine {
             (acc, written)
         };
         let fetcher = async move {
+            // Positions this run fetched from (hashes of the progress it
+            // sent): a page leading back to one of them is a cycle
+            // (A→B→A page tokens, a cursor that loops).
+            let mut passed = std::collections::HashSet::new();
+            let mut fetched: u64 = 0;
             loop {
                 if stop.is_cancelled() {
                     return Ok(false);
@@ -405,12 +488,34 @@ impl Engine {
                 if lost.is_cancelled() {
                     return Err(FetchEnd::LeaseLost);
                 }
+                if fetched >= max_pages {
+                    return Err(FetchEnd::TooManyPages(position(&progress)));
+                }
+                passed.insert(progress_hash(&progress));
+                fetched += 1;
                 // A lease taken over ends the fetch at once: nothing it
-                // brings could be committed.
+                // brings could be committed. A panic in the source's code
+                // (on what an upstream sent) fails the run, not the task.
+                let fetch = std::panic::AssertUnwindSafe(source.fetch(&progress)).catch_unwind();
                 let page = tokio::select! {
-                    page = source.fetch(&progress) => page?,
+                    page = fetch => page,
                     _ = lost.cancelled() => return Err(FetchEnd::LeaseLost),
                 };
+                let page = match page {
+                    Ok(Ok(page)) => page,
+                    // Shutdown cut the request or its back-off short: the
+                    // run is cancelled, not failed (deploys during a sync
+                    // raise no alert).
+                    Ok(Err(e)) if stop.is_cancelled() => {
+                        tracing::debug!(error = %e, "fetch ended by shutdown");
+                        return Ok(false);
+                    }
+                    Ok(Err(e)) => return Err(FetchEnd::Source(e)),
+                    Err(panic) => return Err(FetchEnd::Panicked(panic_message(panic.as_ref()))),
+                };
+                if !page.done && passed.contains(&progress_hash(&page.next_progress)) {
+                    return Err(FetchEnd::Cycle(position(&page.next_progress)));
+                }
                 progress = page.next_progress.clone();
                 let done = page.done;
                 let share = page.items().clamp(1, QUEUED_RECORDS) as u32;
@@ -440,6 +545,22 @@ impl Engine {
         written?;
         fetched.map_err(|e: FetchEnd| match e {
             FetchEnd::LeaseLost => SyncError::LeaseLost(key.clone()),
+            FetchEnd::TooManyPages(position) => SyncError::TooManyPages {
+                key: key.clone(),
+                max: max_pages,
+                position,
+            },
+            FetchEnd::Cycle(position) => SyncError::Cycle {
+                key: key.clone(),
+                position,
+            },
+            FetchEnd::Panicked(message) => {
+                crate::metrics::run_panicked(key);
+                SyncError::Panicked {
+                    key: key.clone(),
+                    message,
+                }
+            }
             FetchEnd::Source(e) if e.is_credentials() => SyncError::Credentials {
                 key: key.clone(),
                 source: e,
@@ -453,6 +574,41 @@ impl Engine {
 enum FetchEnd {
     Source(SourceError),
     LeaseLost,
+    /// The page cap was reached at this position.
+    TooManyPages(String),
+    /// A page led back to this position, already fetched from.
+    Cycle(String),
+    Panicked(String),
+}
+
+/// Where a run stands, for messages: the kind's progress state (page
+/// tokens, cursors, watermarks: positions, not credentials), cut short.
+fn position(progress: &crate::sources::Progress) -> String {
+    const MAX: usize = 200;
+    let text = progress.state.to_string();
+    if text.chars().count() <= MAX {
+        text
+    } else {
+        let cut: String = text.chars().take(MAX).collect();
+        format!("{cut}…")
+    }
+}
+
+fn progress_hash(progress: &crate::sources::Progress) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    progress.phase.as_str().hash(&mut h);
+    progress.state.to_string().hash(&mut h);
+    h.finish()
+}
+
+/// The text of a panic's payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 impl From<SourceError> for FetchEnd {
@@ -553,8 +709,13 @@ mod tests {
             most_ahead: AtomicUsize::new(0),
         };
         let key = SourceKey::new("t", "s");
+        let job = Job {
+            key: key.clone(),
+            kind: "test",
+            max_pages: 1_000,
+        };
         let report = engine
-            .run(&key, "test", &source, &CancellationToken::new())
+            .run(&job, &source, &CancellationToken::new())
             .await
             .ran()
             .expect("the lease is free");
@@ -575,5 +736,162 @@ mod tests {
             "the fetcher waited for the commits: at most {ahead} records ahead"
         );
         store.close().await;
+    }
+
+    /// A source that serves pages from a script: each fetch takes the next
+    /// behaviour.
+    struct Scripted {
+        script: std::sync::Mutex<Vec<Step>>,
+        stop: CancellationToken,
+    }
+
+    enum Step {
+        /// A page with one record leading to this position, not done.
+        Page(&'static str),
+        Panic,
+        /// Cancels the run's stop token, then fails as the HTTP layer does
+        /// when shutdown cuts a back-off short.
+        ShutdownDuringBackoff,
+    }
+
+    #[async_trait::async_trait]
+    impl Source for Scripted {
+        fn start_run(&self, _stored: Option<Progress>) -> Progress {
+            Progress::default()
+        }
+
+        async fn fetch(&self, _progress: &Progress) -> Result<Page, SourceError> {
+            let step = {
+                let mut script = self.script.lock().expect("script");
+                if script.is_empty() {
+                    Step::Page("fresh")
+                } else {
+                    script.remove(0)
+                }
+            };
+            match step {
+                Step::Page(at) => Ok(Page {
+                    upserts: vec![Record {
+                        id: format!("{at}-{}", uuid::Uuid::new_v4()),
+                        updated_at: "2024-01-01T00:00:00Z".into(),
+                        updated_us: 1_704_067_200_000_000,
+                        data: crate::sources::payload::from_value(&serde_json::json!({}))
+                            .expect("json"),
+                    }],
+                    next_progress: Progress {
+                        phase: Phase::Full,
+                        state: serde_json::json!({
+                            "pageToken": if at == "fresh" { uuid::Uuid::new_v4().to_string() } else { at.to_string() }
+                        }),
+                    },
+                    ..Page::default()
+                }),
+                Step::Panic => panic!("overflow when adding duration to instant"),
+                Step::ShutdownDuringBackoff => {
+                    self.stop.cancel();
+                    Err(SourceError::Http(crate::http::HttpError::Cancelled))
+                }
+            }
+        }
+    }
+
+    async fn run_script(steps: Vec<Step>, max_pages: u64) -> (tempfile::TempDir, Store, RunReport) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::open(&url).await.expect("open");
+        let engine = Engine::new(store.clone(), Redactor::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let source = Scripted {
+            script: std::sync::Mutex::new(steps),
+            stop: stop.clone(),
+        };
+        let job = Job {
+            key: SourceKey::new("acme", "team"),
+            kind: "test",
+            max_pages,
+        };
+        let report = engine
+            .run(&job, &source, &stop)
+            .await
+            .ran()
+            .expect("the lease is free");
+        (dir, store, report)
+    }
+
+    async fn stored_outcome(store: &Store) -> (String, Option<String>) {
+        let st = store
+            .source_status(&SourceKey::new("acme", "team"), "test")
+            .await
+            .expect("status");
+        (st.last_outcome.expect("a finished run"), st.last_error)
+    }
+
+    #[tokio::test]
+    async fn a_page_token_cycle_fails_the_run_naming_the_source_and_the_token() {
+        let steps = vec![Step::Page("A"), Step::Page("B"), Step::Page("A")];
+        let (_d, store, report) = run_script(steps, 1_000).await;
+        assert_eq!(report.outcome, RunOutcome::Failed);
+        let error = report.totals.error.unwrap_or_default();
+        assert!(error.contains("acme/team"), "{error}");
+        assert!(error.contains(r#"{"pageToken":"A"}"#), "{error}");
+        assert!(error.contains("already passed"), "{error}");
+        // The pages before the cycle were stored as usual.
+        assert_eq!(report.totals.pages, 2);
+        assert_eq!(stored_outcome(&store).await.0, "failed");
+    }
+
+    #[tokio::test]
+    async fn endless_fresh_tokens_stop_at_max_pages_per_run() {
+        let (_d, store, report) = run_script(Vec::new(), 25).await;
+        assert_eq!(report.outcome, RunOutcome::Failed);
+        let error = report.totals.error.unwrap_or_default();
+        assert!(error.contains("acme/team: more than 25 pages"), "{error}");
+        assert!(error.contains("max_pages_per_run"), "{error}");
+        assert_eq!(report.totals.pages, 25);
+        assert_eq!(stored_outcome(&store).await.0, "failed");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_fetch_fails_the_run_records_it_and_frees_the_lease() {
+        let steps = vec![Step::Page("A"), Step::Panic];
+        let (_d, store, report) = run_script(steps, 1_000).await;
+        assert_eq!(report.outcome, RunOutcome::Failed);
+        let error = report.totals.error.unwrap_or_default();
+        assert!(
+            error.contains("acme/team: the sync panicked: overflow"),
+            "{error}"
+        );
+        let (outcome, stored) = stored_outcome(&store).await;
+        assert_eq!(outcome, "failed");
+        assert_eq!(stored.as_deref(), Some(error.as_str()));
+        assert_eq!(
+            store
+                .lease_holder(&SourceKey::new("acme", "team"))
+                .await
+                .expect("holder"),
+            None,
+            "the lease is free for the next tick"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_during_a_back_off_cancels_the_run_instead_of_failing_it() {
+        let steps = vec![Step::Page("A"), Step::ShutdownDuringBackoff];
+        let (_d, store, report) = run_script(steps, 1_000).await;
+        assert_eq!(
+            report.outcome,
+            RunOutcome::Cancelled,
+            "{:?}",
+            report.totals.error
+        );
+        assert_eq!(report.totals.error, None);
+        assert_eq!(
+            report.totals.pages, 1,
+            "the page before the shutdown is kept"
+        );
+        assert_eq!(
+            stored_outcome(&store).await,
+            ("cancelled".to_string(), None)
+        );
     }
 }

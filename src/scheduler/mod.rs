@@ -210,8 +210,7 @@ impl Scheduler {
             .clone();
         let pending = Arc::new(Pending::default());
         let task = tokio::spawn(run_loop(
-            cfg.key(),
-            cfg.kind_name(),
+            crate::engine::Job::of(cfg),
             Arc::from(source),
             self.engine.clone(),
             pending.clone(),
@@ -516,8 +515,7 @@ struct Slots {
 /// The one task that runs a source, one run at a time.
 #[allow(clippy::too_many_arguments)]
 async fn run_loop(
-    key: SourceKey,
-    kind: &'static str,
+    job: crate::engine::Job,
     source: Arc<dyn Source>,
     engine: Engine,
     triggers: Arc<Pending>,
@@ -568,14 +566,15 @@ async fn run_loop(
             _ = stop.cancelled() => return,
         };
         let attempt = engine
-            .run_scheduled(&key, kind, source.as_ref(), &stop, due_us)
+            .run_scheduled(&job, source.as_ref(), &stop, due_us)
             .await;
+        let key = &job.key;
         if let crate::engine::Attempt::Busy(holder) = attempt {
             // Another process (a manual `synchro sync`, a replica) is
             // syncing it: that run does this tick's work.
             tracing::info!(tenant = %key.tenant, source = %key.source, %holder,
                 "tick skipped: the source is being synced by another run");
-            crate::metrics::run_skipped(&key);
+            crate::metrics::run_skipped(key);
         }
     }
 }

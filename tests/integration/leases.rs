@@ -359,3 +359,58 @@ async fn count_pages_committed(db: &std::path::Path) -> usize {
         .await
         .map_or(0, |(n,)| n as usize / 20)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_a_run_or_its_back_off_is_cancelled_not_failed() {
+    let sim = simulator().await;
+    sim.ds().seed(DEMARCHE, 200);
+    let mut ds = DsSource::new("acme", "permits", DEMARCHE);
+    ds.page_size = 20;
+    let setup = Setup::new(&sim, &[ds]);
+    let db = setup.db_path();
+
+    // `sync`, Ctrl-C while it waits out a 30 s Retry-After after a page.
+    sim.ds().inject(Fault::Pass, 2);
+    sim.ds().inject(
+        Fault::Http503 {
+            retry_after_secs: Some(30),
+        },
+        1,
+    );
+    let mut sync = setup.spawn(&["sync"]);
+    wait_until(Duration::from_secs(30), "the 503", || {
+        let n = sim.ds().requests();
+        async move { n >= 3 }
+    })
+    .await;
+    signal(&sync, "INT");
+    assert_eq!(
+        exit_code(&mut sync, Duration::from_secs(20), "the interrupted sync").await,
+        Some(130)
+    );
+    assert_eq!(count_runs(&db, "acme", "permits", "cancelled").await, 1);
+    assert_eq!(count_runs(&db, "acme", "permits", "failed").await, 0);
+
+    // The daemon, SIGTERM during slow pages of a run.
+    sim.ds().clear_faults();
+    setup.run(&["reset", "acme/permits"]).await;
+    sim.ds()
+        .inject(Fault::Slow(Duration::from_millis(200)), 1_000_000);
+    let before = sim.ds().requests();
+    let mut daemon = setup.spawn(&["run"]);
+    wait_until(Duration::from_secs(30), "the daemon's run", || {
+        let n = sim.ds().requests();
+        async move { n >= before + 2 }
+    })
+    .await;
+    signal(&daemon, "TERM");
+    assert_eq!(
+        exit_code(&mut daemon, Duration::from_secs(30), "the daemon").await,
+        Some(0)
+    );
+    assert_eq!(count_runs(&db, "acme", "permits", "cancelled").await, 2);
+    assert_eq!(count_runs(&db, "acme", "permits", "failed").await, 0);
+    let said = setup.spawned_stderr();
+    assert!(!said.contains(" ERROR "), "{said}");
+    assert!(said.contains(" WARN "), "{said}");
+}
