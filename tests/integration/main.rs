@@ -14,6 +14,7 @@ mod demarches_sync;
 mod deploy;
 mod fault_suite;
 mod hostile;
+mod listener;
 mod observability;
 mod reload;
 mod scale;
