@@ -350,3 +350,25 @@ async fn a_body_slower_than_the_read_timeout_gets_408() {
     assert!(began.elapsed() >= Duration::from_millis(250));
     closed(&mut c, PROMPT).await;
 }
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_the_token_is_not() {
+    let server = start(relaxed()).await;
+    let body = br#"{"type":"ping"}"#;
+    for (auth, status) in [
+        (format!("Bearer {TOKEN}"), 200),
+        (format!("bearer {TOKEN}"), 200),
+        (format!("BEARER {TOKEN}"), 200),
+        (format!("BeArEr  {TOKEN}"), 200),
+        (format!("Bearer {}", TOKEN.to_uppercase()), 401),
+        (format!("Bearer{TOKEN}"), 401),
+        (format!("Basic {TOKEN}"), 401),
+        ("Bearer ".to_string(), 401),
+        ("bearer".to_string(), 401),
+    ] {
+        let mut c = connect(server.addr).await;
+        send(&mut c, &put_head(Some(&auth), body.len())).await;
+        send(&mut c, body).await;
+        assert_eq!(response(&mut c, PROMPT).await.status, status, "{auth:?}");
+    }
+}

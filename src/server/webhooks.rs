@@ -107,6 +107,19 @@ fn same_secret(expected: &Secret, presented: &[u8]) -> bool {
     bool::from(expected.expose().as_bytes().ct_eq(presented))
 }
 
+/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// case-insensitive (RFC 7235: `bearer`, `BEARER` are the same scheme), the
+/// token is compared as sent.
+fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(b"bearer".len())?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
 /// `PUT /webhooks/content/{tenant}/{source}` (Contentor callback): stored
 /// through the same upsert and outbox path as a polled request, 200 only
 /// after the commit (Contentor retries anything else). The token is checked
@@ -119,10 +132,7 @@ pub(super) async fn content(
 ) -> (StatusCode, String) {
     let key = SourceKey::new(tenant, source);
     let (tenant, source) = (&key.tenant, &key.source);
-    let bearer = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    let Some((store, report)) = app.hooks.content_target(&key, bearer) else {
+    let Some((store, report)) = app.hooks.content_target(&key, bearer_token(&headers)) else {
         tracing::warn!(%tenant, %source, "content callback refused: unknown source or wrong token");
         return (StatusCode::UNAUTHORIZED, "unauthorized\n".into());
     };
