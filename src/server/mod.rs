@@ -2,9 +2,11 @@
 //! the webhooks: push notifications that start a sync at once, and
 //! callbacks that carry a record to store. It faces clients it cannot
 //! trust, so its listener has limits (`listener.rs`), webhook tokens are
-//! checked before a body is read (`body.rs`).
+//! checked before a body is read (`body.rs`), and text from a URL is
+//! escaped before it is logged (`escape.rs`).
 
 mod body;
+mod escape;
 mod listener;
 #[cfg(test)]
 mod tests;

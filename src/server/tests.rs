@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -371,4 +372,61 @@ async fn the_bearer_scheme_is_case_insensitive_and_the_token_is_not() {
         send(&mut c, body).await;
         assert_eq!(response(&mut c, PROMPT).await.status, status, "{auth:?}");
     }
+}
+
+/// A `MakeWriter` that keeps what the subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+// Current-thread runtime: the server's tasks log on this thread, where the
+// capturing subscriber is the default.
+#[tokio::test(flavor = "current_thread")]
+async fn url_segments_cannot_forge_log_lines_or_send_escape_codes() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = start(relaxed()).await;
+    for request in [
+        "PUT /webhooks/content/acme%0A2026-12-04T00:00:00Z%20ERROR%20forged/x%1B%5B2J HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        "POST /webhooks/calendar/acme%0D%0Aforged/x%1B%5B2J HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let mut c = connect(server.addr).await;
+        send(&mut c, request.as_bytes()).await;
+        assert_eq!(response(&mut c, PROMPT).await.status, 401);
+    }
+    let text = log.text();
+    assert!(!text.contains('\x1b'), "raw ESC in the log:\n{text:?}");
+    assert!(!text.contains('\r'), "raw CR in the log:\n{text:?}");
+    let refused: Vec<&str> = text.lines().filter(|l| l.contains("forged")).collect();
+    assert_eq!(refused.len(), 2, "one line per refusal:\n{text}");
+    for line in refused {
+        assert!(line.contains("refused"), "a forged line: {line:?}\n{text}");
+        assert!(line.contains("\\u{1b}[2J"), "ESC shown escaped: {line:?}");
+    }
+    assert!(text.contains("acme\\n2026-12-04T00:00:00Z ERROR forged"));
+    assert!(text.contains("acme\\r\\nforged"));
 }

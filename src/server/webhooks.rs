@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::body::read_limited;
+use super::escape::Escaped;
 use crate::config::{Config, Secret, SourceKey, SourceKindConfig};
 use crate::scheduler::Triggers;
 use crate::sources::Page;
@@ -131,7 +132,7 @@ pub(super) async fn content(
     body: Body,
 ) -> (StatusCode, String) {
     let key = SourceKey::new(tenant, source);
-    let (tenant, source) = (&key.tenant, &key.source);
+    let (tenant, source) = (Escaped(&key.tenant), Escaped(&key.source));
     let Some((store, report)) = app.hooks.content_target(&key, bearer_token(&headers)) else {
         tracing::warn!(%tenant, %source, "content callback refused: unknown source or wrong token");
         return (StatusCode::UNAUTHORIZED, "unauthorized\n".into());
@@ -144,7 +145,7 @@ pub(super) async fn content(
         }
     };
     let bad = |reason: String| {
-        tracing::warn!(%tenant, %source, %reason, "content callback rejected");
+        tracing::warn!(%tenant, %source, reason = %Escaped(&reason), "content callback rejected");
         (StatusCode::BAD_REQUEST, format!("{reason}\n"))
     };
     let Ok(serde_json::Value::Object(mut msg)) = serde_json::from_slice(&body) else {
@@ -153,7 +154,7 @@ pub(super) async fn content(
     match msg.get("type").and_then(|t| t.as_str()) {
         Some("content-request") => {}
         Some(other) => {
-            tracing::info!(%tenant, %source, r#type = other, "content callback of another type ignored");
+            tracing::info!(%tenant, %source, r#type = %Escaped(other), "content callback of another type ignored");
             return (StatusCode::OK, "ignored\n".into());
         }
         None => return bad("`type` is missing".into()),
@@ -203,14 +204,14 @@ pub(super) async fn calendar(
     headers: HeaderMap,
 ) -> StatusCode {
     let key = SourceKey::new(tenant, source);
-    let (tenant, source) = (&key.tenant, &key.source);
+    let (tenant, source) = (Escaped(&key.tenant), Escaped(&key.source));
     let token = headers.get("x-goog-channel-token").map(|v| v.as_bytes());
     if app.hooks.calendar_trigger(&key, token) {
         let state = headers
             .get("x-goog-resource-state")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("?");
-        tracing::info!(%tenant, %source, resource_state = state, "push notification: sync requested");
+        tracing::info!(%tenant, %source, resource_state = %Escaped(state), "push notification: sync requested");
         StatusCode::OK
     } else {
         tracing::warn!(%tenant, %source, "push notification refused: unknown source or wrong channel token");
