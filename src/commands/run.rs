@@ -12,7 +12,7 @@ use crate::engine::{Engine, Redactor};
 use crate::http::HttpClient;
 use crate::notify::{self, Watchdog};
 use crate::scheduler::Scheduler;
-use crate::server::{Readiness, Webhooks, router, serve};
+use crate::server::{Limits, Readiness, Webhooks, router, serve};
 use crate::shutdown::Request;
 use crate::store::Store;
 
@@ -40,9 +40,12 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
     let ready = Readiness::default();
     let hooks = Webhooks::default();
     let server_stop = CancellationToken::new();
+    // Limits are fixed at start, like server.listen.
+    let limits = Limits::new(&config.server);
     let server = tokio::spawn(serve(
         listener,
-        router(ready.clone(), hooks.clone(), metrics),
+        router(ready.clone(), hooks.clone(), metrics, &limits),
+        limits,
         server_stop.clone(),
     ));
 
@@ -63,8 +66,8 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
                         Err(e) => tracing::error!(problems = %e.report(), "SIGHUP: new configuration rejected; keeping the running one"),
                         Ok(new) => {
                             scheduler = reload(scheduler, &config, &new, &store, &stop).await?;
-                            if new.server.listen != config.server.listen {
-                                tracing::warn!("SIGHUP: server.listen changed; it takes effect at the next restart");
+                            if new.server != config.server {
+                                tracing::warn!("SIGHUP: [server] changed (listen or limits); it takes effect at the next restart");
                             }
                             config = new;
                             hooks.install(&config, scheduler.triggers(), &store);

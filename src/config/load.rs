@@ -58,6 +58,12 @@ mod defaults {
     /// an operator's sqlite3 shell) before the run fails.
     pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
     pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9750));
+    /// Half of the usual 1024 soft file limit: even where `LimitNOFILE` is
+    /// not raised, idle clients cannot take the descriptors syncs need.
+    pub const MAX_CONNECTIONS: usize = 512;
+    /// A Contentor callback carries one request; 2 MiB leaves room for long
+    /// texts in its `fields`.
+    pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
     pub const MAX_CONCURRENT_SYNCS: usize = 8;
     pub const JITTER: Duration = Duration::from_secs(10);
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -81,6 +87,14 @@ mod defaults {
 const MAX_REQUESTS_PER_SECOND: f64 = 100_000.0;
 /// Highest accepted per-host concurrency (as `max_concurrent_syncs`).
 const MAX_HOST_CONCURRENCY: i64 = 1024;
+
+/// Highest accepted `server.max_connections`: each connection is a file
+/// descriptor, and the unit's `LimitNOFILE` is 65536.
+const MAX_SERVER_CONNECTIONS: i64 = 32_768;
+/// Bounds of `server.max_body_bytes`: below 1 KiB no callback fits, above
+/// 64 MiB a few clients could take the daemon's memory.
+const MIN_BODY_BYTES: i64 = 1024;
+const MAX_BODY_BYTES: i64 = 64 * 1024 * 1024;
 
 /// Prefix of the override variables, as the `config` crate matches it.
 const ENV_PREFIX: &str = "SYNCHRO";
@@ -406,8 +420,18 @@ fn server(mut t: Table, p: &mut Problems) -> ServerConfig {
             }
         })
         .unwrap_or(defaults::LISTEN);
+    let max_connections = t
+        .int_in("max_connections", 1, MAX_SERVER_CONNECTIONS, p)
+        .map_or(defaults::MAX_CONNECTIONS, |n| n as usize);
+    let max_body_bytes = t
+        .int_in("max_body_bytes", MIN_BODY_BYTES, MAX_BODY_BYTES, p)
+        .map_or(defaults::MAX_BODY_BYTES, |n| n as usize);
     t.finish(p);
-    ServerConfig { listen }
+    ServerConfig {
+        listen,
+        max_connections,
+        max_body_bytes,
+    }
 }
 
 fn scheduler(mut t: Table, p: &mut Problems) -> SchedulerConfig {

@@ -41,6 +41,12 @@ pub struct StorageConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: std::net::SocketAddr,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    /// Bounds the file descriptors the listener can take from the syncs.
+    pub max_connections: usize,
+    /// Largest request body (a webhook callback) read, in bytes; a larger
+    /// one gets 413 without being read.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

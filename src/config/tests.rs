@@ -198,6 +198,8 @@ fn defaults_fill_every_optional_key() {
     assert_eq!(c.storage.database, "sqlite://var/synchro.db");
     assert_eq!(c.storage.busy_timeout, Duration::from_secs(30));
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:9750");
+    assert_eq!(c.server.max_connections, 512);
+    assert_eq!(c.server.max_body_bytes, 2 * 1024 * 1024);
     assert_eq!(c.scheduler.max_concurrent_syncs, 8);
     assert_eq!(c.scheduler.jitter, Duration::from_secs(10));
     assert_eq!(c.scheduler.shutdown_timeout, Duration::from_secs(30));
@@ -981,4 +983,56 @@ fn max_pages_per_run_defaults_and_is_read_per_source() {
         "{}",
         e.report()
     );
+}
+
+#[test]
+fn server_limits_are_read_from_the_file_and_the_environment() {
+    let toml = format!("[server]\nmax_connections = 64\nmax_body_bytes = 65536\n{DS_SOURCE}");
+    let c = load_ok(&toml, &[("DS_TOKEN", "t")]);
+    assert_eq!(c.server.max_connections, 64);
+    assert_eq!(c.server.max_body_bytes, 65536);
+    let c = load_ok(
+        &toml,
+        &[
+            ("DS_TOKEN", "t"),
+            ("SYNCHRO__SERVER__MAX_CONNECTIONS", "100"),
+            ("SYNCHRO__SERVER__MAX_BODY_BYTES", "1048576"),
+        ],
+    );
+    assert_eq!(c.server.max_connections, 100);
+    assert_eq!(c.server.max_body_bytes, 1_048_576);
+}
+
+#[test]
+fn server_limits_out_of_range_are_reported_per_key() {
+    for (toml, key, why) in [
+        (
+            "max_connections = 0",
+            "server.max_connections",
+            "between 1 and 32768",
+        ),
+        (
+            "max_connections = 100000",
+            "server.max_connections",
+            "between 1 and 32768",
+        ),
+        (
+            "max_connections = \"many\"",
+            "server.max_connections",
+            "integer",
+        ),
+        (
+            "max_body_bytes = 10",
+            "server.max_body_bytes",
+            "between 1024 and 67108864",
+        ),
+        ("max_body_bytes = 1e9", "server.max_body_bytes", "integer"),
+    ] {
+        let e = load_err(
+            &format!("[server]\n{toml}\n{DS_SOURCE}"),
+            &[("DS_TOKEN", "t")],
+        );
+        assert_eq!(keys(&e), vec![key], "{toml}");
+        assert!(reason(&e, key).contains(why), "{toml}: {}", reason(&e, key));
+    }
 }

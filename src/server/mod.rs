@@ -1,7 +1,15 @@
 //! The daemon's HTTP surface: liveness and readiness for orchestrators, and
 //! the webhooks: push notifications that start a sync at once, and
-//! callbacks that carry a record to store.
+//! callbacks that carry a record to store. It faces clients it cannot
+//! trust, so its listener has limits (`listener.rs`), webhook tokens are
+//! checked before a body is read (`body.rs`), and text from a URL is
+//! escaped before it is logged (`escape.rs`).
 
+mod body;
+mod escape;
+mod listener;
+#[cfg(test)]
+mod tests;
 mod webhooks;
 
 use std::sync::Arc;
@@ -13,9 +21,9 @@ use axum::http::StatusCode;
 use axum::http::header::{CONTENT_TYPE, HeaderName};
 use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
+use body::BodyLimits;
+pub use listener::{Limits, serve};
 pub use webhooks::Webhooks;
 
 /// Shared readiness: true once migrations ran and the scheduler started,
@@ -39,10 +47,17 @@ struct AppState {
     ready: Readiness,
     hooks: Webhooks,
     metrics: Option<PrometheusHandle>,
+    body_limits: BodyLimits,
 }
 
 /// Builds the router. Without a metrics handle, `/metrics` answers 404.
-pub fn router(ready: Readiness, hooks: Webhooks, metrics: Option<PrometheusHandle>) -> Router {
+/// Webhook bodies are read within `limits` (size and time).
+pub fn router(
+    ready: Readiness,
+    hooks: Webhooks,
+    metrics: Option<PrometheusHandle>,
+    limits: &Limits,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -59,6 +74,10 @@ pub fn router(ready: Readiness, hooks: Webhooks, metrics: Option<PrometheusHandl
             ready,
             hooks,
             metrics,
+            body_limits: BodyLimits {
+                max_bytes: limits.max_body_bytes,
+                timeout: limits.body_timeout,
+            },
         })
 }
 
@@ -78,15 +97,4 @@ async fn render_metrics(
         Some(h) => (StatusCode::OK, ctype, h.render()),
         None => (StatusCode::NOT_FOUND, ctype, "metrics are off\n".into()),
     }
-}
-
-/// Serves `router` on `listener` until `stop` fires.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
 }

@@ -6,13 +6,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use super::body::read_limited;
+use super::escape::Escaped;
 use crate::config::{Config, Secret, SourceKey, SourceKindConfig};
 use crate::scheduler::Triggers;
 use crate::sources::Page;
@@ -106,25 +108,44 @@ fn same_secret(expected: &Secret, presented: &[u8]) -> bool {
     bool::from(expected.expose().as_bytes().ct_eq(presented))
 }
 
+/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// case-insensitive (RFC 7235: `bearer`, `BEARER` are the same scheme), the
+/// token is compared as sent.
+fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(b"bearer".len())?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
 /// `PUT /webhooks/content/{tenant}/{source}` (Contentor callback): stored
 /// through the same upsert and outbox path as a polled request, 200 only
-/// after the commit (Contentor retries anything else).
+/// after the commit (Contentor retries anything else). The token is checked
+/// from the headers before a byte of the body is read.
 pub(super) async fn content(
     State(app): State<AppState>,
     Path((tenant, source)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> (StatusCode, String) {
     let key = SourceKey::new(tenant, source);
-    let bearer = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    let Some((store, report)) = app.hooks.content_target(&key, bearer) else {
-        tracing::warn!(tenant = %key.tenant, source = %key.source, "content callback refused: unknown source or wrong token");
+    let (tenant, source) = (Escaped(&key.tenant), Escaped(&key.source));
+    let Some((store, report)) = app.hooks.content_target(&key, bearer_token(&headers)) else {
+        tracing::warn!(%tenant, %source, "content callback refused: unknown source or wrong token");
         return (StatusCode::UNAUTHORIZED, "unauthorized\n".into());
     };
+    let body = match read_limited(&headers, body, app.body_limits).await {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::warn!(%tenant, %source, error = %e, "content callback not read");
+            return (e.status(), format!("{e}\n"));
+        }
+    };
     let bad = |reason: String| {
-        tracing::warn!(tenant = %key.tenant, source = %key.source, %reason, "content callback rejected");
+        tracing::warn!(%tenant, %source, reason = %Escaped(&reason), "content callback rejected");
         (StatusCode::BAD_REQUEST, format!("{reason}\n"))
     };
     let Ok(serde_json::Value::Object(mut msg)) = serde_json::from_slice(&body) else {
@@ -133,7 +154,7 @@ pub(super) async fn content(
     match msg.get("type").and_then(|t| t.as_str()) {
         Some("content-request") => {}
         Some(other) => {
-            tracing::info!(tenant = %key.tenant, source = %key.source, r#type = other, "content callback of another type ignored");
+            tracing::info!(%tenant, %source, r#type = %Escaped(other), "content callback of another type ignored");
             return (StatusCode::OK, "ignored\n".into());
         }
         None => return bad("`type` is missing".into()),
@@ -161,7 +182,7 @@ pub(super) async fn content(
         Checked::Garbage(reason) => Err(reason),
     };
     if let Err(e) = store.commit_records(&key, "content", page).await {
-        tracing::error!(tenant = %key.tenant, source = %key.source, error = %e, "content callback could not be stored");
+        tracing::error!(%tenant, %source, error = %e, "content callback could not be stored");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not stored, try again\n".into(),
@@ -169,7 +190,7 @@ pub(super) async fn content(
     }
     match outcome {
         Ok(()) => {
-            tracing::info!(tenant = %key.tenant, source = %key.source, "content callback stored");
+            tracing::info!(%tenant, %source, "content callback stored");
             (StatusCode::OK, "stored\n".into())
         }
         Err(reason) => bad(reason),
@@ -183,16 +204,17 @@ pub(super) async fn calendar(
     headers: HeaderMap,
 ) -> StatusCode {
     let key = SourceKey::new(tenant, source);
+    let (tenant, source) = (Escaped(&key.tenant), Escaped(&key.source));
     let token = headers.get("x-goog-channel-token").map(|v| v.as_bytes());
     if app.hooks.calendar_trigger(&key, token) {
         let state = headers
             .get("x-goog-resource-state")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("?");
-        tracing::info!(tenant = %key.tenant, source = %key.source, resource_state = state, "push notification: sync requested");
+        tracing::info!(%tenant, %source, resource_state = %Escaped(state), "push notification: sync requested");
         StatusCode::OK
     } else {
-        tracing::warn!(tenant = %key.tenant, source = %key.source, "push notification refused: unknown source or wrong channel token");
+        tracing::warn!(%tenant, %source, "push notification refused: unknown source or wrong channel token");
         StatusCode::UNAUTHORIZED
     }
 }

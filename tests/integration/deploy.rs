@@ -318,6 +318,7 @@ fn systemd_unit_has_notify_watchdog_and_hardening() {
         ("PrivateTmp", "yes"),
         ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
         ("SystemCallFilter", "@system-service"),
+        ("LimitNOFILE", "65536"),
         ("EnvironmentFile", "-/etc/synchro/secrets.env"),
         (
             "Environment",
@@ -326,9 +327,11 @@ fn systemd_unit_has_notify_watchdog_and_hardening() {
     ] {
         assert_eq!(get(k), vec![v], "[Service] {k}");
     }
-    // The drain (scheduler.shutdown_timeout, 30 s by default) fits in the stop timeout.
+    // The drain (scheduler.shutdown_timeout, 30 s by default) and then the
+    // listener's grace for requests in flight fit in the stop timeout.
     let stop = humantime::parse_duration(get("TimeoutStopSec")[0]).expect("TimeoutStopSec");
-    assert!(stop > Duration::from_secs(30), "TimeoutStopSec {stop:?}");
+    let drain = Duration::from_secs(30) + synchro::server::Limits::SHUTDOWN_GRACE;
+    assert!(stop > drain, "TimeoutStopSec {stop:?}");
     assert!(get("ExecStart")[0].ends_with(" run"));
     assert!(get("ExecStartPre")[0].ends_with(" check"));
 }

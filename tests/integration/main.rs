@@ -15,6 +15,7 @@ mod deploy;
 mod fault_suite;
 mod hostile;
 mod leases;
+mod listener;
 mod observability;
 mod reload;
 mod scale;
