@@ -22,3 +22,12 @@ CREATE TABLE leases (
 -- processes never send the same one; a claim whose holder died expires.
 ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
 ALTER TABLE outbox ADD COLUMN claim_expires_at INTEGER NOT NULL DEFAULT 0;
+
+-- One row a failing daemon rewrites (with a 1 MiB blob, emptied again
+-- once it succeeds) to learn that the database takes writes again: a full
+-- disk has space back when 1 MiB fits. `/readyz` stays 503 until then.
+CREATE TABLE write_probe (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    written_at INTEGER NOT NULL,
+    pad        BLOB
+);

@@ -38,6 +38,7 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
         }
     };
     let ready = Readiness::default();
+    ready.watch_store(store.clone());
     let hooks = Webhooks::default();
     let server_stop = CancellationToken::new();
     // Limits are fixed at start, like server.listen.

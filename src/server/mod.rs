@@ -27,9 +27,13 @@ pub use listener::{Limits, serve};
 pub use webhooks::Webhooks;
 
 /// Shared readiness: true once migrations ran and the scheduler started,
-/// false again as soon as shutdown begins.
+/// false again as soon as shutdown begins, and false while the database
+/// refuses writes (a full disk): commits, and so webhooks, would fail.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(
+    Arc<AtomicBool>,
+    Arc<std::sync::OnceLock<crate::store::Store>>,
+);
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
@@ -38,6 +42,25 @@ impl Readiness {
 
     pub fn get(&self) -> bool {
         self.0.load(Ordering::SeqCst)
+    }
+
+    /// Makes readiness follow whether `store` takes writes.
+    pub fn watch_store(&self, store: crate::store::Store) {
+        let _ = self.1.set(store);
+    }
+
+    /// Ready, and the database takes writes (a write is tried while the
+    /// last commits failed).
+    async fn check(&self) -> Result<(), &'static str> {
+        if !self.get() {
+            return Err("not ready\n");
+        }
+        match self.1.get() {
+            Some(store) if store.still_failing().await => {
+                Err("not ready: database writes are failing (disk full?)\n")
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -82,10 +105,9 @@ pub fn router(
 }
 
 async fn readyz(State(app): State<AppState>) -> (StatusCode, &'static str) {
-    if app.ready.get() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    match app.ready.check().await {
+        Ok(()) => (StatusCode::OK, "ready\n"),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

@@ -125,9 +125,16 @@ async fn serve(
                     continue;
                 }
                 // Each entry alone then, so that each caller gets its own
-                // error (a locked or full database fails them all anyway).
-                Err(e) => tracing::debug!(error = %e, entries = batch.len(),
-                    "batched run bookkeeping failed; writing the entries one by one"),
+                // error (a locked or full database fails them all anyway),
+                // on a fresh connection if the database itself failed: the
+                // failed transaction may still count as open on this one.
+                Err(e) => {
+                    tracing::debug!(error = %e, entries = batch.len(),
+                        "batched run bookkeeping failed; writing the entries one by one");
+                    if e.is_database_failure() {
+                        super::reset_writer(&writer).await;
+                    }
+                }
             }
         }
         for (entry, done) in batch.drain(..) {

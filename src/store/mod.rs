@@ -66,6 +66,14 @@ pub enum StoreError {
     LeaseLost { key: SourceKey, epoch: i64 },
 }
 
+impl StoreError {
+    /// Whether the database itself failed (disk full, I/O, a broken
+    /// connection), as opposed to a lost lease or bad data.
+    pub fn is_database_failure(&self) -> bool {
+        matches!(self, StoreError::Sql(_) | StoreError::Closed)
+    }
+}
+
 /// Adds what an operator should check to the SQLite errors that mean
 /// "the machine, not synchro": a full disk or file-size limit, a lock held
 /// by another process, a read-only file.
@@ -105,6 +113,12 @@ pub struct Store {
     wide: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Run starts, ends and progress-only pages, group-committed.
     journal: journal::Journal,
+    /// Set when a commit failed on the database itself (a full disk, an
+    /// I/O error), cleared by the next commit that succeeds: `/readyz`
+    /// answers 503 meanwhile.
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// When [`Store::still_failing`] last tried a write.
+    probed: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 /// The [`Store::outbox_queued`] signals, by source.
@@ -181,6 +195,8 @@ impl Store {
             path,
             queued: Default::default(),
             wide: Default::default(),
+            failing: Default::default(),
+            probed: Default::default(),
         })
     }
 
@@ -217,6 +233,76 @@ impl Store {
         self.writer.close().await;
     }
 
+    /// Whether the last commit failed on the database itself (a full disk,
+    /// an I/O error): the daemon is not ready until one succeeds again.
+    pub fn commits_failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records how a commit on the writer went; a failure of the database
+    /// itself also replaces the writer connection (see [`Store::heal_writer`]).
+    pub(crate) async fn commit_result<T>(
+        &self,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &result {
+            Ok(_) => self
+                .failing
+                .store(false, std::sync::atomic::Ordering::Relaxed),
+            Err(e) if e.is_database_failure() => {
+                self.failing
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.heal_writer().await;
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// While commits are failing, tries a 1 MiB write (at most once a
+    /// second): whether the database takes writes again, e.g. once a full
+    /// disk has space. Returns whether commits are still failing.
+    pub async fn still_failing(&self) -> bool {
+        if !self.commits_failing() {
+            return false;
+        }
+        {
+            let mut last = self.probed.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return true;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        // 1 MiB: a disk with a few KB free (a small write fits in space the
+        // WAL already has) is not "space back"; a page group of records is.
+        let probe = sqlx::query(
+            "INSERT INTO write_probe (id, written_at, pad) VALUES (1, ?1, zeroblob(1048576)) \
+             ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at, pad = excluded.pad",
+        )
+        .bind(now_us())
+        .execute(&self.writer)
+        .await
+        .map(|_| ())
+        .map_err(StoreError::from);
+        let failing = self.commit_result(probe).await.is_err();
+        if !failing {
+            let _ = sqlx::query("UPDATE write_probe SET pad = NULL WHERE id = 1")
+                .execute(&self.writer)
+                .await;
+        }
+        failing
+    }
+
+    /// Drops the writer connection after a failed transaction, so that the
+    /// next commit starts on a fresh one. After SQLITE_FULL or an I/O error
+    /// during COMMIT, SQLite may have rolled the transaction back itself
+    /// while sqlx still counts it open ("begin_with at non-zero transaction
+    /// depth" on every later commit, until a restart). A fresh connection
+    /// costs well under a millisecond; failures are rare.
+    async fn heal_writer(&self) {
+        reset_writer(&self.writer).await;
+    }
+
     /// A cheap read that proves the database answers (`check`, `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
@@ -251,6 +337,19 @@ impl MigrationLock {
             path: format!("{shown} (locking it for the migrations)"),
             source,
         })
+    }
+}
+
+/// Closes the writer pool's connection (it opens a fresh one on the next
+/// acquire). See [`Store::heal_writer`].
+pub(crate) async fn reset_writer(writer: &SqlitePool) {
+    match tokio::time::timeout(Duration::from_secs(5), writer.acquire()).await {
+        Ok(Ok(conn)) => {
+            let _ = sqlx::Connection::close(conn.detach()).await;
+            tracing::warn!("replaced the database writer connection after a failed write");
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not reset the writer connection"),
+        Err(_) => tracing::warn!("the writer connection stayed busy; not reset"),
     }
 }
 

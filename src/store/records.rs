@@ -470,26 +470,32 @@ impl Store {
             // BEGIN/save/COMMIT of its own, which is what thousands of runs
             // due at once queue for.
             if save_progress {
-                self.journal.write(progress).await.map_err(|e| match e {
+                let written = self.journal.write(progress).await.map_err(|e| match e {
                     StoreError::LeaseLost { .. } => StoreError::LeaseLost {
                         key: key.clone(),
                         epoch: fence.map_or(0, |l| l.epoch),
                     },
                     e => e,
-                })?;
+                });
+                self.commit_result(written).await?;
             }
             return Ok(PageStats::default());
         }
         let shared = Shared::new(key, kind, now);
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        if let Some(lease) = fence {
-            lease::check_fence(&mut tx, lease, now).await?;
+        let written = async {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            if let Some(lease) = fence {
+                lease::check_fence(&mut tx, lease, now).await?;
+            }
+            let stats = write_pages(&mut tx, key, &shared, pages).await?;
+            if save_progress {
+                journal::progress_query(&progress).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(stats)
         }
-        let stats = write_pages(&mut tx, key, &shared, pages).await?;
-        if save_progress {
-            journal::progress_query(&progress).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+        .await;
+        let stats = self.commit_result(written).await?;
         if stats.reports > 0 {
             self.reports_queued(key);
         }

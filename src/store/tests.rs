@@ -1029,3 +1029,76 @@ async fn a_group_commit_ends_as_page_by_page_commits() {
         .expect("some");
     assert_eq!(progress.state["cursor"], "7");
 }
+
+/// A full disk (SQLITE_FULL, provoked with `max_page_count`) fails the
+/// commit and loses nothing; once space is back, the writer commits again
+/// by itself, and `commits_failing` says so in between.
+#[tokio::test]
+async fn the_writer_recovers_by_itself_once_a_full_disk_has_space_again() {
+    let (_d, store) = open().await;
+    let key = SourceKey::new("t", "s");
+    store
+        .commit_page(
+            &key,
+            "k",
+            &page(vec![rec("0", "2024-01-01T00:00:00Z", 0)], vec![], "c0"),
+        )
+        .await
+        .expect("first commit");
+    let (pages,): (i64,) = sqlx::query_as("PRAGMA page_count")
+        .fetch_one(&store.writer)
+        .await
+        .expect("page_count");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "PRAGMA max_page_count = {}",
+        pages + 2
+    )))
+    .execute(&store.writer)
+    .await
+    .expect("limit");
+    let big: Vec<Record> = (1..400)
+        .map(|i| Record {
+            id: i.to_string(),
+            updated_at: "2024-01-01T00:00:00Z".into(),
+            updated_us: 1_704_067_200_000_000,
+            data: raw(json!({ "id": i, "pad": "x".repeat(2_000) })),
+        })
+        .collect();
+    let full = store
+        .commit_page(&key, "k", &page(big.clone(), vec![], "c1"))
+        .await
+        .expect_err("the disk is full");
+    assert!(full.to_string().contains("full"), "{full}");
+    assert!(store.commits_failing(), "readiness sees the failure");
+    // Nothing of the failed page, progress unchanged.
+    assert_eq!(export_ids(&store, &key).await, vec!["0".to_string()]);
+    assert_eq!(
+        store
+            .load_progress(&key)
+            .await
+            .expect("progress")
+            .map(|p| p.state),
+        Some(json!({ "cursor": "c0" }))
+    );
+    // Space is back (on whatever connection the writer uses now).
+    sqlx::query("PRAGMA max_page_count = 1073741823")
+        .execute(&store.writer)
+        .await
+        .expect("unlimit");
+    store
+        .commit_page(&key, "k", &page(big, vec![], "c1"))
+        .await
+        .expect("the writer commits again");
+    assert!(!store.commits_failing());
+    assert_eq!(export_ids(&store, &key).await.len(), 400);
+}
+
+async fn export_ids(store: &Store, _key: &SourceKey) -> Vec<String> {
+    let mut ids: Vec<String> = export(store, false)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    ids.sort_by_key(|id| id.parse::<i64>().unwrap_or(0));
+    ids
+}

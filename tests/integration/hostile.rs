@@ -268,3 +268,106 @@ async fn an_unusable_database_path_is_a_clear_error_naming_it() {
         assert!(!err.contains("panicked"), "{cmd}: {err}");
     }
 }
+
+/// `prlimit` on a running process: its file-size limit, as a full disk
+/// that fills and empties without a real disk.
+async fn set_file_size_limit(pid: u32, limit: &str) {
+    let mut cmd = std::process::Command::new("prlimit");
+    // The soft limit only: lowering the hard one could not be undone
+    // without CAP_SYS_RESOURCE.
+    cmd.args([
+        "--pid",
+        &pid.to_string(),
+        &format!("--fsize={limit}:unlimited"),
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("prlimit"))
+        .await
+        .expect("join");
+    assert!(out.status.success(), "prlimit: {}", stderr(&out));
+}
+
+async fn http_status(url: &str) -> u16 {
+    reqwest::get(url).await.map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_is_unready_while_the_disk_is_full_and_recovers_by_itself() {
+    let sim = simulator().await;
+    let content = sim.content();
+    let ids = content.seed(20, 5);
+    let mut src = ContentSource::new("acme", "translations");
+    src.webhook_token = Some("hook-secret");
+    src.report = false;
+    let setup = Setup::content(&sim, &[src]);
+    let port = setup.use_free_port();
+    let mut daemon = setup.spawn(&["run"]);
+    let db = setup.db_path();
+    wait_until(Duration::from_secs(30), "the first sync", || {
+        let db = db.clone();
+        async move { count_runs(&db, "acme", "translations", "success").await >= 1 }
+    })
+    .await;
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    assert_eq!(http_status(&ready).await, 200);
+    let hook = format!("http://127.0.0.1:{port}/webhooks/content/acme/translations");
+    // Each callback carries the same request, equally new but different:
+    // stored each time (~300 KB).
+    let callback = |n: usize| {
+        let mut body = content.webhook_body(ids[0]);
+        body["request"]["pad"] = serde_json::Value::String(format!("{n}{}", "x".repeat(300_000)));
+        body
+    };
+    assert_eq!(
+        content.deliver(&hook, "hook-secret", &callback(0)).await,
+        200
+    );
+
+    // The disk fills up.
+    let used = std::fs::metadata(&db)
+        .map_or(0, |m| m.len())
+        .max(std::fs::metadata(db.with_extension("db-wal")).map_or(0, |m| m.len()));
+    set_file_size_limit(daemon.id(), &(used + 64 * 1024).to_string()).await;
+    let mut refused = 0;
+    for n in 1..30 {
+        let status = content.deliver(&hook, "hook-secret", &callback(n)).await;
+        if status != 200 {
+            assert_eq!(status, 503, "a failed commit answers 503");
+            refused = n;
+            break;
+        }
+    }
+    assert!(refused > 0, "the file-size limit never failed a commit");
+    assert_eq!(http_status(&ready).await, 503, "unready while writes fail");
+    assert_eq!(
+        http_status(&format!("http://127.0.0.1:{port}/healthz")).await,
+        200
+    );
+
+    // Space is back: without a restart, readiness returns and callbacks
+    // are stored again.
+    set_file_size_limit(daemon.id(), "unlimited").await;
+    wait_until(Duration::from_secs(30), "readyz 200 again", || {
+        let ready = ready.clone();
+        async move { http_status(&ready).await == 200 }
+    })
+    .await;
+    assert_eq!(
+        content.deliver(&hook, "hook-secret", &callback(99)).await,
+        200
+    );
+    let stored = setup
+        .export(false)
+        .await
+        .into_iter()
+        .find(|l| l["id"].as_str() == Some(ids[0].to_string().as_str()))
+        .expect("stored");
+    assert!(
+        stored["data"]["pad"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("99")),
+        "the last callback is the stored version"
+    );
+    signal(&daemon, "TERM");
+    assert_eq!(daemon.wait().expect("wait").code(), Some(0));
+    assert_integrity(&db).await;
+}
