@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{CliError, load_config, open_store, select_sources};
+use super::{CliError, load_config, open_store_read_only, select_sources};
 use crate::store::StoreError;
 
 pub async fn export(
@@ -18,7 +18,7 @@ pub async fn export(
     } else {
         select_sources(&config, names)?
     };
-    let store = open_store(&config).await?;
+    let store = open_store_read_only(&config).await?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let result = store

@@ -194,6 +194,15 @@ pub(crate) fn select_sources(
     Ok(keys)
 }
 
+/// Opens the store named by the config for reading only (`status`,
+/// `export`): never creates, migrates or writes it; a missing file fails
+/// (exit 1) with a message naming the path.
+pub(crate) async fn open_store_read_only(config: &Config) -> Result<crate::store::Store, CliError> {
+    crate::store::Store::open_read_only(&config.storage.database)
+        .await
+        .map_err(|e| CliError::Other(anyhow::anyhow!("{e}")))
+}
+
 /// Opens the store named by the config, with a message that names it.
 pub(crate) async fn open_store(config: &Config) -> Result<crate::store::Store, CliError> {
     crate::store::Store::open_with(&config.storage.database, config.storage.busy_timeout)

@@ -13,6 +13,7 @@ mod export;
 mod journal;
 mod outbox;
 mod progress;
+mod read_only;
 mod records;
 mod runs;
 mod status;
@@ -41,6 +42,15 @@ pub use status::SourceStatus;
 pub enum StoreError {
     #[error("bad database URL {0:?}: expected sqlite://PATH")]
     BadUrl(String),
+    /// The database file is absent and the command must not create it.
+    #[error(
+        "the database {path} does not exist: check storage.database and --config; this command \
+         never creates it"
+    )]
+    Missing { path: String },
+    /// A read-only open found migrations that differ from this binary's.
+    #[error("cannot read the database {path}: {reason}")]
+    Schema { path: String, reason: String },
     #[error("cannot create the database folder {path}: {source}")]
     CreateDir {
         path: String,

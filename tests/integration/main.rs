@@ -15,5 +15,6 @@ mod deploy;
 mod fault_suite;
 mod hostile;
 mod observability;
+mod operator;
 mod reload;
 mod scale;

@@ -1,0 +1,203 @@
+//! What an operator runs by hand next to the service: `status`, `export`,
+//! `forget`, `check`, against the real binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::common::*;
+
+const DEMARCHE: i64 = 4242;
+
+/// A config with one démarche source (literal token) and the database at
+/// `database`, written as given, in a fresh temp folder.
+fn config_with_database(database: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("synchro.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[storage]\ndatabase = \"{database}\"\n\n[[tenants]]\nid = \"acme\"\n\n\
+             [[tenants.sources]]\nid = \"permits\"\nkind = \"demarches\"\nschedule = \"every 1h\"\n\
+             endpoint = \"http://127.0.0.1:9/graphql\"\ntoken = \"literal-token\"\ndemarche = 1\n"
+        ),
+    )
+    .expect("write config");
+    (dir, path)
+}
+
+/// Runs `synchro ARGS` from the config's folder, so that a relative path
+/// can never escape the test's temp folder.
+fn synchro(config: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .current_dir(config.parent().expect("config folder"))
+        .arg("--config")
+        .arg(config)
+        .arg("--log-format")
+        .arg("text")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run synchro")
+}
+
+/// Every entry under `dir`, recursively, for "nothing was created" checks.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn status_and_export_on_a_missing_database_exit_1_naming_it_and_create_nothing() {
+    let (dir, config) = config_with_database("sqlite://missing/folder/synchro.db");
+    let before = tree(dir.path());
+    for args in [&["status"][..], &["status", "--json"], &["export"]] {
+        let out = synchro(&config, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("synchro.db does not exist"), "{args:?}: {err}");
+        assert!(err.contains("missing/folder"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+        assert_eq!(tree(dir.path()), before, "{args:?} created something");
+    }
+}
+
+/// Size and modification time of the database and which of its side files
+/// exist: what a read must leave as it was.
+fn footprint(db: &Path) -> (u64, std::time::SystemTime, Vec<bool>) {
+    let meta = std::fs::metadata(db).expect("database");
+    let side = ["-wal", "-shm", "-journal"]
+        .iter()
+        .map(|s| {
+            let mut p = db.as_os_str().to_owned();
+            p.push(s);
+            Path::new(&p).exists()
+        })
+        .collect();
+    (meta.len(), meta.modified().expect("mtime"), side)
+}
+
+/// How `run_in_read_only_folder` made the folder read-only.
+#[derive(Debug, PartialEq)]
+enum ReadOnly {
+    /// chmod 0555 is enough: not root.
+    Permissions,
+    /// Root ignores permissions: a read-only bind mount of the folder, in a
+    /// private mount namespace of the command alone.
+    BindMount,
+    /// Neither worked (root without CAP_SYS_ADMIN): the command ran on a
+    /// writable folder and only the footprint checks apply.
+    NotPossible,
+}
+
+/// Exit code of the wrapper when the folder could not be made read-only.
+const NO_READ_ONLY_MOUNT: i32 = 97;
+
+/// Runs `synchro ARGS` with `dir` (holding config and database) read-only.
+fn run_in_read_only_folder(dir: &Path, config: &Path, args: &[&str]) -> (Output, ReadOnly) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    let probe = dir.join(".probe");
+    let writable = std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    let result = if !writable {
+        (synchro(config, args), ReadOnly::Permissions)
+    } else {
+        let script = format!(
+            "mount --bind \"$1\" \"$1\" && mount -o remount,bind,ro \"$1\" \"$1\" || exit {NO_READ_ONLY_MOUNT}; \
+             if touch \"$1/.probe\" 2>/dev/null; then exit {NO_READ_ONLY_MOUNT}; fi; shift; exec \"$@\""
+        );
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(script)
+            .arg("sh")
+            .arg(dir)
+            .arg(bin())
+            .arg("--config")
+            .arg(config)
+            .args(["--log-format", "text"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(out) if out.status.code() != Some(NO_READ_ONLY_MOUNT) => (out, ReadOnly::BindMount),
+            _ => {
+                eprintln!(
+                    "note: cannot make {} read-only for root here (no mount namespace); \
+                     checking only that the read leaves the database untouched",
+                    dir.display()
+                );
+                (synchro(config, args), ReadOnly::NotPossible)
+            }
+        }
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod back");
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_export_read_a_database_in_a_read_only_folder_and_change_nothing() {
+    let sim = simulator().await;
+    sim.ds().seed(DEMARCHE, 130);
+    let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", DEMARCHE)]);
+    setup.sync_ok(&[]).await;
+    let db = setup.db_path();
+    let before = footprint(&db);
+    assert_eq!(
+        before.2,
+        [false, false, false],
+        "a clean close leaves no side file"
+    );
+    let dir = setup.dir.path().to_path_buf();
+    let config = setup.config.clone();
+
+    let (status, how) = tokio::task::spawn_blocking({
+        let (dir, config) = (dir.clone(), config.clone());
+        move || run_in_read_only_folder(&dir, &config, &["status"])
+    })
+    .await
+    .expect("join");
+    assert_eq!(status.status.code(), Some(0), "status: {}", stderr(&status));
+    let table = String::from_utf8_lossy(&status.stdout).into_owned();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("acme/permits"))
+        .unwrap_or_else(|| panic!("no row in:\n{table}"));
+    assert!(row.contains(" 130 "), "{row}");
+
+    let (export, how_export) = tokio::task::spawn_blocking({
+        let (dir, config) = (dir.clone(), config.clone());
+        move || run_in_read_only_folder(&dir, &config, &["export"])
+    })
+    .await
+    .expect("join");
+    assert_eq!(export.status.code(), Some(0), "export: {}", stderr(&export));
+    assert_eq!(String::from_utf8_lossy(&export.stdout).lines().count(), 130);
+    assert_eq!(how, how_export);
+    let after = footprint(&db);
+    if how == ReadOnly::NotPossible {
+        // On a writable folder a `mode=ro` reader of a WAL database still
+        // creates the usual empty `-wal`/`-shm` side files (any SQLite
+        // reader does); the database itself must be untouched.
+        eprintln!("note: the read-only file system part was skipped");
+        assert_eq!(
+            (after.0, after.1),
+            (before.0, before.1),
+            "the read changed the database"
+        );
+    } else {
+        assert_eq!(after, before, "the read changed the folder ({how:?})");
+    }
+}
