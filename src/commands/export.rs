@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{CliError, load_config, open_store_read_only, select_sources};
+use super::{CliError, load_config_without_secrets, open_store_read_only, select_sources};
 use crate::store::StoreError;
 
 pub async fn export(
@@ -12,7 +12,7 @@ pub async fn export(
     names: &[String],
     include_deleted: bool,
 ) -> Result<ExitCode, CliError> {
-    let config = load_config(path)?;
+    let config = load_config_without_secrets(path)?;
     let keys = if names.is_empty() {
         Vec::new()
     } else {

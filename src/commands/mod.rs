@@ -160,6 +160,21 @@ pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, CliError> {
     Ok(crate::config::load(path)?)
 }
 
+/// Loads the config for commands that need the storage and the list of
+/// sources but never a token (`status`, `export`, `forget`): a secret this
+/// shell cannot get is a warning on stderr, not a refusal; every other
+/// problem still maps to exit 78.
+pub(crate) fn load_config_without_secrets(path: &std::path::Path) -> Result<Config, CliError> {
+    let loaded = crate::config::load_without_secrets(path)?;
+    for problem in &loaded.unresolved {
+        tracing::warn!(
+            "{}: {problem} (not needed by this command, which sends no request upstream)",
+            path.display()
+        );
+    }
+    Ok(loaded.config)
+}
+
 /// Resolves `TENANT/SOURCE_ID` arguments against the config (all if empty).
 /// An unknown or malformed name is a usage error (exit 2).
 pub(crate) fn select_sources(

@@ -3,11 +3,11 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{CliError, load_config, open_store_read_only};
+use super::{CliError, load_config_without_secrets, open_store_read_only};
 use crate::store::SourceStatus;
 
 pub async fn status(path: &Path, json: bool) -> Result<ExitCode, CliError> {
-    let config = load_config(path)?;
+    let config = load_config_without_secrets(path)?;
     let store = open_store_read_only(&config).await?;
     let mut rows = Vec::new();
     for s in config.sources() {

@@ -129,7 +129,44 @@ impl ConfigError {
 /// resolves secrets and validates everything. The process environment is read
 /// here and nowhere else, so that [`load_str`] stays testable.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let mut p = Problems::default();
+    read_and_build(path, Problems::default()).map(|(config, _)| config)
+}
+
+/// A config loaded for commands that read or tidy the database but never
+/// call an upstream (`status`, `export`, `forget`): an operator's shell
+/// usually lacks the service's tokens, and they need the storage and the
+/// list of sources, not the tokens.
+#[derive(Debug)]
+pub struct WithoutSecrets {
+    /// The config; each secret in `unresolved` is an empty placeholder that
+    /// must never be sent anywhere.
+    pub config: Config,
+    /// Secrets written correctly whose value this process cannot get (a
+    /// variable unset or empty, a file unreadable or empty), for warnings.
+    pub unresolved: Vec<Problem>,
+}
+
+/// Like [`load`], except that a secret whose value is unavailable is a
+/// warning in [`WithoutSecrets::unresolved`] rather than a problem. Every
+/// other problem (unknown keys, a malformed secret reference...) still fails.
+pub fn load_without_secrets(path: &Path) -> Result<WithoutSecrets, ConfigError> {
+    read_and_build(path, Problems::with_optional_secrets())
+        .map(|(config, unresolved)| WithoutSecrets { config, unresolved })
+}
+
+/// [`load_without_secrets`] on a text, with `env` for the environment (as
+/// [`load_str`]).
+pub fn load_str_without_secrets(
+    text: &str,
+    path: &Path,
+    env: &HashMap<String, String>,
+) -> Result<WithoutSecrets, ConfigError> {
+    build(text, path, env, Problems::with_optional_secrets())
+        .map(|(config, unresolved)| WithoutSecrets { config, unresolved })
+}
+
+/// Reads the process environment and the file, then builds.
+fn read_and_build(path: &Path, mut p: Problems) -> Result<(Config, Vec<Problem>), ConfigError> {
     let mut env = HashMap::new();
     for (key, value) in std::env::vars_os() {
         let Ok(key) = key.into_string() else { continue };
@@ -164,7 +201,7 @@ pub fn load_str(
     path: &Path,
     env: &HashMap<String, String>,
 ) -> Result<Config, ConfigError> {
-    build(text, path, env, Problems::default())
+    build(text, path, env, Problems::default()).map(|(config, _)| config)
 }
 
 /// Whether `var` is a `SYNCHRO__` override (in any case, as the `config`
@@ -180,7 +217,7 @@ fn build(
     path: &Path,
     env: &HashMap<String, String>,
     mut p: Problems,
-) -> Result<Config, ConfigError> {
+) -> Result<(Config, Vec<Problem>), ConfigError> {
     let shown = path.display().to_string();
     let fail = |p: Problems| ConfigError {
         path: shown.clone(),
@@ -222,14 +259,16 @@ fn build(
         p.add("tenants", "invalid");
         return Err(fail(p));
     };
-    Ok(Config {
+    let (_, unresolved) = p.into_lists();
+    let config = Config {
         path: path.to_path_buf(),
         storage,
         server,
         scheduler,
         http,
         tenants,
-    })
+    };
+    Ok((config, unresolved))
 }
 
 /// Parses the TOML text into the `config` crate's value tree. A syntax error

@@ -14,7 +14,10 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use load::{ConfigError, Problem, load, load_str};
+pub use load::{
+    ConfigError, Problem, WithoutSecrets, load, load_str, load_str_without_secrets,
+    load_without_secrets,
+};
 pub use schedule::Schedule;
 pub use secret::{Secret, SecretRef};
 

@@ -201,3 +201,70 @@ async fn status_and_export_read_a_database_in_a_read_only_folder_and_change_noth
         assert_eq!(after, before, "the read changed the folder ({how:?})");
     }
 }
+
+/// Replaces the démarche token of a `Setup` config by a reference to a
+/// variable that no shell of the test sets.
+const UNSET_VAR: &str = "SYNCHRO_TEST_OPERATOR_TOKEN_NOT_IN_THIS_SHELL";
+
+fn token_from_unset_variable(setup: &Setup) {
+    setup.edit_config(
+        &format!("token = \"{}\"", synchro::simulate::DEFAULT_DS_TOKEN),
+        &format!("token = {{ env = \"{UNSET_VAR}\" }}"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_export_warn_about_a_missing_secret_while_sync_check_and_run_refuse() {
+    let sim = simulator().await;
+    sim.ds().seed(DEMARCHE, 40);
+    let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", DEMARCHE)]);
+    setup.sync_ok(&[]).await;
+    token_from_unset_variable(&setup);
+
+    for args in [&["status"][..], &["export"]] {
+        let mut cmd = setup.cmd(args);
+        let out = cmd.env_remove(UNSET_VAR).output().expect("run");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.contains("WARN"), "{args:?}: {err}");
+        assert!(err.contains(&format!("environment variable {UNSET_VAR} is not set")));
+        assert!(err.contains("tenants[0].sources[0].token"), "{err}");
+        assert!(!out.stdout.is_empty(), "{args:?} printed nothing");
+    }
+    let export = setup.export(false).await;
+    assert_eq!(export.len(), 40);
+
+    for args in [&["sync"][..], &["check"], &["run"]] {
+        let mut child = setup
+            .cmd(args)
+            .env_remove(UNSET_VAR)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{args:?} did not refuse to start");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+            .expect("stderr");
+        assert_eq!(status.code(), Some(78), "{args:?}: {err}");
+        assert!(err.contains(UNSET_VAR), "{args:?}: {err}");
+    }
+
+    // A real config error still stops the reading commands.
+    setup.edit_config("[server]", "[server]\ncolour = \"blue\"");
+    for args in [&["status"][..], &["export"]] {
+        let out = setup.run(args).await;
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("server.colour: unknown key"));
+    }
+}
