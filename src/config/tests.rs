@@ -986,7 +986,8 @@ fn without_secrets_unavailable_values_are_warnings_and_real_problems_still_fail(
     assert!(loaded.unresolved[0].reason.contains("DS_TOKEN is not set"));
     let c = loaded.config;
     assert_eq!(c.sources().count(), 3);
-    assert_eq!(c.storage, load_ok(FULL, FULL_ENV).storage);
+    let db = dir.path().join("data/x.db");
+    assert_eq!(c.storage.database, format!("sqlite://{}", db.display()));
     let SourceKindConfig::Demarches(d) = &c.tenants[0].sources[0].kind else {
         panic!()
     };
@@ -1002,4 +1003,37 @@ fn without_secrets_unavailable_values_are_warnings_and_real_problems_still_fail(
     let bad = toml.replace("jitter = \"2s\"", "jitter = \"2s\"\ncolour = 1");
     let e = load_str_without_secrets(&bad, &path, &vars).unwrap_err();
     assert_eq!(keys(&e), ["scheduler.colour"]);
+}
+
+#[test]
+fn a_relative_database_path_is_taken_from_the_config_folder_like_secret_files() {
+    let etc = Path::new("/etc/synchro/synchro.toml");
+    let database = |toml: &str, vars: &[(&str, &str)]| match load_str(toml, etc, &env(vars)) {
+        Ok(c) => c.storage.database,
+        Err(e) => panic!("{}", e.report()),
+    };
+    let db = |url: &str| database(&format!("[storage]\ndatabase = \"{url}\"\n"), &[]);
+    assert_eq!(db("sqlite://var/x.db"), "sqlite:///etc/synchro/var/x.db");
+    assert_eq!(db("sqlite:./var/x.db"), "sqlite:///etc/synchro/var/x.db");
+    assert_eq!(
+        db("sqlite://../x.db?mode=rwc"),
+        "sqlite:///etc/synchro/../x.db?mode=rwc"
+    );
+    assert_eq!(db("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
+    // The default and an override are resolved the same way.
+    assert_eq!(database("", &[]), "sqlite:///etc/synchro/var/synchro.db");
+    assert_eq!(
+        database("", &[("SYNCHRO__STORAGE__DATABASE", "sqlite://state/s.db")]),
+        "sqlite:///etc/synchro/state/s.db"
+    );
+    // A file read through `load` anchors on its absolute folder.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("synchro.toml");
+    std::fs::write(&path, "[storage]\ndatabase = \"sqlite://var/x.db\"\n").unwrap();
+    let c = load(&path).unwrap();
+    let expected = dir.path().join("var/x.db");
+    assert_eq!(
+        c.storage.database,
+        format!("sqlite://{}", expected.display())
+    );
 }

@@ -44,8 +44,8 @@ pub enum StoreError {
     BadUrl(String),
     /// The database file is absent and the command must not create it.
     #[error(
-        "the database {path} does not exist: check storage.database and --config; this command \
-         never creates it"
+        "the database {path} does not exist: check storage.database (a relative path is taken \
+         from the config file's folder) and --config; this command never creates it"
     )]
     Missing { path: String },
     /// A read-only open found migrations that differ from this binary's.

@@ -268,3 +268,71 @@ async fn status_and_export_warn_about_a_missing_secret_while_sync_check_and_run_
         assert!(stderr(&out).contains("server.colour: unknown key"));
     }
 }
+
+/// Runs `synchro --config CONFIG ARGS` from `cwd`, with `env` added.
+fn synchro_in(cwd: &Path, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(bin())
+        .current_dir(cwd)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("SYNCHRO__STORAGE__DATABASE")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run synchro")
+}
+
+#[test]
+fn a_relative_database_path_is_taken_from_the_config_folder_whatever_the_working_directory() {
+    let (dir, _) = config_with_database("unused");
+    let etc = dir.path().join("etc");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&etc).expect("mkdir");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    let config = etc.join("synchro.toml");
+    std::fs::rename(dir.path().join("synchro.toml"), &config).expect("move");
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("\"unused\"", "\"sqlite://state/synchro.db\"");
+    std::fs::write(&config, text).expect("write");
+    let expected = etc.join("state/synchro.db");
+
+    // `check` from the config's parent with a relative --config, then from
+    // elsewhere with an absolute one: the same file, which check names.
+    let out = synchro_in(dir.path(), Path::new("etc/synchro.toml"), &["check"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains(&format!("database {} reachable", expected.display())),
+        "{said}"
+    );
+    assert!(expected.exists());
+    assert!(
+        !dir.path().join("state").exists(),
+        "not the working directory"
+    );
+    let out = synchro_in(&elsewhere, &config, &["status"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("acme/permits"));
+    assert_eq!(std::fs::read_dir(&elsewhere).expect("ls").count(), 0);
+
+    // An override with a relative path is taken from the config's folder too.
+    let out = synchro_in(
+        &elsewhere,
+        &config,
+        &["check"],
+        &[("SYNCHRO__STORAGE__DATABASE", "sqlite://other.db")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains(&format!(
+            "database {} reachable",
+            etc.join("other.db").display()
+        )),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).expect("ls").count(), 0);
+}
