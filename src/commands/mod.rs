@@ -7,6 +7,7 @@ mod export;
 mod progress;
 mod reset;
 mod run;
+mod select;
 mod simulate;
 mod status;
 mod sync;
@@ -16,8 +17,10 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, SourceKey};
+use crate::config::{Config, ConfigError};
 use crate::telemetry::LogFormat;
+
+pub(crate) use select::select_sources;
 
 /// sysexits.h EX_CONFIG: the configuration is invalid.
 pub const EX_CONFIG: u8 = 78;
@@ -173,40 +176,6 @@ pub(crate) fn load_config_without_secrets(path: &std::path::Path) -> Result<Conf
         );
     }
     Ok(loaded.config)
-}
-
-/// Resolves `TENANT/SOURCE_ID` arguments against the config (all if empty).
-/// An unknown or malformed name is a usage error (exit 2).
-pub(crate) fn select_sources(
-    config: &Config,
-    names: &[String],
-) -> Result<Vec<SourceKey>, CliError> {
-    if names.is_empty() {
-        return Ok(config.sources().map(|s| s.key()).collect());
-    }
-    let mut keys = Vec::with_capacity(names.len());
-    for name in names {
-        let key = SourceKey::parse(name).ok_or_else(|| {
-            CliError::Usage(format!(
-                "{name:?} is not a source name: expected TENANT/SOURCE_ID"
-            ))
-        })?;
-        if config.source(&key).is_none() {
-            let known: Vec<String> = config.sources().map(|s| s.key().to_string()).collect();
-            return Err(CliError::Usage(format!(
-                "unknown source {key} (configured: {})",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            )));
-        }
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    Ok(keys)
 }
 
 /// Opens the store named by the config for reading only (`status`,
