@@ -4,6 +4,7 @@
 mod check;
 mod demo;
 mod export;
+mod forget;
 mod progress;
 mod reset;
 mod run;
@@ -69,12 +70,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Records as JSON Lines on stdout.
+    /// Records of configured sources as JSON Lines on stdout.
     Export {
-        /// TENANT/SOURCE_ID
+        /// TENANT/SOURCE_ID (all configured sources if none)
         sources: Vec<String>,
         #[arg(long)]
         include_deleted: bool,
+        /// Also sources stored but no longer in the config (see `forget`).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete what is stored about sources removed from the config: records,
+    /// progress, runs and import reports, in one transaction.
+    Forget {
+        /// TENANT/SOURCE_ID of a source no longer configured
+        #[arg(required = true)]
+        sources: Vec<String>,
     },
     /// Forget the progress of sources: their next sync is a full resync.
     Reset {
@@ -150,7 +161,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Export {
             ref sources,
             include_deleted,
-        } => export::export(&cli.config, sources, include_deleted).await,
+            all,
+        } => export::export(&cli.config, sources, include_deleted, all).await,
+        Command::Forget { ref sources } => forget::forget(&cli.config, sources).await,
         Command::Reset { ref sources } => reset::reset(&cli.config, sources).await,
         Command::Check => check::check(&cli.config).await,
         Command::Demo { duration } => demo::demo(duration).await,

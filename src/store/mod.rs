@@ -10,6 +10,7 @@
 
 mod cache;
 mod export;
+mod forget;
 mod journal;
 mod outbox;
 mod progress;
@@ -32,6 +33,7 @@ use crate::config::SourceKey;
 
 pub use cache::{WIDE_CHECKPOINT_PAGES, WIDE_KIB};
 pub use export::ExportRow;
+pub use forget::Forgotten;
 pub use outbox::PendingReport;
 pub use records::{PageStats, UPSERT_CONFLICT};
 pub use runs::{RunOutcome, RunRecord};

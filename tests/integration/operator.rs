@@ -336,3 +336,169 @@ fn a_relative_database_path_is_taken_from_the_config_folder_whatever_the_working
     );
     assert_eq!(std::fs::read_dir(&elsewhere).expect("ls").count(), 0);
 }
+
+fn lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+fn sources_of(lines: &[serde_json::Value]) -> Vec<String> {
+    let mut names: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            format!(
+                "{}/{}",
+                l["tenant"].as_str().unwrap_or(""),
+                l["source"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    names.dedup();
+    names
+}
+
+async fn rows_of(db: &Path, source: &str) -> Vec<i64> {
+    let url = format!("sqlite://{}?mode=ro", db.display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("open db");
+    let mut counts = Vec::new();
+    for table in ["records", "progress", "runs", "outbox"] {
+        let sql = format!("SELECT count(*) FROM {table} WHERE tenant = 'acme' AND source = ?1");
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(source)
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        counts.push(n);
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_source_is_exported_only_with_all_and_forget_deletes_it() {
+    let sim = simulator().await;
+    sim.ds().seed(DEMARCHE, 30);
+    sim.ds().seed(DEMARCHE + 1, 20);
+    let setup = Setup::new(
+        &sim,
+        &[
+            DsSource::new("acme", "permits", DEMARCHE),
+            DsSource::new("acme", "old", DEMARCHE + 1),
+        ],
+    );
+    setup.sync_ok(&[]).await;
+    // `old` leaves the config (a new source takes its place), and this
+    // shell has none of the tokens.
+    setup.edit_config("id = \"old\"", "id = \"renamed\"");
+    token_from_unset_variable(&setup);
+    let db = setup.db_path();
+
+    let out = setup.run(&["export"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let configured = lines(&out);
+    assert_eq!(sources_of(&configured), ["acme/permits"]);
+    assert_eq!(configured.len(), 30);
+
+    let out = setup.run(&["export", "--all"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let all = lines(&out);
+    assert_eq!(
+        sources_of(&all),
+        ["acme/old", "acme/permits"],
+        "in name order"
+    );
+    assert_eq!(all.len(), 50);
+
+    let out = setup.run(&["export", "acme/old"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("export --all acme/old"),
+        "{}",
+        stderr(&out)
+    );
+    let out = setup.run(&["export", "--all", "acme/old"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(sources_of(&lines(&out)), ["acme/old"]);
+    assert_eq!(lines(&out).len(), 20);
+    let out = setup.run(&["export", "--all", "acme/nope"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown source acme/nope"),
+        "{}",
+        stderr(&out)
+    );
+
+    let status = setup.run(&["status"]).await;
+    let table = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        table.contains("acme/renamed") && !table.contains("acme/old "),
+        "{table}"
+    );
+
+    // forget refuses configured and unknown sources, and changes nothing then.
+    let before = rows_of(&db, "old").await;
+    assert_eq!(before[0], 20);
+    assert!(before[1] > 0 && before[2] > 0, "{before:?}");
+    for (args, says) in [
+        (
+            &["forget", "acme/permits"][..],
+            "acme/permits is still configured",
+        ),
+        (
+            &["forget", "acme/old", "acme/renamed"],
+            "acme/renamed is still configured",
+        ),
+        (
+            &["forget", "acme/nope"],
+            "unknown source acme/nope (stored but not configured: acme/old)",
+        ),
+        (
+            &["forget", "acme/old", "acme/nope"],
+            "unknown source acme/nope",
+        ),
+        (&["forget", "nope"], "expected TENANT/SOURCE_ID"),
+    ] {
+        let out = setup.run(args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            rows_of(&db, "old").await,
+            before,
+            "{args:?} deleted something"
+        );
+    }
+    let out = setup.run(&["forget"]).await;
+    assert_eq!(out.status.code(), Some(2), "a source is required");
+
+    let out = setup.run(&["forget", "acme/old"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.starts_with("acme/old: forgotten (20 records, "),
+        "{said}"
+    );
+    assert_eq!(rows_of(&db, "old").await, [0, 0, 0, 0]);
+    assert_eq!(rows_of(&db, "permits").await[0], 30, "the others are kept");
+    let out = setup.run(&["export", "--all"]).await;
+    assert_eq!(sources_of(&lines(&out)), ["acme/permits"]);
+    let out = setup.run(&["forget", "acme/old"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "forgotten already: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn forget_on_a_missing_database_exits_1_and_creates_nothing() {
+    let (dir, config) = config_with_database("sqlite://missing/synchro.db");
+    let before = tree(dir.path());
+    let out = synchro(&config, &["forget", "acme/old"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert_eq!(tree(dir.path()), before);
+}
