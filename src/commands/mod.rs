@@ -5,6 +5,7 @@ mod check;
 mod demo;
 mod export;
 mod forget;
+mod parse;
 mod progress;
 mod reset;
 mod run;
@@ -67,6 +68,7 @@ pub enum Command {
     },
     /// Per-source state: phase, last success, last error, records, reports.
     Status {
+        /// JSON instead of the table: every field, last errors whole.
         #[arg(long)]
         json: bool,
     },
@@ -74,6 +76,7 @@ pub enum Command {
     Export {
         /// TENANT/SOURCE_ID (all configured sources if none)
         sources: Vec<String>,
+        /// Also deleted records (tombstones), with "deleted":true.
         #[arg(long)]
         include_deleted: bool,
         /// Also sources stored but no longer in the config (see `forget`).
@@ -95,14 +98,17 @@ pub enum Command {
     },
     /// Validate the config and the database; exit 78 if invalid.
     Check,
-    /// Run the simulated upstreams and the daemon against them, offline.
+    /// Run the simulated upstreams and the daemon against them, offline,
+    /// with a built-in config.
     Demo {
         /// How long the daemon keeps running after the first sync.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
     },
-    /// Serve only the simulated upstreams (for tests and benchmarks).
+    /// Serve only the simulated upstreams (for tests and benchmarks); no
+    /// config file.
     Simulate {
+        /// Address to serve the three simulated APIs on (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:9751")]
         listen: std::net::SocketAddr,
     },
@@ -131,7 +137,7 @@ impl CliError {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse::parse();
     crate::telemetry::init(cli.log_format, cli.verbose as i8 - cli.quiet as i8);
     crate::shutdown::survive_file_size_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -502,3 +502,51 @@ fn forget_on_a_missing_database_exits_1_and_creates_nothing() {
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
     assert_eq!(tree(dir.path()), before);
 }
+
+fn help_of(args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--help")
+        .env_remove("SYNCHRO_CONFIG")
+        .output()
+        .expect("run synchro");
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The help line of `option` in `text`, which must say more than its name.
+fn explained<'a>(text: &'a str, option: &str) -> &'a str {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(option))
+        .unwrap_or_else(|| panic!("{option} missing from:\n{text}"));
+    let words = line.split_whitespace().count();
+    assert!(words >= 4, "{option} has no help text: {line:?}");
+    line
+}
+
+#[test]
+fn every_option_is_explained_and_demo_and_simulate_take_no_config() {
+    for sub in ["demo", "simulate"] {
+        let text = help_of(&[sub]);
+        assert!(!text.contains("--config"), "{sub} --help:\n{text}");
+        let out = Command::new(bin())
+            .args([sub, "--config", "x.toml"])
+            .output()
+            .expect("run synchro");
+        assert_eq!(out.status.code(), Some(2), "{sub}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("reads no config file"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    explained(&help_of(&["simulate"]), "--listen");
+    explained(&help_of(&["status"]), "--json");
+    let export = help_of(&["export"]);
+    explained(&export, "--include-deleted");
+    assert!(explained(&export, "--all").contains("no longer in the config"));
+    for sub in ["status", "export", "forget", "check"] {
+        explained(&help_of(&[sub]), "--config");
+    }
+}
