@@ -28,13 +28,33 @@ pub async fn export(
     all: bool,
 ) -> Result<ExitCode, CliError> {
     let config = load_config_without_secrets(path)?;
-    let store = open_store_read_only(&config).await?;
-    let scope = match scope(&config, &store, names, all).await {
-        Ok(scope) => scope,
-        Err(e) => {
-            store.close().await;
-            return Err(e);
+    // Names are checked against the config before the database is opened:
+    // a malformed or unknown name is a usage error (exit 2) even where
+    // there is no database; only `--all` needs the store to judge a name.
+    let mut keys: Vec<SourceKey> = Vec::with_capacity(names.len());
+    for name in names {
+        let key = parse(name)?;
+        if !keys.contains(&key) {
+            keys.push(key);
         }
+    }
+    let unconfigured: Vec<SourceKey> = keys
+        .iter()
+        .filter(|k| config.source(k).is_none())
+        .cloned()
+        .collect();
+    if let (Some(key), false) = (unconfigured.first(), all) {
+        return Err(not_configured(&config, key).await);
+    }
+    let store = open_store_read_only(&config).await?;
+    if let Err(e) = all_stored(&config, &store, &unconfigured).await {
+        store.close().await;
+        return Err(e);
+    }
+    let scope = match (keys.is_empty(), all) {
+        (false, _) => Scope::Sources(keys),
+        (true, true) => Scope::Everything,
+        (true, false) => Scope::Sources(select_sources(&config, &[])?),
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -63,52 +83,38 @@ pub async fn export(
     }
 }
 
-/// Checks the names against the config (and, with `--all`, the store).
-async fn scope(
-    config: &Config,
-    store: &Store,
-    names: &[String],
-    all: bool,
-) -> Result<Scope, CliError> {
-    let stored_error = |e: StoreError| CliError::Other(anyhow::anyhow!("{e}"));
-    if names.is_empty() {
-        return Ok(if all {
-            Scope::Everything
-        } else {
-            Scope::Sources(select_sources(config, names)?)
-        });
-    }
-    let mut keys = Vec::with_capacity(names.len());
-    for name in names {
-        let key = parse(name)?;
-        let known = config.source(&key).is_some()
-            || (all && store.is_stored(&key).await.map_err(stored_error)?);
-        if !known {
-            return Err(unknown(config, store, key, all).await);
-        }
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    Ok(Scope::Sources(keys))
-}
-
-/// The unknown-source error; for a source that is stored but no longer
-/// configured, it says how to export it anyway.
-async fn unknown(config: &Config, store: &Store, key: SourceKey, all: bool) -> CliError {
-    let configured: Vec<SourceKey> = config.sources().map(|s| s.key()).collect();
-    if !all {
-        if let Ok(true) = store.is_stored(&key).await {
+/// The error for a name that is not configured, without `--all`: for a
+/// source still stored, how to export it anyway.
+async fn not_configured(config: &Config, key: &SourceKey) -> CliError {
+    if let Ok(store) = Store::open_read_only(&config.storage.database).await {
+        let stored = store.is_stored(key).await;
+        store.close().await;
+        if let Ok(true) = stored {
             return CliError::Usage(format!(
                 "{key} is not configured any more; its stored records are exported with \
                  `synchro export --all {key}` (and deleted with `synchro forget {key}`)"
             ));
         }
-        return unknown_source(&key, &configured, "configured");
     }
-    let mut known = store.stored_sources().await.unwrap_or_default();
-    known.extend(configured);
-    known.sort();
-    known.dedup();
-    unknown_source(&key, &known, "configured or stored")
+    let configured: Vec<SourceKey> = config.sources().map(|s| s.key()).collect();
+    unknown_source(key, &configured, "configured")
+}
+
+/// With `--all`, a name that is not configured must at least be stored.
+async fn all_stored(
+    config: &Config,
+    store: &Store,
+    unconfigured: &[SourceKey],
+) -> Result<(), CliError> {
+    let failed = |e: StoreError| CliError::Other(anyhow::anyhow!("{e}"));
+    for key in unconfigured {
+        if !store.is_stored(key).await.map_err(failed)? {
+            let mut known = store.stored_sources().await.map_err(failed)?;
+            known.extend(config.sources().map(|s| s.key()));
+            known.sort();
+            known.dedup();
+            return Err(unknown_source(key, &known, "configured or stored"));
+        }
+    }
+    Ok(())
 }

@@ -62,13 +62,25 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
 fn status_and_export_on_a_missing_database_exit_1_naming_it_and_create_nothing() {
     let (dir, config) = config_with_database("sqlite://missing/folder/synchro.db");
     let before = tree(dir.path());
-    for args in [&["status"][..], &["status", "--json"], &["export"]] {
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["export"],
+        &["export", "--all"],
+        &["export", "acme/permits"],
+    ] {
         let out = synchro(&config, args);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains("synchro.db does not exist"), "{args:?}: {err}");
         assert!(err.contains("missing/folder"), "{args:?}: {err}");
         assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+        assert_eq!(tree(dir.path()), before, "{args:?} created something");
+    }
+    // A bad name is a usage error whether or not there is a database.
+    for args in [&["export", "acme/nope"][..], &["export", "nope"]] {
+        let out = synchro(&config, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert_eq!(tree(dir.path()), before, "{args:?} created something");
     }
 }
