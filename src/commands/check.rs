@@ -1,4 +1,6 @@
-//! `synchro check`: every config problem, and whether the database opens.
+//! `synchro check`: every config problem, and whether the database opens;
+//! it prints the database's resolved path, the file every other command
+//! given the same `--config` uses.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -14,7 +16,7 @@ pub async fn check(path: &Path) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::from(EX_CONFIG));
         }
     };
-    match crate::store::Store::open(&config.storage.database).await {
+    let database = match crate::store::Store::open(&config.storage.database).await {
         Ok(store) => {
             let ping = store.ping().await;
             store.close().await;
@@ -22,19 +24,20 @@ pub async fn check(path: &Path) -> Result<ExitCode, CliError> {
                 eprintln!("{}: storage.database: {e}", path.display());
                 return Ok(ExitCode::from(EX_CONFIG));
             }
+            store.path().to_path_buf()
         }
         Err(e) => {
             eprintln!("{}: storage.database: {e}", path.display());
             return Ok(ExitCode::from(EX_CONFIG));
         }
-    }
+    };
     let sources = config.sources().count();
     println!(
         "{}: valid — {} tenant(s), {} source(s); database {} reachable",
         path.display(),
         config.tenants.len(),
         sources,
-        config.storage.database
+        database.display()
     );
     Ok(ExitCode::SUCCESS)
 }

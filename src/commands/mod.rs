@@ -4,9 +4,12 @@
 mod check;
 mod demo;
 mod export;
+mod forget;
+mod parse;
 mod progress;
 mod reset;
 mod run;
+mod select;
 mod simulate;
 mod status;
 mod sync;
@@ -16,8 +19,10 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, SourceKey};
+use crate::config::{Config, ConfigError};
 use crate::telemetry::LogFormat;
+
+pub(crate) use select::select_sources;
 
 /// sysexits.h EX_CONFIG: the configuration is invalid.
 pub const EX_CONFIG: u8 = 78;
@@ -73,15 +78,27 @@ pub enum Command {
     },
     /// Per-source state: phase, last success, last error, records, reports.
     Status {
+        /// JSON instead of the table: every field, last errors whole.
         #[arg(long)]
         json: bool,
     },
-    /// Records as JSON Lines on stdout.
+    /// Records of configured sources as JSON Lines on stdout.
     Export {
-        /// TENANT/SOURCE_ID
+        /// TENANT/SOURCE_ID (all configured sources if none)
         sources: Vec<String>,
+        /// Also deleted records (tombstones), with "deleted":true.
         #[arg(long)]
         include_deleted: bool,
+        /// Also sources stored but no longer in the config (see `forget`).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete what is stored about sources removed from the config: records,
+    /// progress, runs and import reports, in one transaction.
+    Forget {
+        /// TENANT/SOURCE_ID of a source no longer configured
+        #[arg(required = true)]
+        sources: Vec<String>,
     },
     /// Forget the progress of sources: their next sync is a full resync.
     Reset {
@@ -91,14 +108,17 @@ pub enum Command {
     },
     /// Validate the config and the database; exit 78 if invalid.
     Check,
-    /// Run the simulated upstreams and the daemon against them, offline.
+    /// Run the simulated upstreams and the daemon against them, offline,
+    /// with a built-in config.
     Demo {
         /// How long the daemon keeps running after the first sync.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
     },
-    /// Serve only the simulated upstreams (for tests and benchmarks).
+    /// Serve only the simulated upstreams (for tests and benchmarks); no
+    /// config file.
     Simulate {
+        /// Address to serve the three simulated APIs on (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:9751")]
         listen: std::net::SocketAddr,
     },
@@ -127,7 +147,7 @@ impl CliError {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse::parse();
     crate::telemetry::init(cli.log_format, cli.verbose as i8 - cli.quiet as i8);
     crate::shutdown::survive_file_size_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -164,7 +184,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Export {
             ref sources,
             include_deleted,
-        } => export::export(&cli.config, sources, include_deleted).await,
+            all,
+        } => export::export(&cli.config, sources, include_deleted, all).await,
+        Command::Forget { ref sources } => forget::forget(&cli.config, sources).await,
         Command::Reset { ref sources } => reset::reset(&cli.config, sources).await,
         Command::Check => check::check(&cli.config).await,
         Command::Demo { duration } => demo::demo(duration).await,
@@ -177,38 +199,28 @@ pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, CliError> {
     Ok(crate::config::load(path)?)
 }
 
-/// Resolves `TENANT/SOURCE_ID` arguments against the config (all if empty).
-/// An unknown or malformed name is a usage error (exit 2).
-pub(crate) fn select_sources(
-    config: &Config,
-    names: &[String],
-) -> Result<Vec<SourceKey>, CliError> {
-    if names.is_empty() {
-        return Ok(config.sources().map(|s| s.key()).collect());
+/// Loads the config for commands that need the storage and the list of
+/// sources but never a token (`status`, `export`, `forget`): a secret this
+/// shell cannot get is a warning on stderr, not a refusal; every other
+/// problem still maps to exit 78.
+pub(crate) fn load_config_without_secrets(path: &std::path::Path) -> Result<Config, CliError> {
+    let loaded = crate::config::load_without_secrets(path)?;
+    for problem in &loaded.unresolved {
+        tracing::warn!(
+            "{}: {problem} (not needed by this command, which sends no request upstream)",
+            path.display()
+        );
     }
-    let mut keys = Vec::with_capacity(names.len());
-    for name in names {
-        let key = SourceKey::parse(name).ok_or_else(|| {
-            CliError::Usage(format!(
-                "{name:?} is not a source name: expected TENANT/SOURCE_ID"
-            ))
-        })?;
-        if config.source(&key).is_none() {
-            let known: Vec<String> = config.sources().map(|s| s.key().to_string()).collect();
-            return Err(CliError::Usage(format!(
-                "unknown source {key} (configured: {})",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            )));
-        }
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    Ok(keys)
+    Ok(loaded.config)
+}
+
+/// Opens the store named by the config for reading only (`status`,
+/// `export`): never creates, migrates or writes it; a missing file fails
+/// (exit 1) with a message naming the path.
+pub(crate) async fn open_store_read_only(config: &Config) -> Result<crate::store::Store, CliError> {
+    crate::store::Store::open_read_only(&config.storage.database)
+        .await
+        .map_err(|e| CliError::Other(anyhow::anyhow!("{e}")))
 }
 
 /// Opens the store named by the config, with a message that names it.

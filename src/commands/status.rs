@@ -3,12 +3,12 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{CliError, load_config, open_store};
+use super::{CliError, load_config_without_secrets, open_store_read_only};
 use crate::store::SourceStatus;
 
 pub async fn status(path: &Path, json: bool) -> Result<ExitCode, CliError> {
-    let config = load_config(path)?;
-    let store = open_store(&config).await?;
+    let config = load_config_without_secrets(path)?;
+    let store = open_store_read_only(&config).await?;
     let mut rows = Vec::new();
     for s in config.sources() {
         let st = store

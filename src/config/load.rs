@@ -149,7 +149,50 @@ impl ConfigError {
 /// resolves secrets and validates everything. The process environment is read
 /// here and nowhere else, so that [`load_str`] stays testable.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let mut p = Problems::default();
+    read_and_build(path, Problems::default()).map(|(config, _)| config)
+}
+
+/// A config loaded for commands that read or tidy the database but never
+/// call an upstream (`status`, `export`, `forget`): an operator's shell
+/// usually lacks the service's tokens, and they need the storage and the
+/// list of sources, not the tokens.
+#[derive(Debug)]
+pub struct WithoutSecrets {
+    /// The config; each secret in `unresolved` is an empty placeholder that
+    /// must never be sent anywhere.
+    pub config: Config,
+    /// Secrets written correctly whose value this process cannot get (a
+    /// variable unset or empty, a file unreadable or empty), for warnings.
+    pub unresolved: Vec<Problem>,
+}
+
+/// Like [`load`], except that a secret whose value is unavailable is a
+/// warning in [`WithoutSecrets::unresolved`] rather than a problem. Every
+/// other problem (unknown keys, a malformed secret reference...) still fails.
+pub fn load_without_secrets(path: &Path) -> Result<WithoutSecrets, ConfigError> {
+    read_and_build(path, Problems::with_optional_secrets())
+        .map(|(config, unresolved)| WithoutSecrets { config, unresolved })
+}
+
+/// [`load_without_secrets`] on a text, with `env` for the environment (as
+/// [`load_str`]).
+pub fn load_str_without_secrets(
+    text: &str,
+    path: &Path,
+    env: &HashMap<String, String>,
+) -> Result<WithoutSecrets, ConfigError> {
+    build(
+        text,
+        path,
+        folder_of(path),
+        env,
+        Problems::with_optional_secrets(),
+    )
+    .map(|(config, unresolved)| WithoutSecrets { config, unresolved })
+}
+
+/// Reads the process environment and the file, then builds.
+fn read_and_build(path: &Path, mut p: Problems) -> Result<(Config, Vec<Problem>), ConfigError> {
     let mut env = HashMap::new();
     for (key, value) in std::env::vars_os() {
         let Ok(key) = key.into_string() else { continue };
@@ -173,18 +216,33 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             });
         }
     };
-    build(&text, path, &env, p)
+    // Absolute, so that `check` shows where the database really is and a
+    // later change of working directory cannot move it.
+    let folder = folder_of(path);
+    let folder = std::path::absolute(&folder).unwrap_or(folder);
+    build(&text, path, folder, &env, p)
+}
+
+/// The folder of the config file: relative database paths and `{ file = }`
+/// secrets are taken from it, not from the working directory, so that every
+/// command given the same `--config` reads the same files.
+fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// The loader without I/O on the environment: `env` stands for the process
 /// environment (overrides and `{ env = ... }` secrets are read from it only).
-/// `path` names the file in messages and anchors relative secret file paths.
+/// `path` names the file in messages; its folder, as given, anchors relative
+/// database and secret file paths.
 pub fn load_str(
     text: &str,
     path: &Path,
     env: &HashMap<String, String>,
 ) -> Result<Config, ConfigError> {
-    build(text, path, env, Problems::default())
+    build(text, path, folder_of(path), env, Problems::default()).map(|(config, _)| config)
 }
 
 /// Whether `var` is a `SYNCHRO__` override (in any case, as the `config`
@@ -198,9 +256,10 @@ fn is_override(var: &str) -> bool {
 fn build(
     text: &str,
     path: &Path,
+    base_dir: PathBuf,
     env: &HashMap<String, String>,
     mut p: Problems,
-) -> Result<Config, ConfigError> {
+) -> Result<(Config, Vec<Problem>), ConfigError> {
     let shown = path.display().to_string();
     let fail = |p: Problems| ConfigError {
         path: shown.clone(),
@@ -220,14 +279,10 @@ fn build(
         return Err(fail(p));
     };
 
-    let base_dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let ctx = Ctx { env, base_dir };
 
     let mut top = Table::new(String::new(), map);
-    let storage = storage(top.section("storage", &mut p), &mut p);
+    let storage = storage(top.section("storage", &mut p), &ctx.base_dir, &mut p);
     let server = server(top.section("server", &mut p), &mut p);
     let scheduler = scheduler(top.section("scheduler", &mut p), &mut p);
     let http = http(top.section("http", &mut p), &mut p);
@@ -242,14 +297,16 @@ fn build(
         p.add("tenants", "invalid");
         return Err(fail(p));
     };
-    Ok(Config {
+    let (_, unresolved) = p.into_lists();
+    let config = Config {
         path: path.to_path_buf(),
         storage,
         server,
         scheduler,
         http,
         tenants,
-    })
+    };
+    Ok((config, unresolved))
 }
 
 /// Parses the TOML text into the `config` crate's value tree. A syntax error
@@ -378,7 +435,7 @@ fn apply_override(root: &mut Value, key: &str, value: Value, p: &mut Problems) {
     }
 }
 
-fn storage(mut t: Table, p: &mut Problems) -> StorageConfig {
+fn storage(mut t: Table, base_dir: &Path, p: &mut Problems) -> StorageConfig {
     let database = t
         .string("database", p)
         .filter(|db| {
@@ -396,6 +453,7 @@ fn storage(mut t: Table, p: &mut Problems) -> StorageConfig {
             ok
         })
         .unwrap_or_else(|| defaults::DATABASE.to_string());
+    let database = resolve_database(&database, base_dir);
     let busy_timeout = t
         .duration("busy_timeout", p)
         .unwrap_or(defaults::BUSY_TIMEOUT);
@@ -404,6 +462,36 @@ fn storage(mut t: Table, p: &mut Problems) -> StorageConfig {
         database,
         busy_timeout,
     }
+}
+
+/// `sqlite://var/x.db` read from `/etc/synchro/synchro.toml` (from the file,
+/// an override or the default) → `sqlite:///etc/synchro/var/x.db`: like
+/// `{ file = }` secrets, a relative path is taken from the config file's
+/// folder, never from the working directory, so that `synchro --config
+/// /etc/synchro/synchro.toml status` reads the service's database. Absolute
+/// paths and `?query` parameters are kept as written.
+fn resolve_database(url: &str, base_dir: &Path) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url.to_string();
+    };
+    let (file, query) = match rest.split_once('?') {
+        Some((file, query)) => (file, Some(query)),
+        None => (rest, None),
+    };
+    let file = Path::new(file);
+    if file.is_absolute() {
+        return url.to_string();
+    }
+    let full: PathBuf = base_dir
+        .components()
+        .chain(file.components())
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    format!("sqlite://{}{query}", full.display())
 }
 
 fn server(mut t: Table, p: &mut Problems) -> ServerConfig {

@@ -14,7 +14,10 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use load::{ConfigError, Problem, load, load_str};
+pub use load::{
+    ConfigError, Problem, WithoutSecrets, load, load_str, load_str_without_secrets,
+    load_without_secrets,
+};
 pub use schedule::Schedule;
 pub use secret::{Secret, SecretRef};
 
@@ -32,7 +35,9 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageConfig {
-    /// `sqlite://path` URL as written by the user.
+    /// `sqlite://path` URL; a relative path as written (in the file, an
+    /// override or the default) is made relative to the config file's
+    /// folder here, absolute when the config was read from a file.
     pub database: String,
     /// How long a write waits for a lock held by another process.
     pub busy_timeout: Duration,

@@ -30,9 +30,42 @@ const MIN_SCRUBBED_LEN: usize = 4;
 pub(super) struct Problems {
     list: Vec<Problem>,
     secrets: Vec<String>,
+    /// Secrets written correctly whose value this process cannot get (the
+    /// variable is unset, the file unreadable), when those are warnings.
+    unavailable: Vec<Problem>,
+    /// Whether an unavailable secret is a warning rather than a problem:
+    /// for commands that never send a token (see `load_without_secrets`).
+    secrets_optional: bool,
 }
 
 impl Problems {
+    /// A collector for which unavailable secrets are warnings.
+    pub(super) fn with_optional_secrets() -> Self {
+        Self {
+            secrets_optional: true,
+            ..Self::default()
+        }
+    }
+
+    /// Records a secret whose value this process cannot get. True when it
+    /// is only a warning: the caller then carries on with a placeholder.
+    pub(super) fn secret_unavailable(
+        &mut self,
+        key: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> bool {
+        let problem = Problem {
+            key: key.into(),
+            reason: reason.into(),
+        };
+        if self.secrets_optional {
+            self.unavailable.push(problem);
+        } else {
+            self.list.push(problem);
+        }
+        self.secrets_optional
+    }
+
     pub(super) fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.list.push(Problem {
             key: key.into(),
@@ -68,7 +101,12 @@ impl Problems {
     }
 
     /// The problems, in the order found, with every remembered secret replaced.
-    pub(super) fn into_list(mut self) -> Vec<Problem> {
+    pub(super) fn into_list(self) -> Vec<Problem> {
+        self.into_lists().0
+    }
+
+    /// The problems and the unavailable secrets (warnings), both scrubbed.
+    pub(super) fn into_lists(mut self) -> (Vec<Problem>, Vec<Problem>) {
         // Longest first, so that a secret containing another is fully removed.
         self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         self.secrets.dedup();
@@ -80,11 +118,12 @@ impl Problems {
             }
         };
         let mut list = self.list;
-        for p in &mut list {
+        let mut unavailable = self.unavailable;
+        for p in list.iter_mut().chain(unavailable.iter_mut()) {
             scrub(&mut p.key);
             scrub(&mut p.reason);
         }
-        list
+        (list, unavailable)
     }
 }
 

@@ -401,21 +401,35 @@ fn from_env_var(var: &str, path: &str, ctx: &Ctx<'_>, p: &mut Problems) -> Optio
         );
         return None;
     }
+    let origin = SecretRef::Env(var.to_string());
     match ctx.env.get(var) {
-        None => {
-            p.add(path, format!("environment variable {var} is not set"));
-            None
-        }
+        None => unavailable(
+            path,
+            format!("environment variable {var} is not set"),
+            origin,
+            p,
+        ),
         Some(value) => {
             p.secret_value(value);
             let value = value.trim();
             if value.is_empty() {
-                p.add(path, format!("environment variable {var} is empty"));
-                return None;
+                return unavailable(
+                    path,
+                    format!("environment variable {var} is empty"),
+                    origin,
+                    p,
+                );
             }
-            Some(Secret::new(value, SecretRef::Env(var.to_string())))
+            Some(Secret::new(value, origin))
         }
     }
+}
+
+/// A secret this process cannot get: a problem, or (for commands that send
+/// no token) a warning and an empty placeholder that is never sent.
+fn unavailable(path: &str, reason: String, origin: SecretRef, p: &mut Problems) -> Option<Secret> {
+    p.secret_unavailable(path, reason)
+        .then(|| Secret::new("", origin))
 }
 
 fn from_file(file: &str, path: &str, ctx: &Ctx<'_>, p: &mut Problems) -> Option<Secret> {
@@ -429,11 +443,8 @@ fn from_file(file: &str, path: &str, ctx: &Ctx<'_>, p: &mut Problems) -> Option<
     let read =
         std::fs::File::open(&full).and_then(|f| f.take(MAX_SECRET_FILE + 1).read_to_end(&mut buf));
     if let Err(e) = read {
-        p.add(
-            path,
-            format!("cannot read secret file {}: {e}", full.display()),
-        );
-        return None;
+        let reason = format!("cannot read secret file {}: {e}", full.display());
+        return unavailable(path, reason, SecretRef::File(full), p);
     }
     if buf.len() as u64 > MAX_SECRET_FILE {
         p.add(
@@ -458,8 +469,8 @@ fn from_file(file: &str, path: &str, ctx: &Ctx<'_>, p: &mut Problems) -> Option<
     // of the token.
     let value = text.trim();
     if value.is_empty() {
-        p.add(path, format!("secret file {} is empty", full.display()));
-        return None;
+        let reason = format!("secret file {} is empty", full.display());
+        return unavailable(path, reason, SecretRef::File(full), p);
     }
     Some(Secret::new(value, SecretRef::File(full)))
 }

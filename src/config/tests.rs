@@ -1036,3 +1036,90 @@ fn server_limits_out_of_range_are_reported_per_key() {
         assert!(reason(&e, key).contains(why), "{toml}: {}", reason(&e, key));
     }
 }
+
+#[test]
+fn without_secrets_unavailable_values_are_warnings_and_real_problems_still_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("synchro.toml");
+    std::fs::write(dir.path().join("empty"), "\n").unwrap();
+    // Every way a correctly written secret can be out of reach of this shell.
+    let toml = FULL
+        .replace(
+            "webhook_token = { env = \"CT_HOOK\" }",
+            "webhook_token = { file = \"no/such/file\" }",
+        )
+        .replace(
+            "channel_token = { env = \"GCAL_CHANNEL\" }",
+            "channel_token = { file = \"empty\" }",
+        );
+    let vars = env(&[("GCAL_SECRET", "  "), ("OTHER", "x")]);
+    let strict = load_str(&toml, &path, &vars).unwrap_err();
+    let loaded = match load_str_without_secrets(&toml, &path, &vars) {
+        Ok(l) => l,
+        Err(e) => panic!("{}", e.report()),
+    };
+    let warned: Vec<&str> = loaded.unresolved.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(warned, keys(&strict), "the same four, as warnings");
+    assert_eq!(
+        warned,
+        [
+            "tenants[0].sources[0].token",
+            "tenants[0].sources[1].oauth.client_secret",
+            "tenants[0].sources[1].channel_token",
+            "tenants[1].sources[0].webhook_token",
+        ]
+    );
+    assert!(loaded.unresolved[0].reason.contains("DS_TOKEN is not set"));
+    let c = loaded.config;
+    assert_eq!(c.sources().count(), 3);
+    let db = dir.path().join("data/x.db");
+    assert_eq!(c.storage.database, format!("sqlite://{}", db.display()));
+    let SourceKindConfig::Demarches(d) = &c.tenants[0].sources[0].kind else {
+        panic!()
+    };
+    assert_eq!(d.token.expose(), "", "a placeholder, never a guess");
+
+    // A malformed reference or any other problem is still an error.
+    let bad = toml.replace(
+        "token = { env = \"DS_TOKEN\" }",
+        "token = { env = \"1-bad\" }",
+    );
+    let e = load_str_without_secrets(&bad, &path, &vars).unwrap_err();
+    assert_eq!(keys(&e), ["tenants[0].sources[0].token"]);
+    let bad = toml.replace("jitter = \"2s\"", "jitter = \"2s\"\ncolour = 1");
+    let e = load_str_without_secrets(&bad, &path, &vars).unwrap_err();
+    assert_eq!(keys(&e), ["scheduler.colour"]);
+}
+
+#[test]
+fn a_relative_database_path_is_taken_from_the_config_folder_like_secret_files() {
+    let etc = Path::new("/etc/synchro/synchro.toml");
+    let database = |toml: &str, vars: &[(&str, &str)]| match load_str(toml, etc, &env(vars)) {
+        Ok(c) => c.storage.database,
+        Err(e) => panic!("{}", e.report()),
+    };
+    let db = |url: &str| database(&format!("[storage]\ndatabase = \"{url}\"\n"), &[]);
+    assert_eq!(db("sqlite://var/x.db"), "sqlite:///etc/synchro/var/x.db");
+    assert_eq!(db("sqlite:./var/x.db"), "sqlite:///etc/synchro/var/x.db");
+    assert_eq!(
+        db("sqlite://../x.db?mode=rwc"),
+        "sqlite:///etc/synchro/../x.db?mode=rwc"
+    );
+    assert_eq!(db("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
+    // The default and an override are resolved the same way.
+    assert_eq!(database("", &[]), "sqlite:///etc/synchro/var/synchro.db");
+    assert_eq!(
+        database("", &[("SYNCHRO__STORAGE__DATABASE", "sqlite://state/s.db")]),
+        "sqlite:///etc/synchro/state/s.db"
+    );
+    // A file read through `load` anchors on its absolute folder.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("synchro.toml");
+    std::fs::write(&path, "[storage]\ndatabase = \"sqlite://var/x.db\"\n").unwrap();
+    let c = load(&path).unwrap();
+    let expected = dir.path().join("var/x.db");
+    assert_eq!(
+        c.storage.database,
+        format!("sqlite://{}", expected.display())
+    );
+}

@@ -23,7 +23,8 @@ pub struct ExportRow {
 }
 
 impl Store {
-    /// Streams the records of `sources` (all if empty) to `sink`, in order.
+    /// Streams the records of `sources` (every stored source if empty) to
+    /// `sink`, in order.
     pub async fn export(
         &self,
         sources: &[SourceKey],
@@ -45,7 +46,9 @@ impl Store {
         Ok(n)
     }
 
-    /// One ordered scan of the primary key, all sources or one.
+    /// One ordered scan of the key index: all sources, or a range search
+    /// of one. (Two statements: with `?2 IS NULL OR tenant = ?2 ...` in one,
+    /// SQLite plans a scan of the whole index for every source.)
     async fn export_where(
         &self,
         key: Option<&SourceKey>,
@@ -53,15 +56,23 @@ impl Store {
         sink: &mut impl FnMut(ExportRow) -> std::io::Result<()>,
     ) -> Result<u64, StoreError> {
         let mut n = 0;
-        let mut rows = sqlx::query(
-            "SELECT tenant, source, kind, id, deleted, updated_at, data FROM records \
-             WHERE (?1 OR deleted = 0) AND (?2 IS NULL OR (tenant = ?2 AND source = ?3)) \
-             ORDER BY tenant, source, id",
-        )
-        .bind(include_deleted)
-        .bind(key.map(|k| k.tenant.as_str()))
-        .bind(key.map(|k| k.source.as_str()))
-        .fetch(&self.reader);
+        let mut rows = match key {
+            None => sqlx::query(
+                "SELECT tenant, source, kind, id, deleted, updated_at, data FROM records \
+                 WHERE (?1 OR deleted = 0) ORDER BY tenant, source, id",
+            )
+            .bind(include_deleted)
+            .fetch(&self.reader),
+            Some(key) => sqlx::query(
+                "SELECT tenant, source, kind, id, deleted, updated_at, data FROM records \
+                 WHERE (?1 OR deleted = 0) AND tenant = ?2 AND source = ?3 \
+                 ORDER BY tenant, source, id",
+            )
+            .bind(include_deleted)
+            .bind(key.tenant.as_str())
+            .bind(key.source.as_str())
+            .fetch(&self.reader),
+        };
         while let Some(row) = rows.try_next().await? {
             let line = ExportRow {
                 tenant: row.try_get(0)?,

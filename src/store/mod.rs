@@ -10,10 +10,12 @@
 
 mod cache;
 mod export;
+mod forget;
 mod journal;
 mod lease;
 mod outbox;
 mod progress;
+mod read_only;
 mod records;
 mod runs;
 mod status;
@@ -32,6 +34,7 @@ use crate::config::SourceKey;
 
 pub use cache::{WIDE_CHECKPOINT_PAGES, WIDE_KIB};
 pub use export::ExportRow;
+pub use forget::Forgotten;
 pub use lease::{Acquired, Holder, Lease, me as this_process, pid_alive, renew_every};
 pub use outbox::PendingReport;
 pub use records::{PageStats, UPSERT_CONFLICT};
@@ -43,6 +46,15 @@ pub use status::SourceStatus;
 pub enum StoreError {
     #[error("bad database URL {0:?}: expected sqlite://PATH")]
     BadUrl(String),
+    /// The database file is absent and the command must not create it.
+    #[error(
+        "the database {path} does not exist: check storage.database (a relative path is taken \
+         from the config file's folder) and --config; this command never creates it"
+    )]
+    Missing { path: String },
+    /// A read-only open found migrations that differ from this binary's.
+    #[error("cannot read the database {path}: {reason}")]
+    Schema { path: String, reason: String },
     #[error("cannot create the database folder {path}: {source}")]
     CreateDir {
         path: String,
@@ -62,6 +74,9 @@ pub enum StoreError {
     Closed,
     /// The run's lease moved to another run (this one was paused or cut off
     /// past its expiry): the commit was rolled back, nothing of it stored.
+    /// A run holds the source: the operation would race with it.
+    #[error("{0}")]
+    Busy(String),
     #[error("lost the lease of {key} (epoch {epoch}) to another run; this commit was rolled back")]
     LeaseLost { key: SourceKey, epoch: i64 },
 }

@@ -17,5 +17,6 @@ mod hostile;
 mod leases;
 mod listener;
 mod observability;
+mod operator;
 mod reload;
 mod scale;
