@@ -312,14 +312,16 @@ impl Engine {
             });
         }
         let lost = CancellationToken::new();
-        let renewal = tokio::spawn(
+        // Aborted when dropped: a run that unwinds or is dropped stops
+        // renewing its lease (it lapses; the journal frees it on a finish).
+        let _renewal = AbortOnDrop(tokio::spawn(
             keep_lease(self.store.clone(), lease.clone(), lost.clone())
                 .instrument(tracing::Span::current()),
-        );
+        ));
         let result = self
             .pages(&lease, job, source, stop, &lost, &mut totals)
             .await;
-        renewal.abort();
+        drop(_renewal);
         let outcome = match result {
             Ok(true) => RunOutcome::Success,
             Ok(false) => RunOutcome::Cancelled,
@@ -477,9 +479,12 @@ impl Engine {
         };
         let fetcher = async move {
             // Positions this run fetched from (hashes of the progress it
-            // sent): a page leading back to one of them is a cycle
-            // (A→B→A page tokens, a cursor that loops).
-            let mut passed = std::collections::HashSet::new();
+            // sent), with how often: a page leading back to one fetched
+            // twice already is a cycle (A→B→A→B→A page tokens, a cursor
+            // that loops). Twice, not once: a source may restart its
+            // listing once within a run (a refused page token) and pass
+            // the same positions again.
+            let mut passed: std::collections::HashMap<u64, u8> = Default::default();
             let mut fetched: u64 = 0;
             loop {
                 if stop.is_cancelled() {
@@ -491,7 +496,8 @@ impl Engine {
                 if fetched >= max_pages {
                     return Err(FetchEnd::TooManyPages(position(&progress)));
                 }
-                passed.insert(progress_hash(&progress));
+                let visits = passed.entry(progress_hash(&progress)).or_default();
+                *visits = visits.saturating_add(1);
                 fetched += 1;
                 // A lease taken over ends the fetch at once: nothing it
                 // brings could be committed. A panic in the source's code
@@ -513,7 +519,8 @@ impl Engine {
                     Ok(Err(e)) => return Err(FetchEnd::Source(e)),
                     Err(panic) => return Err(FetchEnd::Panicked(panic_message(panic.as_ref()))),
                 };
-                if !page.done && passed.contains(&progress_hash(&page.next_progress)) {
+                let seen = passed.get(&progress_hash(&page.next_progress)).copied();
+                if !page.done && seen.unwrap_or(0) >= 2 {
                     return Err(FetchEnd::Cycle(position(&page.next_progress)));
                 }
                 progress = page.next_progress.clone();
@@ -614,6 +621,16 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 impl From<SourceError> for FetchEnd {
     fn from(e: SourceError) -> Self {
         FetchEnd::Source(e)
+    }
+}
+
+/// A task that ends when its handle is dropped (a plain `JoinHandle`
+/// detaches it instead).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -828,15 +845,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_page_token_cycle_fails_the_run_naming_the_source_and_the_token() {
-        let steps = vec![Step::Page("A"), Step::Page("B"), Step::Page("A")];
+        let steps = vec![
+            Step::Page("A"),
+            Step::Page("B"),
+            Step::Page("A"),
+            Step::Page("B"),
+            Step::Page("A"),
+        ];
         let (_d, store, report) = run_script(steps, 1_000).await;
         assert_eq!(report.outcome, RunOutcome::Failed);
         let error = report.totals.error.unwrap_or_default();
         assert!(error.contains("acme/team"), "{error}");
         assert!(error.contains(r#"{"pageToken":"A"}"#), "{error}");
         assert!(error.contains("already passed"), "{error}");
-        // The pages before the cycle were stored as usual.
-        assert_eq!(report.totals.pages, 2);
+        // The pages before the cycle were stored as usual (A and B passed
+        // twice: a source may restart its listing once in a run).
+        assert_eq!(report.totals.pages, 4);
         assert_eq!(stored_outcome(&store).await.0, "failed");
     }
 

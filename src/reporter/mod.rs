@@ -31,7 +31,7 @@ const BATCH: i64 = 50;
 /// How long a report's claim keeps other processes off it: the claim is
 /// taken once the host's budget granted a request, so it covers the send
 /// ([`TIMEOUT`]) and the bookkeeping after it with a wide margin.
-const CLAIM: Duration = Duration::from_secs(60);
+const CLAIM: Duration = Duration::from_secs(300);
 
 /// The reporter of one content source.
 #[derive(Clone)]
@@ -85,6 +85,11 @@ impl Reporter {
         let mut any = false;
         for _ in 0..BATCH {
             if stop.is_cancelled() {
+                break;
+            }
+            // Anything due at all? (The reader, not the writer, and no
+            // turn of the host's rate spent by an idle pass.)
+            if !self.store.reports_due(&self.key, now_us()).await? {
                 break;
             }
             // The host's budget first, then the claim: a report is claimed

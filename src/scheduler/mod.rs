@@ -568,6 +568,7 @@ async fn run_loop(
         let attempt = engine
             .run_scheduled(&job, source.as_ref(), &stop, due_us)
             .await;
+        drop((_host, _permit));
         let key = &job.key;
         if let crate::engine::Attempt::Busy(holder) = attempt {
             // Another process (a manual `synchro sync`, a replica) is
@@ -575,6 +576,37 @@ async fn run_loop(
             tracing::info!(tenant = %key.tenant, source = %key.source, %holder,
                 "tick skipped: the source is being synced by another run");
             crate::metrics::run_skipped(key);
+            if due_us.is_none() {
+                // A push notification (or the start-up run) asked for a
+                // run *now*: the holder may have listed before the change
+                // it announces. Run once the holder is done.
+                if !wait_until_free(engine.store(), key, &stop).await {
+                    return;
+                }
+                triggers.offer(Trigger::Now);
+            }
+        }
+    }
+}
+
+/// How often a runner looks whether another process's run of its source
+/// ended.
+const HELD_POLL: Duration = Duration::from_secs(1);
+
+/// Waits until no live run holds `key`'s lease; false if `stop` fired
+/// first. A database error is waited out like a held lease.
+async fn wait_until_free(
+    store: &crate::store::Store,
+    key: &SourceKey,
+    stop: &CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(HELD_POLL) => {}
+            _ = stop.cancelled() => return false,
+        }
+        if let Ok(None) = store.lease_holder(key).await {
+            return true;
         }
     }
 }

@@ -77,8 +77,8 @@ impl Store {
             // A removed source still being synced (a daemon not reloaded
             // yet, a `sync` with an older config): forgetting it under that
             // run would leave its next commits writing into a forgotten
-            // source. Its lease row goes with the rest otherwise: a run
-            // fenced on it can never commit again.
+            // source. Its lease is freed otherwise (the row stays: epochs
+            // only grow): a run fenced on it can never commit again.
             let held: Option<(Option<i64>, Option<String>)> = sqlx::query_as(
                 "SELECT pid, host FROM leases WHERE tenant = ?1 AND source = ?2 \
                  AND run_id IS NOT NULL AND expires_at > ?3",
@@ -96,11 +96,13 @@ impl Store {
                     host.unwrap_or_default()
                 )));
             }
-            sqlx::query("DELETE FROM leases WHERE tenant = ?1 AND source = ?2")
-                .bind(&key.tenant)
-                .bind(&key.source)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE leases SET run_id = NULL, expires_at = 0 WHERE tenant = ?1 AND source = ?2",
+            )
+            .bind(&key.tenant)
+            .bind(&key.source)
+            .execute(&mut *tx)
+            .await?;
             let mut deleted = [0u64; 4];
             for (sql, count) in FORGET.iter().zip(deleted.iter_mut()) {
                 *count = sqlx::query(*sql)

@@ -108,22 +108,40 @@ fn hostname() -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
-/// `boot id / pid namespace`: two processes with the same node id see the
-/// same pids. `None` where either cannot be read: then no holder is ever
-/// judged dead by its pid, only by its expiry (safe, slower).
+/// `machine / pid namespace`: two processes with the same node id see the
+/// same pids. Only what a hardened unit still shows is read
+/// (`ProcSubset=pid` hides `/proc/sys`, so no boot id): the machine id
+/// (`/etc/machine-id`, else the host name) and the pid namespace of this
+/// process (`/proc/self`). A holder from before a reboot is dead whatever
+/// its pid says now, so a reused namespace id costs nothing but a wait.
+/// `None` where the namespace cannot be read: then no holder is ever judged
+/// dead by its pid, only by its expiry (safe, slower).
 fn node_id() -> Option<String> {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
-    Some(format!("{}/{}", boot.trim(), ns.display()))
+    let machine = std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty())
+        .or_else(hostname)?;
+    Some(format!("{machine}/{}", ns.display()))
 }
 
-/// Whether `pid` names a live process on this node. A zombie (killed, not
-/// yet reaped by its parent) is dead: it will never write again.
+/// Whether `pid` names a live process on this node. The kernel decides
+/// (`kill(pid, 0)`: ESRCH is gone, EPERM is another user's live process),
+/// not `/proc`, which hides other users' processes on hardened hosts
+/// (`hidepid`, systemd's `ProtectProc=invisible`). A zombie (killed, not
+/// yet reaped by its parent) is dead: it will never write again; `/proc`
+/// tells that where it shows the process.
 pub fn pid_alive(pid: i64) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };
     if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 sends nothing; it only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
         return false;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -132,13 +150,7 @@ pub fn pid_alive(pid: i64) -> bool {
             .rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_none_or(|state| state != "Z" && state != "X"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        // No /proc: ask the kernel. EPERM means it exists.
-        Err(_) => {
-            // SAFETY: signal 0 only checks that the process exists.
-            let rc = unsafe { libc::kill(pid, 0) };
-            rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-        }
+        Err(_) => true,
     }
 }
 
@@ -652,5 +664,56 @@ mod tests {
             None,
             "never again after a success"
         );
+    }
+
+    #[tokio::test]
+    async fn a_claimer_whose_claim_lapsed_cannot_end_the_live_claim_of_another() {
+        let (_d, store) = open().await;
+        let key = SourceKey::new("t", "s");
+        sqlx::query(
+            "INSERT INTO outbox (tenant, source, record_id, completed_at, import_state, created_at) \
+             VALUES ('t', 's', 'r1', 'c', 'success', 0)",
+        )
+        .execute(&store.writer)
+        .await
+        .expect("queue");
+        let t = now_us();
+        let a = store
+            .claim_report(&key, t, t + 1_000)
+            .await
+            .expect("a")
+            .expect("claimed");
+        // A's claim lapses; B (another process) claims and is sending.
+        sqlx::query("UPDATE outbox SET claimed_by = 'other-node|1|b', claim_expires_at = ?1")
+            .bind(t + 100_000_000)
+            .execute(&store.writer)
+            .await
+            .expect("b claims");
+        // A's late answer changes nothing: the report stays B's.
+        store
+            .report_retry(a.id, "HTTP 503", t + 3_000)
+            .await
+            .expect("retry");
+        store
+            .report_refused(a.id, "HTTP 400")
+            .await
+            .expect("refused");
+        assert_eq!(
+            store
+                .claim_report(&key, t + 3_000, t + 4_000)
+                .await
+                .expect("c")
+                .map(|r| r.id),
+            None,
+            "a third claimer got the report while B is sending it"
+        );
+        // B's success stands, and nothing turns a sent report back.
+        store.report_sent(a.id, t + 5_000).await.expect("sent");
+        store.report_refused(a.id, "late").await.expect("refused");
+        let (status,): (String,) = sqlx::query_as("SELECT status FROM outbox")
+            .fetch_one(&store.reader)
+            .await
+            .expect("status");
+        assert_eq!(status, "sent");
     }
 }

@@ -85,7 +85,20 @@ impl StoreError {
     /// Whether the database itself failed (disk full, I/O, a broken
     /// connection), as opposed to a lost lease or bad data.
     pub fn is_database_failure(&self) -> bool {
-        matches!(self, StoreError::Sql(_) | StoreError::Closed)
+        let StoreError::Sql(e) = self else {
+            return false;
+        };
+        match e {
+            // I/O error, corrupt image, disk full, not a database: what
+            // leaves a connection's transaction state in doubt.
+            sqlx::Error::Database(d) => d
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| matches!(c & 0xff, 10 | 11 | 13 | 26)),
+            sqlx::Error::Io(_) => true,
+            // sqlx's own view of a transaction SQLite already ended.
+            other => other.to_string().contains("transaction depth"),
+        }
     }
 }
 
@@ -290,15 +303,18 @@ impl Store {
         }
         // 1 MiB: a disk with a few KB free (a small write fits in space the
         // WAL already has) is not "space back"; a page group of records is.
-        let probe = sqlx::query(
+        let write = sqlx::query(
             "INSERT INTO write_probe (id, written_at, pad) VALUES (1, ?1, zeroblob(1048576)) \
              ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at, pad = excluded.pad",
         )
         .bind(now_us())
-        .execute(&self.writer)
-        .await
-        .map(|_| ())
-        .map_err(StoreError::from);
+        .execute(&self.writer);
+        // A readiness check answers promptly: a writer busy for longer
+        // counts as still failing.
+        let probe = match tokio::time::timeout(Duration::from_secs(2), write).await {
+            Ok(done) => done.map(|_| ()).map_err(StoreError::from),
+            Err(_) => return true,
+        };
         let failing = self.commit_result(probe).await.is_err();
         if !failing {
             let _ = sqlx::query("UPDATE write_probe SET pad = NULL WHERE id = 1")

@@ -121,6 +121,23 @@ impl Store {
         Ok(released)
     }
 
+    /// Whether a report of the source is due at `now_us`, claimed or not
+    /// (a claim may be a dead process's, which [`Store::claim_report`]
+    /// releases). Read on the reader pool: an idle reporter's check costs
+    /// the writer nothing.
+    pub async fn reports_due(&self, key: &SourceKey, now_us: i64) -> Result<bool, StoreError> {
+        let (due,): (i64,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE tenant = ?1 AND source = ?2 \
+             AND status = 'pending' AND next_attempt_at <= ?3)",
+        )
+        .bind(&key.tenant)
+        .bind(&key.source)
+        .bind(now_us)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(due != 0)
+    }
+
     /// Pending reports of a source, due or not.
     pub async fn pending_report_count(&self, key: &SourceKey) -> Result<i64, StoreError> {
         let (n,): (i64,) = sqlx::query_as(
@@ -151,7 +168,8 @@ impl Store {
     pub async fn report_sent(&self, id: i64, now_us: i64) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE outbox SET status = 'sent', sent_at = ?2, attempts = attempts + 1, \
-             last_error = NULL, claimed_by = NULL, claim_expires_at = 0 WHERE id = ?1",
+             last_error = NULL, claimed_by = NULL, claim_expires_at = 0 \
+             WHERE id = ?1 AND status = 'pending'",
         )
         .bind(id)
         .bind(now_us)
@@ -160,7 +178,9 @@ impl Store {
         Ok(())
     }
 
-    /// A transient failure: try again at `next_at_us`.
+    /// A transient failure: try again at `next_at_us`. Only while this
+    /// process still holds the claim: one whose claim lapsed (another may be
+    /// sending the report now) changes nothing.
     pub async fn report_retry(
         &self,
         id: i64,
@@ -169,25 +189,30 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3, \
-             claimed_by = NULL, claim_expires_at = 0 WHERE id = ?1",
+             claimed_by = NULL, claim_expires_at = 0 \
+             WHERE id = ?1 AND status = 'pending' AND claimed_by = ?4",
         )
         .bind(id)
         .bind(error)
         .bind(next_at_us)
+        .bind(claimer())
         .execute(&self.writer)
         .await?;
         Ok(())
     }
 
     /// The upstream refused the report for good (e.g. unknown request):
-    /// keep it, visible in `status`, but stop sending it.
+    /// keep it, visible in `status`, but stop sending it. Only while this
+    /// process still holds the claim.
     pub async fn report_refused(&self, id: i64, error: &str) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?2, \
-             claimed_by = NULL, claim_expires_at = 0 WHERE id = ?1",
+             claimed_by = NULL, claim_expires_at = 0 \
+             WHERE id = ?1 AND status = 'pending' AND claimed_by = ?3",
         )
         .bind(id)
         .bind(error)
+        .bind(claimer())
         .execute(&self.writer)
         .await?;
         Ok(())

@@ -479,6 +479,15 @@ async fn reports_are_queued_once_per_completion_and_only_for_stored_versions() {
         got,
         [("7", "success", None), ("8", "fail", Some("bad fields"))]
     );
+    // The reporter claims a report before it sends it (and only a claimer
+    // may record a retry).
+    for _ in 0..2 {
+        store
+            .claim_report(&key, 0, i64::MAX / 2)
+            .await
+            .expect("claim")
+            .expect("due");
+    }
     store.report_sent(due[0].id, 1).await.expect("sent");
     store
         .report_retry(due[1].id, "HTTP 500", i64::MAX - 1)
