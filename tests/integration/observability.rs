@@ -117,6 +117,22 @@ async fn metrics_are_served_labelled_by_tenant_and_source_and_logs_are_json() {
         "{text}"
     );
 
+    // Every series says what it counts.
+    for name in [
+        "synchro_runs_total",
+        "synchro_records_upserted_total",
+        "synchro_sync_duration_seconds",
+        "synchro_last_success_timestamp_seconds",
+        "synchro_http_requests_total",
+        "synchro_import_reports_pending",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {name} "))),
+            "no # HELP for {name}:\n{text}"
+        );
+    }
+
     signal(&child, "TERM");
     assert_eq!(child.wait().expect("wait").code(), Some(0));
     // Every log line is one JSON object; run lines carry tenant, source and run_id.
