@@ -46,6 +46,8 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
         server_stop.clone(),
     ));
 
+    let (retention, retention_now) = tokio::sync::watch::channel(config.storage.runs_retention);
+    let pruner = tokio::spawn(prune_runs(store.clone(), retention_now));
     let mut scheduler = start(&config, &store, &stop).await?;
     hooks.install(&config, scheduler.triggers(), &store);
     watchdog.watch(scheduler.liveness());
@@ -67,6 +69,7 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
                                 tracing::warn!("SIGHUP: server.listen changed; it takes effect at the next restart");
                             }
                             config = new;
+                            retention.send_replace(config.storage.runs_retention);
                             hooks.install(&config, scheduler.triggers(), &store);
                             watchdog.watch(scheduler.liveness());
                         }
@@ -83,6 +86,8 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
     notify::stopping();
     hooks.clear();
     tracing::info!("shutting down");
+    pruner.abort();
+    let _ = pruner.await;
     let drained = scheduler.shutdown(config.scheduler.shutdown_timeout).await;
     server_stop.cancel();
     let _ = server.await;
@@ -136,6 +141,33 @@ async fn start(
     Scheduler::start(config, engine, http, stop.child_token())
         .await
         .map_err(|e| CliError::Other(anyhow::anyhow!("{e}")))
+}
+
+/// How often the daemon prunes the run history (and once at start).
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3_600);
+
+/// Keeps `runs` bounded: at start, then every [`PRUNE_EVERY`], deletes the
+/// runs older than the current `[storage] runs_retention` (in short batches,
+/// see `store/retention.rs`). Runs until aborted at shutdown.
+async fn prune_runs(store: Store, retention: tokio::sync::watch::Receiver<std::time::Duration>) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let max_age = *retention.borrow();
+        match store
+            .prune_runs(max_age, crate::store::KEEP_LAST_RUNS)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deleted = n,
+                retention = %humantime::format_duration(max_age),
+                "pruned the run history"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not prune the run history; will retry"),
+        }
+    }
 }
 
 /// The `STATUS=` line `systemctl status` shows while the daemon runs.

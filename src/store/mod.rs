@@ -15,6 +15,7 @@ mod lease;
 mod outbox;
 mod progress;
 mod records;
+mod retention;
 mod runs;
 mod status;
 #[cfg(test)]
@@ -35,6 +36,7 @@ pub use export::ExportRow;
 pub use lease::{Acquired, Holder, Lease, me as this_process, pid_alive, renew_every};
 pub use outbox::PendingReport;
 pub use records::{PageStats, UPSERT_CONFLICT};
+pub use retention::KEEP_LAST_RUNS;
 pub use runs::{RunOutcome, RunRecord};
 pub use status::SourceStatus;
 

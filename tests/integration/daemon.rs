@@ -377,3 +377,75 @@ async fn scheduled_runs_record_their_due_instant_and_other_runs_do_not() {
     );
     sim.shutdown().await;
 }
+
+/// Runs of `tenant/source` that started before `before_us`.
+async fn runs_started_before(db: &std::path::Path, source: &str, before_us: i64) -> i64 {
+    let url = format!("sqlite://{}?mode=ro", db.display());
+    let Ok(mut conn) = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await else {
+        return -1;
+    };
+    sqlx::query_as::<_, (i64,)>(
+        "SELECT count(*) FROM runs WHERE tenant = 'acme' AND source = ?1 AND started_at < ?2",
+    )
+    .bind(source)
+    .bind(before_us)
+    .fetch_one(&mut conn)
+    .await
+    .map_or(-1, |(n,)| n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_prunes_the_run_history_at_start() {
+    let sim = simulator().await;
+    sim.ds().seed(DEMARCHE, 10);
+    let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", DEMARCHE)]);
+    setup.edit_config("[server]", "runs_retention = \"30d\"\n\n[server]");
+    setup.sync_ok(&[]).await;
+    // 150 runs of 40 days ago, and 3 of a source that no longer syncs.
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    let old_us = now_us - 40 * 86_400_000_000;
+    let db = setup.db_path();
+    let url = format!("sqlite://{}", db.display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("open db");
+    for (source, n) in [("permits", 150), ("gone", 3)] {
+        for i in 0..n {
+            sqlx::query(
+                "INSERT INTO runs (run_id, tenant, source, kind, started_at, finished_at, outcome) \
+                 VALUES (?1, 'acme', ?2, 'demarches', ?3, ?3, 'failed')",
+            )
+            .bind(format!("{source}-{i}"))
+            .bind(source)
+            .bind(old_us + i)
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+        }
+    }
+    drop(conn);
+    let cutoff = now_us - 30 * 86_400_000_000;
+
+    let mut child = setup.spawn(&["run"]);
+    // The newest 100 runs of a source stay (the old ones were written
+    // last), 99 of them if the daemon's first run started before the
+    // prune; the sync's recent run, the last success, stays too.
+    wait_until(Duration::from_secs(30), "the old runs pruned", || {
+        let db = db.clone();
+        async move { (0..=100).contains(&runs_started_before(&db, "permits", cutoff).await) }
+    })
+    .await;
+    let left = runs_started_before(&db, "permits", cutoff).await;
+    assert!((99..=100).contains(&left), "{left}");
+    assert!(count_runs(&db, "acme", "permits", "success").await >= 1);
+    assert_eq!(runs_started_before(&db, "gone", cutoff).await, 3);
+    wait_until(Duration::from_secs(10), "the prune logged", || async {
+        setup.spawned_stderr().contains("pruned the run history")
+    })
+    .await;
+    signal(&child, "TERM");
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+}
