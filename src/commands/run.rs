@@ -64,14 +64,19 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
                     match crate::config::load(path) {
                         Err(e) => tracing::error!(problems = %e.report(), "SIGHUP: new configuration rejected; keeping the running one"),
                         Ok(new) => {
-                            scheduler = reload(scheduler, &config, &new, &store, &stop).await?;
-                            if new.server.listen != config.server.listen {
-                                tracing::warn!("SIGHUP: server.listen changed; it takes effect at the next restart");
+                            let blocked = needs_restart(&config, &new);
+                            if blocked.is_empty() {
+                                scheduler = reload(scheduler, &config, &new, &store, &stop).await?;
+                                config = new;
+                                retention.send_replace(config.storage.runs_retention);
+                                hooks.install(&config, scheduler.triggers(), &store);
+                                watchdog.watch(scheduler.liveness());
+                            } else {
+                                tracing::error!(
+                                    "SIGHUP: new configuration rejected: {}; keeping the running configuration",
+                                    blocked.join("; ")
+                                );
                             }
-                            config = new;
-                            retention.send_replace(config.storage.runs_retention);
-                            hooks.install(&config, scheduler.triggers(), &store);
-                            watchdog.watch(scheduler.liveness());
                         }
                     }
                     // Accepted or rejected, a configuration is running again.
@@ -100,8 +105,28 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The settings a running daemon cannot take from a new file, each with
+/// what to do: the database is opened and the listener bound once, at
+/// start. Applying the rest of such a file would leave the daemon running a
+/// configuration that is neither the old one nor the new one.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if new.storage.database != old.storage.database {
+        changed.push("storage.database changed: restart synchro to use the new database");
+    }
+    if new.storage.busy_timeout != old.storage.busy_timeout {
+        changed.push("storage.busy_timeout changed: restart synchro to apply it");
+    }
+    if new.server.listen != old.server.listen {
+        changed.push("server.listen changed: restart synchro to listen on the new address");
+    }
+    changed
+}
+
 /// Applies a new valid configuration: source by source when only sources
 /// changed, or by restarting the scheduler when global settings changed.
+/// The `[storage]` settings that reach here (`runs_retention`) apply
+/// without touching the sources.
 async fn reload(
     mut scheduler: Scheduler,
     old: &Config,
@@ -109,6 +134,10 @@ async fn reload(
     store: &Store,
     stop: &CancellationToken,
 ) -> Result<Scheduler, CliError> {
+    let new = &Config {
+        storage: old.storage.clone(),
+        ..new.clone()
+    };
     if scheduler.can_reload(old, new) {
         match scheduler
             .reload(old, new, new.scheduler.shutdown_timeout)
