@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::config::SourceKey;
@@ -32,6 +34,7 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         .map_err(|e| MetricsError(e.to_string()))?
         .install_recorder()
         .map_err(|e| MetricsError(e.to_string()))?;
+    describe();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -41,6 +44,59 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         }
     });
     Ok(handle)
+}
+
+/// Gives every metric its `# HELP` line (and unit), so that `/metrics` is
+/// self-explaining to whoever reads it without the README. Called once, by
+/// [`install`]; the recorder keeps the descriptions of series not yet seen.
+fn describe() {
+    describe_counter!(
+        "synchro_runs_total",
+        "Sync runs finished, by kind and outcome (success, failed, cancelled)."
+    );
+    describe_counter!(
+        "synchro_runs_skipped_total",
+        "Scheduled runs not started because another process's run held the source's lease."
+    );
+    describe_counter!(
+        "synchro_run_panics_total",
+        "Runs whose code panicked (a bug): the run failed, the source kept its schedule."
+    );
+    describe_counter!("synchro_pages_total", "Pages committed.");
+    describe_counter!(
+        "synchro_records_upserted_total",
+        "Records inserted or replaced by a newer version."
+    );
+    describe_counter!(
+        "synchro_records_deleted_total",
+        "Tombstones written, plus records removed by a clear-and-resync."
+    );
+    describe_histogram!(
+        "synchro_sync_duration_seconds",
+        Unit::Seconds,
+        "Duration of sync runs, by kind."
+    );
+    describe_gauge!(
+        "synchro_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "End of the last successful run (Unix time); alert on its age."
+    );
+    describe_counter!(
+        "synchro_http_requests_total",
+        "HTTP attempts to upstreams, retries included, by host and status (code or error)."
+    );
+    describe_gauge!(
+        "synchro_import_reports_pending",
+        "Import-state reports waiting in the outbox."
+    );
+    describe_counter!(
+        "synchro_import_reports_sent_total",
+        "Import-state reports the upstream accepted."
+    );
+    describe_counter!(
+        "synchro_import_report_failures_total",
+        "Failed import-state report attempts (permanent=true: refused for good)."
+    );
 }
 
 /// One finished run.
@@ -106,4 +162,56 @@ pub fn run_skipped(key: &SourceKey) {
 pub fn run_panicked(key: &SourceKey) {
     counter!("synchro_run_panics_total", "tenant" => key.tenant.clone(), "source" => key.source.clone())
         .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric name this module records.
+    const NAMES: [&str; 12] = [
+        "synchro_runs_total",
+        "synchro_run_panics_total",
+        "synchro_runs_skipped_total",
+        "synchro_pages_total",
+        "synchro_records_upserted_total",
+        "synchro_records_deleted_total",
+        "synchro_sync_duration_seconds",
+        "synchro_last_success_timestamp_seconds",
+        "synchro_http_requests_total",
+        "synchro_import_reports_pending",
+        "synchro_import_reports_sent_total",
+        "synchro_import_report_failures_total",
+    ];
+
+    #[test]
+    fn every_metric_has_a_help_line() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            let key = SourceKey::new("acme", "permits");
+            run_finished(
+                &key,
+                "demarches",
+                RunOutcome::Success,
+                &RunRecord::default(),
+                Duration::from_millis(5),
+            );
+            http_call("example.org", Some(&key), Some(200));
+            reports_pending(&key, 1);
+            report_sent(&key);
+            report_failed(&key, false);
+            run_skipped(&key);
+            run_panicked(&key);
+        });
+        let text = handle.render();
+        for name in NAMES {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+            assert!(
+                text.contains(&format!("\n{name}")),
+                "{name} recorded:\n{text}"
+            );
+        }
+    }
 }

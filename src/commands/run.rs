@@ -50,6 +50,8 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
         server_stop.clone(),
     ));
 
+    let (retention, retention_now) = tokio::sync::watch::channel(config.storage.runs_retention);
+    let pruner = tokio::spawn(prune_runs(store.clone(), retention_now));
     let mut scheduler = start(&config, &store, &stop).await?;
     hooks.install(&config, scheduler.triggers(), &store);
     watchdog.watch(scheduler.liveness());
@@ -66,13 +68,19 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
                     match crate::config::load(path) {
                         Err(e) => tracing::error!(problems = %e.report(), "SIGHUP: new configuration rejected; keeping the running one"),
                         Ok(new) => {
-                            scheduler = reload(scheduler, &config, &new, &store, &stop).await?;
-                            if new.server != config.server {
-                                tracing::warn!("SIGHUP: [server] changed (listen or limits); it takes effect at the next restart");
+                            let blocked = needs_restart(&config, &new);
+                            if blocked.is_empty() {
+                                scheduler = reload(scheduler, &config, &new, &store, &stop).await?;
+                                config = new;
+                                retention.send_replace(config.storage.runs_retention);
+                                hooks.install(&config, scheduler.triggers(), &store);
+                                watchdog.watch(scheduler.liveness());
+                            } else {
+                                tracing::error!(
+                                    "SIGHUP: new configuration rejected: {}; keeping the running configuration",
+                                    blocked.join("; ")
+                                );
                             }
-                            config = new;
-                            hooks.install(&config, scheduler.triggers(), &store);
-                            watchdog.watch(scheduler.liveness());
                         }
                     }
                     // Accepted or rejected, a configuration is running again.
@@ -87,6 +95,8 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
     notify::stopping();
     hooks.clear();
     tracing::info!("shutting down");
+    pruner.abort();
+    let _ = pruner.await;
     let drained = scheduler.shutdown(config.scheduler.shutdown_timeout).await;
     server_stop.cancel();
     let _ = server.await;
@@ -99,8 +109,30 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The settings a running daemon cannot take from a new file, each with
+/// what to do: the database is opened and the listener bound once, at
+/// start. Applying the rest of such a file would leave the daemon running a
+/// configuration that is neither the old one nor the new one.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if new.storage.database != old.storage.database {
+        changed.push("storage.database changed: restart synchro to use the new database");
+    }
+    if new.storage.busy_timeout != old.storage.busy_timeout {
+        changed.push("storage.busy_timeout changed: restart synchro to apply it");
+    }
+    if new.server.listen != old.server.listen {
+        changed.push("server.listen changed: restart synchro to listen on the new address");
+    } else if new.server != old.server {
+        changed.push("[server] limits changed: restart synchro to apply them");
+    }
+    changed
+}
+
 /// Applies a new valid configuration: source by source when only sources
 /// changed, or by restarting the scheduler when global settings changed.
+/// The `[storage]` settings that reach here (`runs_retention`) apply
+/// without touching the sources.
 async fn reload(
     mut scheduler: Scheduler,
     old: &Config,
@@ -108,6 +140,10 @@ async fn reload(
     store: &Store,
     stop: &CancellationToken,
 ) -> Result<Scheduler, CliError> {
+    let new = &Config {
+        storage: old.storage.clone(),
+        ..new.clone()
+    };
     if scheduler.can_reload(old, new) {
         match scheduler
             .reload(old, new, new.scheduler.shutdown_timeout)
@@ -140,6 +176,33 @@ async fn start(
     Scheduler::start(config, engine, http, stop.child_token())
         .await
         .map_err(|e| CliError::Other(anyhow::anyhow!("{e}")))
+}
+
+/// How often the daemon prunes the run history (and once at start).
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3_600);
+
+/// Keeps `runs` bounded: at start, then every [`PRUNE_EVERY`], deletes the
+/// runs older than the current `[storage] runs_retention` (in short batches,
+/// see `store/retention.rs`). Runs until aborted at shutdown.
+async fn prune_runs(store: Store, retention: tokio::sync::watch::Receiver<std::time::Duration>) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let max_age = *retention.borrow();
+        match store
+            .prune_runs(max_age, crate::store::KEEP_LAST_RUNS)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deleted = n,
+                retention = %humantime::format_duration(max_age),
+                "pruned the run history"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not prune the run history; will retry"),
+        }
+    }
 }
 
 /// The `STATUS=` line `systemctl status` shows while the daemon runs.

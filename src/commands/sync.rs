@@ -44,7 +44,7 @@ pub async fn sync(
     for (key, result) in &results {
         match result {
             SyncResult::Ran(report) => {
-                eprintln!("{}", summary(key, report));
+                super::progress::report_run(key, report);
                 match report.outcome {
                     RunOutcome::Success => {}
                     RunOutcome::Cancelled => cancelled += 1,
@@ -52,7 +52,7 @@ pub async fn sync(
                 }
             }
             SyncResult::Busy(holder) => {
-                eprintln!("{}", busy_line(key, holder));
+                super::progress::report_busy(key, holder);
                 busy += 1;
             }
         }
@@ -112,11 +112,11 @@ async fn send_reports(
         let left = r.drain(REPORT_DRAIN, stop).instrument(r.span()).await;
         match left {
             Ok(0) => {}
-            Ok(n) => eprintln!(
-                "{}: {n} import-state report(s) still pending; the next sync or the daemon sends them",
-                r.key()
+            Ok(n) => super::progress::report_line(
+                r.key(),
+                &format!("{n} import-state report(s) still pending; the next sync or the daemon sends them"),
             ),
-            Err(e) => eprintln!("{}: import-state reports not sent: {e}", r.key()),
+            Err(e) => super::progress::report_line(r.key(), &format!("import-state reports not sent: {e}")),
         }
     });
     futures::future::join_all(drains).await;

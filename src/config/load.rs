@@ -57,6 +57,14 @@ mod defaults {
     /// How long a write waits for a lock held by another process (a backup,
     /// an operator's sqlite3 shell) before the run fails.
     pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+    /// A month of run history: enough to look back at last month's
+    /// incident, bounded for a source that runs every minute.
+    pub const RUNS_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+    /// Shorter is a typo ("30s" for "30d"): a run would be pruned before
+    /// anyone could look at it.
+    pub const RUNS_RETENTION_MIN: Duration = Duration::from_secs(3_600);
+    /// "100years" as humantime counts them (365.25 days each): keep-all.
+    pub const RUNS_RETENTION_MAX: Duration = Duration::from_secs(3_155_760_000);
     pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9750));
     /// Half of the usual 1024 soft file limit: even where `LimitNOFILE` is
     /// not raised, idle clients cannot take the descriptors syncs need.
@@ -457,10 +465,19 @@ fn storage(mut t: Table, base_dir: &Path, p: &mut Problems) -> StorageConfig {
     let busy_timeout = t
         .duration("busy_timeout", p)
         .unwrap_or(defaults::BUSY_TIMEOUT);
+    let runs_retention = t
+        .duration_in(
+            "runs_retention",
+            defaults::RUNS_RETENTION_MIN,
+            defaults::RUNS_RETENTION_MAX,
+            p,
+        )
+        .unwrap_or(defaults::RUNS_RETENTION);
     t.finish(p);
     StorageConfig {
         database,
         busy_timeout,
+        runs_retention,
     }
 }
 

@@ -41,6 +41,10 @@ pub struct StorageConfig {
     pub database: String,
     /// How long a write waits for a lock held by another process.
     pub busy_timeout: Duration,
+    /// Runs that started longer ago are pruned from the run history by the
+    /// daemon (the newest runs of each source are kept whatever their age,
+    /// see `store::KEEP_LAST_RUNS`): `runs` would otherwise grow forever.
+    pub runs_retention: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

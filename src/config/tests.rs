@@ -56,6 +56,7 @@ demarche = 1234
 const FULL: &str = r#"
 [storage]
 database = "sqlite://data/x.db"
+runs_retention = "7d"
 
 [server]
 listen = "0.0.0.0:8080"
@@ -126,6 +127,7 @@ fn full_config_gives_the_typed_values() {
     let c = load_ok(FULL, FULL_ENV);
     assert_eq!(c.path, Path::new("test.toml"));
     assert_eq!(c.storage.database, "sqlite://data/x.db");
+    assert_eq!(c.storage.runs_retention, Duration::from_secs(7 * 86_400));
     assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
     assert_eq!(c.scheduler.max_concurrent_syncs, 3);
     assert_eq!(c.scheduler.jitter, Duration::from_secs(2));
@@ -197,6 +199,7 @@ fn defaults_fill_every_optional_key() {
     let c = load_ok(DS_SOURCE, &[("DS_TOKEN", "t")]);
     assert_eq!(c.storage.database, "sqlite://var/synchro.db");
     assert_eq!(c.storage.busy_timeout, Duration::from_secs(30));
+    assert_eq!(c.storage.runs_retention, Duration::from_secs(30 * 86_400));
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:9750");
     assert_eq!(c.server.max_connections, 512);
     assert_eq!(c.server.max_body_bytes, 2 * 1024 * 1024);
@@ -1122,4 +1125,29 @@ fn a_relative_database_path_is_taken_from_the_config_folder_like_secret_files() 
         c.storage.database,
         format!("sqlite://{}", expected.display())
     );
+}
+
+#[test]
+fn a_bad_runs_retention_names_the_key() {
+    for (value, why) in [
+        ("\"30s\"", "must be between 1h and 100years, got 30s"),
+        ("\"forever\"", "invalid duration"),
+        (
+            "30",
+            "expected a duration string such as \"30s\", found an integer",
+        ),
+    ] {
+        let toml = format!("[storage]\nruns_retention = {value}\n{DS_SOURCE}");
+        let e = load_err(&toml, &[("DS_TOKEN", "t")]);
+        let got = reason(&e, "storage.runs_retention");
+        assert!(got.starts_with(why), "{value}: {got}");
+    }
+    let c = load_ok(
+        DS_SOURCE,
+        &[
+            ("DS_TOKEN", "t"),
+            ("SYNCHRO__STORAGE__RUNS_RETENTION", "90d"),
+        ],
+    );
+    assert_eq!(c.storage.runs_retention, Duration::from_secs(90 * 86_400));
 }

@@ -17,6 +17,7 @@ mod outbox;
 mod progress;
 mod read_only;
 mod records;
+mod retention;
 mod runs;
 mod status;
 #[cfg(test)]
@@ -38,6 +39,7 @@ pub use forget::Forgotten;
 pub use lease::{Acquired, Holder, Lease, me as this_process, pid_alive, renew_every};
 pub use outbox::PendingReport;
 pub use records::{PageStats, UPSERT_CONFLICT};
+pub use retention::KEEP_LAST_RUNS;
 pub use runs::{RunOutcome, RunRecord};
 pub use status::SourceStatus;
 

@@ -180,9 +180,15 @@ async fn sync_on_a_terminal_draws_a_progress_bar_and_clears_it() {
     }
     let sim = simulator().await;
     sim.ds().seed(DEMARCHE, 600);
-    let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", DEMARCHE)]);
+    // Small, slow pages: the sync lasts long enough for the rate to show.
+    sim.ds()
+        .inject(Fault::Slow(Duration::from_millis(40)), 1_000);
+    let mut source = DsSource::new("acme", "permits", DEMARCHE);
+    source.page_size = 15;
+    let setup = Setup::new(&sim, &[source]);
     // `script` runs synchro on a pseudo-terminal and copies what it draws.
-    let command = format!("{} --config {} -q sync", bin(), setup.config.display());
+    // No `-q`: the run's own info line is logged while the bar is drawn.
+    let command = format!("{} --config {} sync", bin(), setup.config.display());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("script")
             .args(["-qec", &command, "/dev/null"])
@@ -196,12 +202,104 @@ async fn sync_on_a_terminal_draws_a_progress_bar_and_clears_it() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let screen = String::from_utf8_lossy(&out.stdout);
+    let raw = String::from_utf8_lossy(&out.stdout);
     // The bar: source, pages, records and rate; then the summary line.
-    assert!(screen.contains("acme/permits"), "{screen}");
-    assert!(screen.contains(" records · "), "{screen}");
-    assert!(screen.contains("pages"), "{screen}");
-    assert!(screen.contains("acme/permits: success"), "{screen}");
+    assert!(raw.contains("acme/permits"), "{raw}");
+    assert!(raw.contains(" records · "), "{raw}");
+    assert!(raw.contains("pages"), "{raw}");
+    // Rates: a whole number or one decimal (indicatif's own said 146.6997/s).
+    assert!(raw.contains("/s"), "no rate shown: {raw}");
+    for (at, _) in raw.match_indices("/s") {
+        let number: String = raw[..at]
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let decimals = number.find('.').unwrap_or(0);
+        assert!(
+            decimals <= 1,
+            "rate with more than one decimal: {number:?}\n{raw}"
+        );
+    }
+    // What the terminal shows in the end: the log line on a line of its
+    // own, not after the spinner, and the summary once the bar is gone.
+    let screen = render(&raw);
+    let logged = screen
+        .iter()
+        .find(|l| l.contains("sync run succeeded"))
+        .unwrap_or_else(|| panic!("no log line: {screen:#?}"));
+    assert!(
+        !logged.contains("records ·"),
+        "log line on the spinner's line: {logged:?}"
+    );
+    assert!(
+        screen
+            .iter()
+            .any(|l| l.starts_with("acme/permits: success")),
+        "{screen:#?}"
+    );
+    assert!(
+        !screen.iter().any(|l| l.contains("records ·")),
+        "bar left: {screen:#?}"
+    );
+}
+
+/// The lines a terminal shows after `raw` (text, `\r`, `\n`, cursor up and
+/// down, clear line; other escape sequences ignored).
+fn render(raw: &str) -> Vec<String> {
+    let mut lines: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col) = (0usize, 0usize);
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => {
+                row += 1;
+                col = 0;
+            }
+            '\r' => col = 0,
+            '\x1b' if chars.peek() == Some(&'[') => {
+                chars.next();
+                let mut params = String::new();
+                let mut end = ' ';
+                for p in chars.by_ref() {
+                    if ('\x40'..='\x7e').contains(&p) {
+                        end = p;
+                        break;
+                    }
+                    params.push(p);
+                }
+                let n = params.parse::<usize>().unwrap_or(1).max(1);
+                match end {
+                    'A' => row = row.saturating_sub(n),
+                    'B' => row += n,
+                    'K' if lines.len() > row => {
+                        if params == "2" {
+                            lines[row].clear();
+                        } else {
+                            lines[row].truncate(col);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            c => {
+                if lines.len() <= row {
+                    lines.resize(row + 1, Vec::new());
+                }
+                let line = &mut lines[row];
+                if line.len() <= col {
+                    line.resize(col + 1, ' ');
+                }
+                line[col] = c;
+                col += 1;
+            }
+        }
+    }
+    lines
+        .into_iter()
+        .map(|l| l.into_iter().collect::<String>().trim_end().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// `(started_at, scheduled_at)` of every run of `tenant/source`, oldest first.
@@ -278,4 +376,76 @@ async fn scheduled_runs_record_their_due_instant_and_other_runs_do_not() {
         "{dues:?}"
     );
     sim.shutdown().await;
+}
+
+/// Runs of `tenant/source` that started before `before_us`.
+async fn runs_started_before(db: &std::path::Path, source: &str, before_us: i64) -> i64 {
+    let url = format!("sqlite://{}?mode=ro", db.display());
+    let Ok(mut conn) = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await else {
+        return -1;
+    };
+    sqlx::query_as::<_, (i64,)>(
+        "SELECT count(*) FROM runs WHERE tenant = 'acme' AND source = ?1 AND started_at < ?2",
+    )
+    .bind(source)
+    .bind(before_us)
+    .fetch_one(&mut conn)
+    .await
+    .map_or(-1, |(n,)| n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_prunes_the_run_history_at_start() {
+    let sim = simulator().await;
+    sim.ds().seed(DEMARCHE, 10);
+    let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", DEMARCHE)]);
+    setup.edit_config("[server]", "runs_retention = \"30d\"\n\n[server]");
+    setup.sync_ok(&[]).await;
+    // 150 runs of 40 days ago, and 3 of a source that no longer syncs.
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    let old_us = now_us - 40 * 86_400_000_000;
+    let db = setup.db_path();
+    let url = format!("sqlite://{}", db.display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("open db");
+    for (source, n) in [("permits", 150), ("gone", 3)] {
+        for i in 0..n {
+            sqlx::query(
+                "INSERT INTO runs (run_id, tenant, source, kind, started_at, finished_at, outcome) \
+                 VALUES (?1, 'acme', ?2, 'demarches', ?3, ?3, 'failed')",
+            )
+            .bind(format!("{source}-{i}"))
+            .bind(source)
+            .bind(old_us + i)
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+        }
+    }
+    drop(conn);
+    let cutoff = now_us - 30 * 86_400_000_000;
+
+    let mut child = setup.spawn(&["run"]);
+    // The newest 100 runs of a source stay (the old ones were written
+    // last), 99 of them if the daemon's first run started before the
+    // prune; the sync's recent run, the last success, stays too.
+    wait_until(Duration::from_secs(30), "the old runs pruned", || {
+        let db = db.clone();
+        async move { (0..=100).contains(&runs_started_before(&db, "permits", cutoff).await) }
+    })
+    .await;
+    let left = runs_started_before(&db, "permits", cutoff).await;
+    assert!((99..=100).contains(&left), "{left}");
+    assert!(count_runs(&db, "acme", "permits", "success").await >= 1);
+    assert_eq!(runs_started_before(&db, "gone", cutoff).await, 3);
+    wait_until(Duration::from_secs(10), "the prune logged", || async {
+        setup.spawned_stderr().contains("pruned the run history")
+    })
+    .await;
+    signal(&child, "TERM");
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
 }

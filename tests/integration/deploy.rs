@@ -489,14 +489,51 @@ fn compose_service<'a>(compose: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The port `synchro simulate` listens on by default, from its `--help`.
+fn simulate_default_port() -> String {
+    let out = Command::new(bin())
+        .args(["simulate", "--help"])
+        .output()
+        .expect("synchro simulate --help");
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let listen = help.find("--listen").map_or("", |at| &help[at..]);
+    let default = listen
+        .split("[default: ")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .unwrap_or_else(|| panic!("no default address in:\n{help}"));
+    default.rsplit(':').next().expect("port").to_string()
+}
+
 #[test]
 fn compose_runs_the_simulator_and_synchro_with_a_read_only_config() {
     let compose = read_deploy_file("docker-compose.yml");
     let sim = compose_service(&compose, "simulator");
+    // The simulator on the port `synchro simulate` uses by default, which
+    // the compose file publishes and its synchro config points at.
+    let port = simulate_default_port();
     assert!(
-        sim.contains(&r#"command: ["simulate", "--listen", "0.0.0.0:9800"]"#),
+        sim.contains(&format!(r#"command: ["simulate", "--listen", "0.0.0.0:{port}"]"#).as_str()),
         "{sim:?}"
     );
+    assert!(
+        sim.contains(
+            &format!(
+                r#"- "127.0.0.1:{port}:{port}" # the simulated APIs and their /_sim/ control API"#
+            )
+            .as_str()
+        ),
+        "{sim:?}"
+    );
+    let config = read_deploy_file("compose-synchro.toml");
+    let endpoints: Vec<&str> = config
+        .lines()
+        .filter(|l| l.starts_with("endpoint = "))
+        .collect();
+    assert_eq!(endpoints.len(), 3, "{config}");
+    for e in endpoints {
+        assert!(e.contains(&format!("http://127.0.0.1:{port}/")), "{e}");
+    }
     assert!(sim.contains(&"dockerfile: deploy/Dockerfile"), "{sim:?}");
     let synchro = compose_service(&compose, "synchro");
     let image = |lines: &[&str]| {
@@ -561,7 +598,7 @@ async fn compose_config_passes_check_and_syncs_all_three_kinds() {
     let config = dir.path().join("synchro.toml");
     std::fs::write(
         &config,
-        text.replace("127.0.0.1:9800", &sim.addr().to_string())
+        text.replace("127.0.0.1:9751", &sim.addr().to_string())
             .replace("0.0.0.0:9750", "127.0.0.1:0"),
     )
     .expect("config");

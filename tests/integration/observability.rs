@@ -117,6 +117,22 @@ async fn metrics_are_served_labelled_by_tenant_and_source_and_logs_are_json() {
         "{text}"
     );
 
+    // Every series says what it counts.
+    for name in [
+        "synchro_runs_total",
+        "synchro_records_upserted_total",
+        "synchro_sync_duration_seconds",
+        "synchro_last_success_timestamp_seconds",
+        "synchro_http_requests_total",
+        "synchro_import_reports_pending",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {name} "))),
+            "no # HELP for {name}:\n{text}"
+        );
+    }
+
     signal(&child, "TERM");
     assert_eq!(child.wait().expect("wait").code(), Some(0));
     // Every log line is one JSON object; run lines carry tenant, source and run_id.
@@ -134,4 +150,50 @@ async fn metrics_are_served_labelled_by_tenant_and_source_and_logs_are_json() {
         }
     }
     assert_eq!(run_lines, 2, "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_with_json_logs_writes_only_json_on_stderr() {
+    let sim = simulator().await;
+    sim.ds().seed(32, 230);
+    let mut refused = DsSource::new("acme", "refused", 32);
+    refused.token = "not-a-token";
+    let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", 32), refused]);
+    let mut cmd = setup.cmd(&["sync"]);
+    cmd.args(["--log-format", "json"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run synchro"))
+        .await
+        .expect("join");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let mut finished = std::collections::BTreeMap::new();
+    let mut progress = 0;
+    for line in stderr(&out).lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        match v["message"].as_str() {
+            Some("sync finished") => {
+                finished.insert(v["source"].as_str().expect("source").to_string(), v);
+            }
+            Some("sync progress") => progress += 1,
+            _ => {}
+        }
+    }
+    assert!(progress >= 1, "{}", stderr(&out));
+    let ok = &finished["permits"];
+    assert_eq!(ok["tenant"], "acme");
+    assert_eq!(ok["outcome"], "success");
+    assert_eq!(ok["pages"], 3);
+    assert_eq!(ok["upserted"], 230);
+    assert_eq!(ok["deleted"], 0);
+    assert!(ok["elapsed"].is_f64(), "{ok}");
+    assert!(ok.get("error").is_none(), "{ok}");
+    let failed = &finished["refused"];
+    assert_eq!(failed["outcome"], "failed");
+    assert_eq!(failed["level"], "ERROR");
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("credentials rejected for acme/refused")),
+        "{failed}"
+    );
 }

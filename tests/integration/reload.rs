@@ -133,3 +133,97 @@ async fn sighup_applies_a_valid_config_source_by_source_and_rejects_an_invalid_o
     // After the stop, the sources of the last valid config are still the ones stored.
     assert_eq!(runs(&setup, "acme", "steady", "success").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_changing_what_needs_a_restart_is_rejected_and_the_running_config_kept() {
+    let sim = simulator().await;
+    sim.ds().seed(21, 40);
+    let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", 21)]);
+    let port = setup.use_free_port();
+    let mut child = setup.spawn(&["run"]);
+    wait_until(Duration::from_secs(30), "the first sync", || async {
+        runs(&setup, "acme", "permits", "success").await == 1
+    })
+    .await;
+    // The running config plus a source, on `db` and `listen_port`, with
+    // `storage` extra keys.
+    let next = Setup::new(
+        &sim,
+        &[
+            DsSource::new("acme", "permits", 21),
+            DsSource::new("acme", "grants", 21),
+        ],
+    );
+    let config_with = |db: &std::path::Path, listen_port: u16, storage: &str| {
+        std::fs::read_to_string(&next.config)
+            .expect("config")
+            .replace(
+                &next.db_path().display().to_string(),
+                &db.display().to_string(),
+            )
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{listen_port}"))
+            .replace("[server]", &format!("{storage}\n[server]"))
+    };
+    let hup_and_wait_for = |text: String, wanted: &'static str| {
+        std::fs::write(&setup.config, text).expect("write");
+        let before = setup.spawned_stderr().len();
+        signal(&child, "HUP");
+        let setup = &setup;
+        async move {
+            wait_until(Duration::from_secs(10), wanted, || async {
+                setup.spawned_stderr()[before..].contains(wanted)
+            })
+            .await;
+            setup.spawned_stderr()[before..].to_string()
+        }
+    };
+
+    // Another database: rejected as a whole, nothing restarted, the new
+    // file never created.
+    let moved = setup.dir.path().join("moved.db");
+    let log = hup_and_wait_for(
+        config_with(&moved, port, ""),
+        "SIGHUP: new configuration rejected: storage.database changed: \
+         restart synchro to use the new database; keeping the running configuration",
+    )
+    .await;
+    assert!(!log.contains("restarting every source"), "{log}");
+    assert!(!moved.exists(), "the new database was opened");
+
+    // Another listen address: rejected too; the old one keeps serving.
+    let other_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    hup_and_wait_for(
+        config_with(&setup.db_path(), other_port, ""),
+        "server.listen changed: restart synchro to listen on the new address; \
+         keeping the running configuration",
+    )
+    .await;
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200);
+    assert_eq!(runs(&setup, "acme", "grants", "success").await, 0);
+
+    // Same database and address, a shorter run history and the added
+    // source: applied source by source, `permits` left alone.
+    let log = hup_and_wait_for(
+        config_with(&setup.db_path(), port, "runs_retention = \"7d\"\n"),
+        "SIGHUP: configuration reloaded",
+    )
+    .await;
+    assert!(!log.contains("restarting every source"), "{log}");
+    wait_until(
+        Duration::from_secs(30),
+        "the added source to sync",
+        || async { runs(&setup, "acme", "grants", "success").await == 1 },
+    )
+    .await;
+    assert_eq!(runs(&setup, "acme", "permits", "success").await, 1);
+
+    signal(&child, "TERM");
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+}
