@@ -52,8 +52,10 @@ pub async fn demo(linger: Duration) -> Result<ExitCode, CliError> {
 
     let store = super::open_store(&config).await?;
     let stop = CancellationToken::new();
-    let http = HttpClient::new(&config.http).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let engine = Engine::new(store.clone(), Redactor::new(config.secrets()));
+    let redactor = Redactor::new(config.secrets());
+    let http =
+        HttpClient::new(&config.http, redactor.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let engine = Engine::new(store.clone(), redactor);
     let scheduler = Scheduler::start(&config, engine, http, stop.clone())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

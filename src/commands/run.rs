@@ -130,8 +130,10 @@ async fn start(
     store: &Store,
     stop: &CancellationToken,
 ) -> Result<Scheduler, CliError> {
-    let http = HttpClient::new(&config.http).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let engine = Engine::new(store.clone(), Redactor::new(config.secrets()));
+    let redactor = Redactor::new(config.secrets());
+    let http =
+        HttpClient::new(&config.http, redactor.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let engine = Engine::new(store.clone(), redactor);
     Scheduler::start(config, engine, http, stop.child_token())
         .await
         .map_err(|e| CliError::Other(anyhow::anyhow!("{e}")))

@@ -224,24 +224,30 @@ impl Config {
 
     /// Every secret value in the config, so that errors can be scrubbed of them.
     pub fn secrets(&self) -> Vec<Secret> {
+        self.sources().flat_map(SourceConfig::secrets).collect()
+    }
+}
+
+impl SourceConfig {
+    /// The secrets of this source, so that errors can be scrubbed of them
+    /// (also when the source comes with a reloaded configuration).
+    pub fn secrets(&self) -> Vec<Secret> {
         let mut out = Vec::new();
-        for s in self.sources() {
-            match &s.kind {
-                SourceKindConfig::Demarches(d) => out.push(d.token.clone()),
-                SourceKindConfig::Calendar(c) => {
-                    match &c.auth {
-                        CalendarAuth::AccessToken(t) => out.push(t.clone()),
-                        CalendarAuth::OAuth(o) => {
-                            out.push(o.client_secret.clone());
-                            out.push(o.refresh_token.clone());
-                        }
+        match &self.kind {
+            SourceKindConfig::Demarches(d) => out.push(d.token.clone()),
+            SourceKindConfig::Calendar(c) => {
+                match &c.auth {
+                    CalendarAuth::AccessToken(t) => out.push(t.clone()),
+                    CalendarAuth::OAuth(o) => {
+                        out.push(o.client_secret.clone());
+                        out.push(o.refresh_token.clone());
                     }
-                    out.extend(c.channel_token.clone());
                 }
-                SourceKindConfig::Content(c) => {
-                    out.push(c.token.clone());
-                    out.extend(c.webhook_token.clone());
-                }
+                out.extend(c.channel_token.clone());
+            }
+            SourceKindConfig::Content(c) => {
+                out.push(c.token.clone());
+                out.extend(c.webhook_token.clone());
             }
         }
         out

@@ -14,6 +14,7 @@ use reqwest::{RequestBuilder, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HttpConfig, SourceKey};
+use crate::engine::Redactor;
 pub use limit::{HostLimiter, HostPermit, LimitError, origin};
 pub use retry::{backoff_delay, server_delay};
 
@@ -58,6 +59,8 @@ pub struct Response {
     pub body: Bytes,
     /// The URL without query string, safe to show.
     pub url: String,
+    /// The client's redactor, for excerpts of the body.
+    redactor: Redactor,
 }
 
 /// Bodies larger than this are refused rather than buffered.
@@ -92,21 +95,18 @@ impl Response {
         }
         Err(HttpError::Status {
             status: s.as_u16(),
+            body: self.excerpt(),
             url: self.url,
             attempts,
-            body: body_excerpt(&self.body),
         })
     }
-}
 
-/// A short, printable excerpt of an error body for messages.
-pub fn body_excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let mut s: String = text.chars().take(300).collect();
-    if text.chars().count() > 300 {
-        s.push('…');
+    /// A short, printable excerpt of the body for error messages, scrubbed
+    /// of every credential the process holds before it is cut (see
+    /// [`Redactor::excerpt`]): upstreams echo `Authorization` headers.
+    pub fn excerpt(&self) -> String {
+        self.redactor.excerpt(&self.body)
     }
-    s.replace(['\n', '\r'], " ")
 }
 
 /// Shared client. Cheap to clone (reqwest pools connections inside), and
@@ -120,6 +120,8 @@ pub struct HttpClient {
     max_backoff: Duration,
     /// The source this handle works for, for metrics.
     source: Option<std::sync::Arc<SourceKey>>,
+    /// Shared with the engine: what error messages are scrubbed of.
+    redactor: Redactor,
 }
 
 impl HttpClient {
@@ -132,8 +134,10 @@ impl HttpClient {
     }
 
     /// One client for the whole process, so that every source's requests to
-    /// a host are counted against that host's single budget.
-    pub fn new(cfg: &HttpConfig) -> Result<Self, HttpError> {
+    /// a host are counted against that host's single budget. `redactor` is
+    /// the engine's: the tokens sources obtain through this client are
+    /// registered with it, and error bodies are scrubbed by it.
+    pub fn new(cfg: &HttpConfig, redactor: Redactor) -> Result<Self, HttpError> {
         let inner = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.connect_timeout)
@@ -148,7 +152,14 @@ impl HttpClient {
             initial_backoff: cfg.initial_backoff,
             max_backoff: cfg.max_backoff,
             source: None,
+            redactor,
         })
+    }
+
+    /// What error messages are scrubbed of; sources register the tokens they
+    /// obtain at run time with it (see [`Redactor::slot`]).
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
     }
 
     /// The underlying client, to build requests with. A request sent with it
@@ -285,6 +296,7 @@ impl HttpClient {
             headers,
             body: body.freeze(),
             url: url.to_string(),
+            redactor: self.redactor.clone(),
         })
     }
 }

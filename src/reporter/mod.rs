@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{Secret, SourceConfig, SourceKey, SourceKindConfig};
-use crate::http::{HttpClient, HttpError, body_excerpt, safe_url};
+use crate::http::{HttpClient, HttpError, safe_url};
 use crate::store::{PendingReport, Store, StoreError};
 use crate::time::now_us;
 
@@ -248,7 +248,7 @@ impl Reporter {
         let text = resp
             .bytes()
             .await
-            .map(|b| body_excerpt(&b))
+            .map(|b| self.http.redactor().excerpt(&b))
             .unwrap_or_default();
         let error = format!("{shown}: HTTP {}: {text}", status.as_u16());
         let transient = status.is_server_error()

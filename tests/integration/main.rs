@@ -17,3 +17,4 @@ mod hostile;
 mod observability;
 mod reload;
 mod scale;
+mod untrusted;

@@ -8,7 +8,8 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CalendarAuth, OAuthConfig, Secret, SecretRef};
-use crate::http::{HttpClient, body_excerpt};
+use crate::engine::TokenSlot;
+use crate::http::HttpClient;
 use crate::sources::SourceError;
 
 /// How long before its expiry a token is replaced (at most half its life).
@@ -26,6 +27,9 @@ pub struct OAuth {
     cfg: OAuthConfig,
     stop: CancellationToken,
     cached: Mutex<Option<Cached>>,
+    /// Registers each access token with the redactor as soon as it is
+    /// obtained: an upstream error may echo it back.
+    tokens: TokenSlot,
 }
 
 struct Cached {
@@ -57,6 +61,7 @@ impl Auth {
                 cfg: o.clone(),
                 stop: stop.clone(),
                 cached: Mutex::new(None),
+                tokens: http.redactor().slot(),
             })),
         }
     }
@@ -112,12 +117,13 @@ impl OAuth {
             .await?;
         if resp.status.is_client_error() {
             let e: GrantError = serde_json::from_slice(&resp.body).unwrap_or_default();
+            let redactor = self.http.redactor();
             let detail = if e.error.is_empty() {
-                body_excerpt(&resp.body)
+                resp.excerpt()
             } else if e.error_description.is_empty() {
-                e.error
+                redactor.excerpt(e.error.as_bytes())
             } else {
-                format!("{} ({})", e.error, e.error_description)
+                redactor.excerpt(format!("{} ({})", e.error, e.error_description).as_bytes())
             };
             return Err(SourceError::Auth(format!(
                 "OAuth token endpoint {} refused the refresh token: HTTP {}: {detail}",
@@ -130,8 +136,10 @@ impl OAuth {
         let life = Duration::from_secs(grant.expires_in.unwrap_or(3600));
         let margin = REFRESH_MARGIN.min(life / 2);
         tracing::debug!(expires_in = life.as_secs(), "OAuth access token refreshed");
+        let token = Secret::new(grant.access_token, SecretRef::Literal);
+        self.tokens.hold(&token);
         Ok(Cached {
-            token: Secret::new(grant.access_token, SecretRef::Literal),
+            token,
             refresh_at: Instant::now() + life - margin,
         })
     }

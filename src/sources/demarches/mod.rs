@@ -165,7 +165,7 @@ impl Demarches {
                     continue;
                 }
                 if err.has_code("bad_request") && state.cursor.is_some() && !fell_back {
-                    tracing::warn!(error = %err.message, "cursor rejected; restarting the listing from the watermark");
+                    tracing::warn!(error = %self.http.redactor().scrub(&err.message), "cursor rejected; restarting the listing from the watermark");
                     restart_from_watermark(&mut state, &self.cfg);
                     fell_back = true;
                     continue;

@@ -1,0 +1,147 @@
+//! Upstreams that cannot be trusted with secrets or numbers: error bodies
+//! echoing the bearer token (configured or obtained through OAuth), redirects
+//! to another host, absurd `RateLimit-Reset` values. Each run fails with a
+//! clear error, and no token reaches the logs, the runs table or `status`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::common::*;
+
+/// Access tokens handed out by [`echo_upstream`], in order.
+type Issued = Arc<Mutex<Vec<String>>>;
+
+/// An OAuth token endpoint and a calendar API whose every answer is an
+/// error echoing the `Authorization` header it received:
+/// - calendar `echo-400`: Google's JSON error, 400, the header in `message`;
+/// - calendar `echo-404`: plain text, 404, the header placed so that the
+///   token straddles the 300-character cut of error excerpts.
+async fn echo_upstream() -> (SocketAddr, Issued) {
+    async fn token(State(issued): State<Issued>) -> Response {
+        let mut issued = issued.lock().expect("lock");
+        let token = format!("ya29.a0-runtime-token-{:04}", issued.len());
+        issued.push(token.clone());
+        axum::Json(serde_json::json!({
+            "access_token": token,
+            "expires_in": 3599,
+            "token_type": "Bearer",
+        }))
+        .into_response()
+    }
+    async fn events(Path(calendar): Path<String>, headers: HeaderMap) -> Response {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if calendar == "echo-400" {
+            let body = serde_json::json!({"error": {
+                "code": 400,
+                "message": format!("Invalid header value {auth}"),
+                "errors": [{"reason": "badRequest", "message": "bad request"}],
+            }});
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+        // "Bearer " ends at character 290: the token runs over the cut.
+        let body = format!("{}{auth} is not allowed here", "x".repeat(283));
+        (StatusCode::NOT_FOUND, body).into_response()
+    }
+    let issued = Issued::default();
+    let app = axum::Router::new()
+        .route("/token", post(token))
+        .route("/calendar/v3/calendars/{calendar}/events", get(events))
+        .with_state(issued.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, issued)
+}
+
+/// Every `runs.error` stored, straight from the database.
+async fn run_errors(db: &std::path::Path) -> Vec<String> {
+    let url = format!("sqlite://{}?mode=ro", db.display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("open db");
+    sqlx::query_as::<_, (Option<String>,)>("SELECT error FROM runs")
+        .fetch_all(&mut conn)
+        .await
+        .expect("runs")
+        .into_iter()
+        .filter_map(|(e,)| e)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_tokens_echoed_by_an_upstream_error_are_redacted_everywhere() {
+    let sim = simulator().await;
+    let (addr, issued) = echo_upstream().await;
+    let mut a = CalSource::new("acme", "json", "echo-400");
+    a.auth = CalAuth::OAuth("refresh-token-of-acme-json");
+    let mut b = CalSource::new("acme", "text", "echo-404");
+    b.auth = CalAuth::OAuth("refresh-token-of-acme-text");
+    let setup = Setup::mixed(&sim, &[], &[a, b], "");
+    setup.edit_config(&sim.oauth_token_url(), &format!("http://{addr}/token"));
+    setup.edit_config(
+        &sim.calendar_endpoint(),
+        &format!("http://{addr}/calendar/v3"),
+    );
+
+    let out = setup.run(&["sync"]).await;
+    let status = setup.run(&["status"]).await;
+    let json = setup.run(&["status", "--json"]).await;
+    let stored = run_errors(&setup.db_path()).await;
+    let everything = format!(
+        "{}{}{}{}{}",
+        stderr(&out),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&json.stdout),
+        stored.join("\n")
+    );
+    assert_eq!(out.status.code(), Some(1), "{everything}");
+    let issued = issued.lock().expect("lock").clone();
+    assert_eq!(issued.len(), 2, "one token per source: {issued:?}");
+    for token in &issued {
+        // Not the token, nor a prefix long enough to matter.
+        assert!(
+            !everything.contains(&token[..12]),
+            "{token} leaked:\n{everything}"
+        );
+    }
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    for e in &stored {
+        assert!(e.contains("Bearer [redacted]"), "{e}");
+    }
+    assert!(stored.iter().any(|e| e.contains("HTTP 400")), "{stored:?}");
+    assert!(stored.iter().any(|e| e.contains("HTTP 404")), "{stored:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_token_across_the_excerpt_cut_leaks_no_prefix() {
+    let sim = simulator().await;
+    let (addr, _) = echo_upstream().await;
+    let token = "static-token-straddling-the-cut";
+    let mut cal = CalSource::new("acme", "team", "echo-404");
+    cal.auth = CalAuth::Static(token);
+    let setup = Setup::mixed(&sim, &[], &[cal], "");
+    setup.edit_config(
+        &sim.calendar_endpoint(),
+        &format!("http://{addr}/calendar/v3"),
+    );
+    let out = setup.run(&["sync"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let stored = run_errors(&setup.db_path()).await.join("\n");
+    assert!(stored.contains("HTTP 404"), "{stored}");
+    for text in [&err, &stored] {
+        assert!(!text.contains(&token[..6]), "a prefix leaked:\n{text}");
+    }
+}
