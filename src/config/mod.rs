@@ -60,7 +60,8 @@ pub struct HttpConfig {
     pub max_retries: u32,
     /// First back-off step; doubled on each retry, with full jitter.
     pub initial_backoff: Duration,
-    /// Upper bound of a single back-off or `Retry-After` wait.
+    /// Upper bound of a single back-off; an upstream asking (`Retry-After`,
+    /// `RateLimit-Reset`) for a longer wait fails the run instead.
     pub max_backoff: Duration,
     /// Requests per second any one upstream host (scheme, host, port) may
     /// receive from this daemon, whatever the number of sources pointing at

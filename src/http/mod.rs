@@ -4,6 +4,8 @@
 
 mod limit;
 mod retry;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +40,19 @@ pub enum HttpError {
         url: String,
         attempts: u32,
         message: String,
+    },
+    /// The upstream asked (`Retry-After`, `RateLimit-Reset`) for a longer
+    /// wait than `http.max_backoff` allows: the run stops rather than retry
+    /// early or sleep that long; the next scheduled run tries again.
+    #[error(
+        "HTTP {status} from {url}: the upstream asks to wait {wait_secs} s before retrying, \
+         longer than http.max_backoff ({max:?}); giving up until the next run"
+    )]
+    WaitTooLong {
+        status: u16,
+        url: String,
+        wait_secs: u64,
+        max: Duration,
     },
     /// The body is not the JSON the protocol promises.
     #[error("malformed JSON from {url}: {reason}")]
@@ -235,9 +250,21 @@ impl HttpClient {
             };
             match retry_in {
                 Some(server) if attempt <= self.max_retries => {
-                    let delay = server.map(|d| d.min(self.max_backoff)).unwrap_or_else(|| {
-                        backoff_delay(attempt, self.initial_backoff, self.max_backoff)
-                    });
+                    let delay = match server {
+                        // Retrying before the upstream's time is what rate
+                        // limiters punish, and sleeping for hours holds a
+                        // sync slot: the run stops, the next one retries.
+                        Some(wait) if wait > self.max_backoff => {
+                            return Err(HttpError::WaitTooLong {
+                                status: status.unwrap_or_default(),
+                                url,
+                                wait_secs: wait.as_secs(),
+                                max: self.max_backoff,
+                            });
+                        }
+                        Some(wait) => wait,
+                        None => backoff_delay(attempt, self.initial_backoff, self.max_backoff),
+                    };
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = cancel.cancelled() => return Err(HttpError::Cancelled),

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::common::*;
+use synchro::simulate::Fault;
 
 /// Access tokens handed out by [`echo_upstream`], in order.
 type Issued = Arc<Mutex<Vec<String>>>;
@@ -20,15 +21,22 @@ type Issued = Arc<Mutex<Vec<String>>>;
 /// error echoing the `Authorization` header it received:
 /// - calendar `echo-400`: Google's JSON error, 400, the header in `message`;
 /// - calendar `echo-404`: plain text, 404, the header placed so that the
-///   token straddles the 300-character cut of error excerpts.
+///   token straddles the 300-character cut of error excerpts;
+/// - any other calendar: an empty last page (a successful sync).
 async fn echo_upstream() -> (SocketAddr, Issued) {
-    async fn token(State(issued): State<Issued>) -> Response {
+    upstream_with_expiry(serde_json::json!(3599)).await
+}
+
+/// [`echo_upstream`] whose token endpoint announces `expires_in`.
+async fn upstream_with_expiry(expires_in: serde_json::Value) -> (SocketAddr, Issued) {
+    type Grants = (Issued, serde_json::Value);
+    async fn token(State((issued, expires_in)): State<Grants>) -> Response {
         let mut issued = issued.lock().expect("lock");
         let token = format!("ya29.a0-runtime-token-{:04}", issued.len());
         issued.push(token.clone());
         axum::Json(serde_json::json!({
             "access_token": token,
-            "expires_in": 3599,
+            "expires_in": expires_in,
             "token_type": "Bearer",
         }))
         .into_response()
@@ -47,6 +55,11 @@ async fn echo_upstream() -> (SocketAddr, Issued) {
             }});
             return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
         }
+        if calendar != "echo-404" {
+            let page =
+                serde_json::json!({"kind": "calendar#events", "items": [], "nextSyncToken": "s1"});
+            return axum::Json(page).into_response();
+        }
         // "Bearer " ends at character 290: the token runs over the cut.
         let body = format!("{}{auth} is not allowed here", "x".repeat(283));
         (StatusCode::NOT_FOUND, body).into_response()
@@ -55,7 +68,7 @@ async fn echo_upstream() -> (SocketAddr, Issued) {
     let app = axum::Router::new()
         .route("/token", post(token))
         .route("/calendar/v3/calendars/{calendar}/events", get(events))
-        .with_state(issued.clone());
+        .with_state((issued.clone(), expires_in));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -143,5 +156,68 @@ async fn a_configured_token_across_the_excerpt_cut_leaks_no_prefix() {
     assert!(stored.contains("HTTP 404"), "{stored}");
     for text in [&err, &stored] {
         assert!(!text.contains(&token[..6]), "a prefix leaked:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_rate_limit_reset_fails_the_run_clearly_and_the_next_one_syncs() {
+    let sim = simulator().await;
+    sim.ds().seed(61, 120);
+    let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", 61)]);
+    sim.ds().inject(
+        Fault::Http429Raw {
+            ratelimit_reset: u64::MAX.to_string(),
+            retry_after: None,
+        },
+        1,
+    );
+    let out = setup.run(&["sync"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("acme/permits: failed"))
+        .unwrap_or_else(|| panic!("no failure line:\n{err}"));
+    assert!(
+        line.contains("HTTP 429") && line.contains("asks to wait") && line.contains("max_backoff"),
+        "{line}"
+    );
+    // Negative and garbage values are ignored: backed off and retried.
+    for (reset, retry_after) in [("-1", Some("-5")), ("soon", Some("later")), ("1.5", None)] {
+        sim.ds().inject(
+            Fault::Http429Raw {
+                ratelimit_reset: reset.into(),
+                retry_after: retry_after.map(Into::into),
+            },
+            1,
+        );
+    }
+    setup.sync_ok(&[]).await;
+    assert_export_matches(&setup, &sim, "acme", "permits", 61).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_oauth_expires_in_does_not_kill_the_source() {
+    let sim = simulator().await;
+    for expires_in in [
+        serde_json::json!(u64::MAX),
+        serde_json::json!(-3600),
+        serde_json::json!("soon"),
+    ] {
+        let (addr, issued) = upstream_with_expiry(expires_in.clone()).await;
+        let mut cal = CalSource::new("acme", "team", "empty");
+        cal.auth = CalAuth::OAuth("refresh-token-of-acme-team");
+        let setup = Setup::mixed(&sim, &[], &[cal], "");
+        setup.edit_config(&sim.oauth_token_url(), &format!("http://{addr}/token"));
+        setup.edit_config(
+            &sim.calendar_endpoint(),
+            &format!("http://{addr}/calendar/v3"),
+        );
+        let out = setup.run(&["sync"]).await;
+        let err = stderr(&out);
+        assert!(out.status.success(), "expires_in {expires_in}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(issued.lock().expect("lock").len(), 1);
     }
 }
