@@ -54,6 +54,16 @@ pub enum HttpError {
         wait_secs: u64,
         max: Duration,
     },
+    /// The upstream redirected to another origin, or to plain http outside
+    /// loopback (see [`redirect_refusal`]). Not retried: it would answer the
+    /// same.
+    #[error("refused redirect from {url} to {target}: {reason}")]
+    Redirect {
+        url: String,
+        /// Scheme, host and port only: a path or query may carry secrets.
+        target: String,
+        reason: String,
+    },
     /// The body is not the JSON the protocol promises.
     #[error("malformed JSON from {url}: {reason}")]
     Decode { url: String, reason: String },
@@ -80,6 +90,9 @@ pub struct Response {
 
 /// Bodies larger than this are refused rather than buffered.
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// Redirects followed for one request at most (reqwest's default).
+const MAX_REDIRECTS: usize = 10;
 
 /// The most a body buffer is sized to up front from `Content-Length`.
 const PRESIZE_LIMIT: usize = 8 * 1024 * 1024;
@@ -158,6 +171,7 @@ impl HttpClient {
             .connect_timeout(cfg.connect_timeout)
             .user_agent(concat!("synchro/", env!("CARGO_PKG_VERSION")))
             .https_only(false)
+            .redirect(reqwest::redirect::Policy::custom(follow_or_refuse))
             .build()
             .map_err(|e| HttpError::Setup(e.to_string()))?;
         Ok(Self {
@@ -288,10 +302,17 @@ impl HttpClient {
     }
 
     async fn execute(&self, req: reqwest::Request, url: &str) -> Result<Response, HttpError> {
-        let transport = |e: reqwest::Error| HttpError::Transport {
-            url: url.to_string(),
-            attempts: 0,
-            message: describe(&e),
+        let transport = |e: reqwest::Error| match refused_redirect(&e) {
+            Some(r) => HttpError::Redirect {
+                url: url.to_string(),
+                target: r.target.clone(),
+                reason: r.reason.to_string(),
+            },
+            None => HttpError::Transport {
+                url: url.to_string(),
+                attempts: 0,
+                message: describe(&e),
+            },
         };
         let mut resp = self.inner.execute(req).await.map_err(transport)?;
         let status = resp.status();
@@ -381,6 +402,71 @@ pub fn safe_url(u: &url::Url) -> String {
     let _ = u.set_password(None);
     let _ = u.set_username("");
     u.to_string()
+}
+
+/// A redirect [`follow_or_refuse`] refused.
+#[derive(Debug, thiserror::Error)]
+#[error("refused redirect to {target}: {reason}")]
+pub struct RefusedRedirect {
+    /// The target's origin (scheme, host, port): never its path or query.
+    pub target: String,
+    pub reason: &'static str,
+}
+
+/// Why a redirect from the request's first URL `from` to `to`, after
+/// `hops` URLs already requested, is refused; `None` to follow it.
+///
+/// Only a redirect on the same origin (scheme, host and port) is followed,
+/// and plain http only to loopback: a source's records come from the host
+/// its configuration names, never from wherever that host points.
+pub fn redirect_refusal(from: &url::Url, to: &url::Url, hops: usize) -> Option<&'static str> {
+    if hops > MAX_REDIRECTS {
+        return Some("too many redirects");
+    }
+    if to.scheme() != from.scheme() {
+        return Some("another scheme");
+    }
+    if to.host() != from.host() || to.port_or_known_default() != from.port_or_known_default() {
+        return Some("another host");
+    }
+    let loopback = match to.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
+    };
+    if to.scheme() != "https" && !loopback {
+        return Some("plain http outside loopback");
+    }
+    None
+}
+
+/// The client's redirect policy (see [`redirect_refusal`]).
+fn follow_or_refuse(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+    // The first of the previous URLs is the request's own.
+    let refusal = match attempt.previous().first() {
+        Some(from) => redirect_refusal(from, attempt.url(), attempt.previous().len()),
+        None => Some("no original URL"),
+    };
+    match refusal {
+        None => attempt.follow(),
+        Some(reason) => {
+            let target = attempt.url().origin().ascii_serialization();
+            attempt.error(RefusedRedirect { target, reason })
+        }
+    }
+}
+
+/// The refusal behind `e`, if it is one.
+pub fn refused_redirect(e: &reqwest::Error) -> Option<&RefusedRedirect> {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(r) = s.downcast_ref::<RefusedRedirect>() {
+            return Some(r);
+        }
+        src = s.source();
+    }
+    None
 }
 
 /// reqwest's Display includes the URL with its query; build our own text.

@@ -221,3 +221,54 @@ async fn an_absurd_oauth_expires_in_does_not_kill_the_source() {
         assert_eq!(issued.lock().expect("lock").len(), 1);
     }
 }
+
+/// Serves `app` on 127.0.0.1:0.
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_another_host_fails_the_run_and_stores_nothing() {
+    let sim = simulator().await;
+    // Another host (named `localhost`) that answers anyone with an event.
+    let elsewhere = serve(axum::Router::new().fallback(|| async {
+        axum::Json(serde_json::json!({
+            "items": [{"id": "planted", "updated": "2026-01-01T00:00:00Z", "status": "confirmed"}],
+            "nextSyncToken": "s1",
+        }))
+    }))
+    .await;
+    let target = format!("http://localhost:{}/elsewhere?key=k3y", elsewhere.port());
+    let redirector = serve(axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move { (StatusCode::FOUND, [("location", target)]).into_response() }
+    }))
+    .await;
+    let setup = Setup::mixed(&sim, &[], &[CalSource::new("acme", "team", "primary")], "");
+    setup.edit_config(
+        &sim.calendar_endpoint(),
+        &format!("http://{redirector}/calendar/v3"),
+    );
+    let out = setup.run(&["sync"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("acme/team: failed"))
+        .unwrap_or_else(|| panic!("no failure line:\n{err}"));
+    assert!(
+        line.contains(&format!(
+            "refused redirect from http://{redirector}/calendar/v3/calendars/primary/events \
+             to http://localhost:{}: another host",
+            elsewhere.port()
+        )),
+        "{line}"
+    );
+    assert!(!err.contains("k3y"), "{err}");
+    assert!(setup.export(true).await.is_empty());
+}
