@@ -18,6 +18,9 @@ use crate::store::Store;
 
 pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
     let mut config = load_config(path)?;
+    for w in &config.warnings {
+        tracing::warn!(key = %w.key, "{}", w.reason);
+    }
     let stop = CancellationToken::new();
     let mut requests = crate::shutdown::install(stop.clone())
         .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;

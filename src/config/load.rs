@@ -229,6 +229,7 @@ fn build(
         scheduler,
         http,
         tenants,
+        warnings: p.take_warnings(),
     })
 }
 

@@ -28,6 +28,10 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     pub http: HttpConfig,
     pub tenants: Vec<TenantConfig>,
+    /// What is worth fixing but does not make the file invalid (a secret
+    /// file readable by group or others), by key: `check` prints these and
+    /// `run` logs them at start.
+    pub warnings: Vec<Problem>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -30,6 +30,8 @@ const MIN_SCRUBBED_LEN: usize = 4;
 pub(super) struct Problems {
     list: Vec<Problem>,
     secrets: Vec<String>,
+    /// Findings that do not make the file invalid (see [`Problems::warn`]).
+    warnings: Vec<Problem>,
 }
 
 impl Problems {
@@ -38,6 +40,20 @@ impl Problems {
             key: key.into(),
             reason: reason.into(),
         });
+    }
+
+    /// Records a finding that leaves the configuration valid (a secret
+    /// file others can read): `check` prints it, the daemon logs it.
+    pub(super) fn warn(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.warnings.push(Problem {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// The warnings recorded so far, taken out.
+    pub(super) fn take_warnings(&mut self) -> Vec<Problem> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// Remembers a value that must not appear in any message.

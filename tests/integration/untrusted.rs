@@ -2,9 +2,11 @@
 //! echoing the bearer token (configured or obtained through OAuth), redirects
 //! to another host, absurd `RateLimit-Reset` values. Each run fails with a
 //! clear error, and no token reaches the logs, the runs table or `status`.
+//! Also: `check` warns about secret files others can read.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -271,4 +273,63 @@ async fn a_redirect_to_another_host_fails_the_run_and_stores_nothing() {
     );
     assert!(!err.contains("k3y"), "{err}");
     assert!(setup.export(true).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_about_a_secret_file_others_can_read_and_still_passes() {
+    use std::os::unix::fs::PermissionsExt;
+    let sim = simulator().await;
+    let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", 1)]);
+    let secret = setup.dir.path().join("ds-token");
+    std::fs::write(
+        &secret,
+        format!("{}\n", synchro::simulate::DEFAULT_DS_TOKEN),
+    )
+    .expect("write");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    setup.edit_config(
+        &format!("token = \"{}\"", synchro::simulate::DEFAULT_DS_TOKEN),
+        "token = { file = \"ds-token\" }",
+    );
+    let out = setup.run(&["check"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("warning"))
+        .unwrap_or_else(|| panic!("no warning:\n{err}"));
+    assert!(
+        line.starts_with(&setup.config.display().to_string()),
+        "{line}"
+    );
+    assert!(line.contains("tenants[0].sources[0].token"), "{line}");
+    assert!(line.contains(&secret.display().to_string()), "{line}");
+    assert!(line.contains("mode 0644"), "{line}");
+    assert!(!err.contains(synchro::simulate::DEFAULT_DS_TOKEN), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+
+    // The daemon logs the same warning when it starts.
+    let mut child = setup.spawn(&["run"]);
+    wait_until(Duration::from_secs(30), "the daemon to start", || async {
+        setup.spawned_stderr().contains("synchro is running")
+    })
+    .await;
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    let logs = setup.spawned_stderr();
+    assert!(status.success(), "{logs}");
+    assert!(
+        logs.lines().any(|l| l.contains("WARN")
+            && l.contains("tenants[0].sources[0].token")
+            && l.contains("accessible to group or others")),
+        "{logs}"
+    );
+
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let out = setup.run(&["check"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
 }
