@@ -24,7 +24,7 @@ const MASK: &str = "[redacted]";
 const MIN_LEN: usize = 4;
 
 /// Characters of an upstream body kept in an error message.
-pub const EXCERPT_CHARS: usize = 300;
+const EXCERPT_CHARS: usize = 300;
 
 /// Tokens kept per run-time holder: the current one and the one before it,
 /// which a request sent just before a refresh may still carry.
@@ -107,7 +107,7 @@ impl Redactor {
     }
 
     /// A short, printable, scrubbed excerpt of an upstream body for error
-    /// messages: scrubbed first, then cut to [`EXCERPT_CHARS`] characters,
+    /// messages: scrubbed first, then cut to 300 characters,
     /// so no part of a token can survive at the cut.
     pub fn excerpt(&self, body: &[u8]) -> String {
         let text = self.scrub(&String::from_utf8_lossy(body));

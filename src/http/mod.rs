@@ -404,12 +404,13 @@ pub fn safe_url(u: &url::Url) -> String {
     u.to_string()
 }
 
-/// A redirect [`follow_or_refuse`] refused.
+/// A redirect the client refused (see [`redirect_refusal`]).
 #[derive(Debug, thiserror::Error)]
 #[error("refused redirect to {target}: {reason}")]
 pub struct RefusedRedirect {
     /// The target's origin (scheme, host, port): never its path or query.
     pub target: String,
+    /// Which rule refused it ("another host", "another scheme"...).
     pub reason: &'static str,
 }
 
