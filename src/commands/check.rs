@@ -31,6 +31,9 @@ pub async fn check(path: &Path) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::from(EX_CONFIG));
         }
     };
+    for w in &config.warnings {
+        eprintln!("{}: warning: {w}", path.display());
+    }
     let sources = config.sources().count();
     println!(
         "{}: valid — {} tenant(s), {} source(s); database {} reachable",

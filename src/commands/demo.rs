@@ -52,9 +52,10 @@ pub async fn demo(linger: Duration) -> Result<ExitCode, CliError> {
 
     let store = super::open_store(&config).await?;
     let stop = CancellationToken::new();
-    let http = HttpClient::new(&config.http).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let engine = Engine::new(store.clone(), Redactor::new(config.secrets()))
-        .with_lease_ttl(config.scheduler.lease_ttl);
+    let redactor = Redactor::new(config.secrets());
+    let http =
+        HttpClient::new(&config.http, redactor.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let engine = Engine::new(store.clone(), redactor).with_lease_ttl(config.scheduler.lease_ttl);
     let scheduler = Scheduler::start(&config, engine, http, stop.clone())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

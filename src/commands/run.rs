@@ -18,6 +18,9 @@ use crate::store::Store;
 
 pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
     let mut config = load_config(path)?;
+    for w in &config.warnings {
+        tracing::warn!(key = %w.key, "{}", w.reason);
+    }
     let stop = CancellationToken::new();
     let mut requests = crate::shutdown::install(stop.clone())
         .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
@@ -170,9 +173,10 @@ async fn start(
     store: &Store,
     stop: &CancellationToken,
 ) -> Result<Scheduler, CliError> {
-    let http = HttpClient::new(&config.http).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let engine = Engine::new(store.clone(), Redactor::new(config.secrets()))
-        .with_lease_ttl(config.scheduler.lease_ttl);
+    let redactor = Redactor::new(config.secrets());
+    let http =
+        HttpClient::new(&config.http, redactor.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let engine = Engine::new(store.clone(), redactor).with_lease_ttl(config.scheduler.lease_ttl);
     Scheduler::start(config, engine, http, stop.child_token())
         .await
         .map_err(|e| CliError::Other(anyhow::anyhow!("{e}")))

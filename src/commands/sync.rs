@@ -31,11 +31,12 @@ pub async fn sync(
     let _reloads = crate::shutdown::install(stop.clone())
         .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
     let progress = super::progress::Progress::new(&keys);
-    let engine = Engine::new(store.clone(), Redactor::new(config.secrets()))
+    let redactor = Redactor::new(config.secrets());
+    let engine = Engine::new(store.clone(), redactor.clone())
         .with_lease_ttl(config.scheduler.lease_ttl)
         .with_observer(progress.observer());
     // One client for the runs and the reports: one budget per host.
-    let http = HttpClient::new(&config.http).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let http = HttpClient::new(&config.http, redactor).map_err(|e| anyhow::anyhow!("{e}"))?;
     let results = sync_once(&config, &keys, &engine, &http, &stop, wait).await?;
     progress.finish();
     send_reports(&config, &keys, &store, &http, &stop).await;

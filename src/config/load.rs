@@ -305,6 +305,7 @@ fn build(
         p.add("tenants", "invalid");
         return Err(fail(p));
     };
+    let warnings = p.take_warnings();
     let (_, unresolved) = p.into_lists();
     let config = Config {
         path: path.to_path_buf(),
@@ -313,6 +314,7 @@ fn build(
         scheduler,
         http,
         tenants,
+        warnings,
     };
     Ok((config, unresolved))
 }

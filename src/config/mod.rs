@@ -31,6 +31,10 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     pub http: HttpConfig,
     pub tenants: Vec<TenantConfig>,
+    /// What is worth fixing but does not make the file invalid (a secret
+    /// file readable by group or others), by key: `check` prints these and
+    /// `run` logs them at start.
+    pub warnings: Vec<Problem>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -78,7 +82,8 @@ pub struct HttpConfig {
     pub max_retries: u32,
     /// First back-off step; doubled on each retry, with full jitter.
     pub initial_backoff: Duration,
-    /// Upper bound of a single back-off or `Retry-After` wait.
+    /// Upper bound of a single back-off; an upstream asking (`Retry-After`,
+    /// `RateLimit-Reset`) for a longer wait fails the run instead.
     pub max_backoff: Duration,
     /// Requests per second any one upstream host (scheme, host, port) may
     /// receive from this daemon, whatever the number of sources pointing at
@@ -246,24 +251,30 @@ impl Config {
 
     /// Every secret value in the config, so that errors can be scrubbed of them.
     pub fn secrets(&self) -> Vec<Secret> {
+        self.sources().flat_map(SourceConfig::secrets).collect()
+    }
+}
+
+impl SourceConfig {
+    /// The secrets of this source, so that errors can be scrubbed of them
+    /// (also when the source comes with a reloaded configuration).
+    pub fn secrets(&self) -> Vec<Secret> {
         let mut out = Vec::new();
-        for s in self.sources() {
-            match &s.kind {
-                SourceKindConfig::Demarches(d) => out.push(d.token.clone()),
-                SourceKindConfig::Calendar(c) => {
-                    match &c.auth {
-                        CalendarAuth::AccessToken(t) => out.push(t.clone()),
-                        CalendarAuth::OAuth(o) => {
-                            out.push(o.client_secret.clone());
-                            out.push(o.refresh_token.clone());
-                        }
+        match &self.kind {
+            SourceKindConfig::Demarches(d) => out.push(d.token.clone()),
+            SourceKindConfig::Calendar(c) => {
+                match &c.auth {
+                    CalendarAuth::AccessToken(t) => out.push(t.clone()),
+                    CalendarAuth::OAuth(o) => {
+                        out.push(o.client_secret.clone());
+                        out.push(o.refresh_token.clone());
                     }
-                    out.extend(c.channel_token.clone());
                 }
-                SourceKindConfig::Content(c) => {
-                    out.push(c.token.clone());
-                    out.extend(c.webhook_token.clone());
-                }
+                out.extend(c.channel_token.clone());
+            }
+            SourceKindConfig::Content(c) => {
+                out.push(c.token.clone());
+                out.extend(c.webhook_token.clone());
             }
         }
         out

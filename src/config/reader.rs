@@ -36,6 +36,8 @@ pub(super) struct Problems {
     /// Whether an unavailable secret is a warning rather than a problem:
     /// for commands that never send a token (see `load_without_secrets`).
     secrets_optional: bool,
+    /// Findings that do not make the file invalid (see [`Problems::warn`]).
+    warnings: Vec<Problem>,
 }
 
 impl Problems {
@@ -71,6 +73,20 @@ impl Problems {
             key: key.into(),
             reason: reason.into(),
         });
+    }
+
+    /// Records a finding that leaves the configuration valid (a secret
+    /// file others can read): `check` prints it, the daemon logs it.
+    pub(super) fn warn(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.warnings.push(Problem {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// The warnings recorded so far, taken out.
+    pub(super) fn take_warnings(&mut self) -> Vec<Problem> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// Remembers a value that must not appear in any message.

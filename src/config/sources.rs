@@ -440,11 +440,28 @@ fn from_file(file: &str, path: &str, ctx: &Ctx<'_>, p: &mut Problems) -> Option<
         file_path.to_path_buf()
     };
     let mut buf = Vec::new();
-    let read =
-        std::fs::File::open(&full).and_then(|f| f.take(MAX_SECRET_FILE + 1).read_to_end(&mut buf));
-    if let Err(e) = read {
-        let reason = format!("cannot read secret file {}: {e}", full.display());
-        return unavailable(path, reason, SecretRef::File(full), p);
+    let read = std::fs::File::open(&full).and_then(|f| {
+        let mode = f.metadata().map(|m| file_mode(&m))?;
+        f.take(MAX_SECRET_FILE + 1).read_to_end(&mut buf)?;
+        Ok(mode)
+    });
+    let mode = match read {
+        Ok(mode) => mode,
+        Err(e) => {
+            let reason = format!("cannot read secret file {}: {e}", full.display());
+            return unavailable(path, reason, SecretRef::File(full), p);
+        }
+    };
+    if let Some(mode) = mode.filter(|m| m & 0o077 != 0) {
+        p.warn(
+            path,
+            format!(
+                "secret file {} is accessible to group or others (mode {:04o}); \
+                 make it readable by its owner only (chmod 600)",
+                full.display(),
+                mode & 0o7777
+            ),
+        );
     }
     if buf.len() as u64 > MAX_SECRET_FILE {
         p.add(
@@ -473,4 +490,16 @@ fn from_file(file: &str, path: &str, ctx: &Ctx<'_>, p: &mut Problems) -> Option<
         return unavailable(path, reason, SecretRef::File(full), p);
     }
     Some(Secret::new(value, SecretRef::File(full)))
+}
+
+/// The permission bits of a secret file, where the platform has them.
+#[cfg(unix)]
+fn file_mode(m: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Some(m.permissions().mode())
+}
+
+#[cfg(not(unix))]
+fn file_mode(_: &std::fs::Metadata) -> Option<u32> {
+    None
 }

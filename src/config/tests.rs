@@ -1151,3 +1151,39 @@ fn a_bad_runs_retention_names_the_key() {
     );
     assert_eq!(c.storage.runs_retention, Duration::from_secs(90 * 86_400));
 }
+#[cfg(unix)]
+#[test]
+fn secret_files_open_to_group_or_others_are_warned_about_not_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open-token");
+    let closed = dir.path().join("closed-token");
+    std::fs::write(&open, "open-secret\n").unwrap();
+    std::fs::write(&closed, "closed-secret\n").unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let toml = "[[tenants]]\nid = \"t\"\n\
+         [[tenants.sources]]\nid = \"a\"\nkind = \"content\"\nschedule = \"every 1m\"\n\
+         token = { file = \"closed-token\" }\nwebhook_token = { file = \"open-token\" }\n";
+    let c = match load_str(toml, &dir.path().join("synchro.toml"), &HashMap::new()) {
+        Ok(c) => c,
+        Err(e) => panic!("{}", e.report()),
+    };
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    let w = &c.warnings[0];
+    assert_eq!(w.key, "tenants[0].sources[0].webhook_token");
+    assert!(
+        w.reason.contains(&open.display().to_string()) && w.reason.contains("mode 0644"),
+        "{}",
+        w.reason
+    );
+    assert!(!w.reason.contains("open-secret"));
+
+    // Group-readable only, or writable by others, counts too; 0400 does not.
+    for (mode, warned) in [(0o640, true), (0o602, true), (0o400, false)] {
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(mode)).unwrap();
+        let c = load_str(toml, &dir.path().join("synchro.toml"), &HashMap::new())
+            .unwrap_or_else(|e| panic!("{}", e.report()));
+        assert_eq!(!c.warnings.is_empty(), warned, "mode {mode:o}");
+    }
+}

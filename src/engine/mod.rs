@@ -25,7 +25,7 @@ use crate::config::SourceKey;
 use crate::sources::{Page, Source, SourceError};
 use crate::store::{Acquired, Holder, Lease, RunOutcome, RunRecord, Store, StoreError};
 pub use reclaim::Activity;
-pub use redact::Redactor;
+pub use redact::{Redactor, TokenSlot};
 
 /// Records (a page counts at least one) fetched ahead of the commit: bounds
 /// the memory of a run to a few MB whatever the page size, while the

@@ -4,6 +4,8 @@
 
 mod limit;
 mod retry;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use reqwest::{RequestBuilder, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HttpConfig, SourceKey};
+use crate::engine::Redactor;
 pub use limit::{HostLimiter, HostPermit, LimitError, origin};
 pub use retry::{backoff_delay, server_delay};
 
@@ -38,6 +41,29 @@ pub enum HttpError {
         attempts: u32,
         message: String,
     },
+    /// The upstream asked (`Retry-After`, `RateLimit-Reset`) for a longer
+    /// wait than `http.max_backoff` allows: the run stops rather than retry
+    /// early or sleep that long; the next scheduled run tries again.
+    #[error(
+        "HTTP {status} from {url}: the upstream asks to wait {wait_secs} s before retrying, \
+         longer than http.max_backoff ({max:?}); giving up until the next run"
+    )]
+    WaitTooLong {
+        status: u16,
+        url: String,
+        wait_secs: u64,
+        max: Duration,
+    },
+    /// The upstream redirected to another origin, or to plain http outside
+    /// loopback (see [`redirect_refusal`]). Not retried: it would answer the
+    /// same.
+    #[error("refused redirect from {url} to {target}: {reason}")]
+    Redirect {
+        url: String,
+        /// Scheme, host and port only: a path or query may carry secrets.
+        target: String,
+        reason: String,
+    },
     /// The body is not the JSON the protocol promises.
     #[error("malformed JSON from {url}: {reason}")]
     Decode { url: String, reason: String },
@@ -58,10 +84,15 @@ pub struct Response {
     pub body: Bytes,
     /// The URL without query string, safe to show.
     pub url: String,
+    /// The client's redactor, for excerpts of the body.
+    redactor: Redactor,
 }
 
 /// Bodies larger than this are refused rather than buffered.
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// Redirects followed for one request at most (reqwest's default).
+const MAX_REDIRECTS: usize = 10;
 
 /// The most a body buffer is sized to up front from `Content-Length`.
 const PRESIZE_LIMIT: usize = 8 * 1024 * 1024;
@@ -92,21 +123,18 @@ impl Response {
         }
         Err(HttpError::Status {
             status: s.as_u16(),
+            body: self.excerpt(),
             url: self.url,
             attempts,
-            body: body_excerpt(&self.body),
         })
     }
-}
 
-/// A short, printable excerpt of an error body for messages.
-pub fn body_excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let mut s: String = text.chars().take(300).collect();
-    if text.chars().count() > 300 {
-        s.push('…');
+    /// A short, printable excerpt of the body for error messages, scrubbed
+    /// of every credential the process holds before it is cut (see
+    /// [`Redactor::excerpt`]): upstreams echo `Authorization` headers.
+    pub fn excerpt(&self) -> String {
+        self.redactor.excerpt(&self.body)
     }
-    s.replace(['\n', '\r'], " ")
 }
 
 /// Shared client. Cheap to clone (reqwest pools connections inside), and
@@ -120,6 +148,8 @@ pub struct HttpClient {
     max_backoff: Duration,
     /// The source this handle works for, for metrics.
     source: Option<std::sync::Arc<SourceKey>>,
+    /// Shared with the engine: what error messages are scrubbed of.
+    redactor: Redactor,
 }
 
 impl HttpClient {
@@ -132,13 +162,16 @@ impl HttpClient {
     }
 
     /// One client for the whole process, so that every source's requests to
-    /// a host are counted against that host's single budget.
-    pub fn new(cfg: &HttpConfig) -> Result<Self, HttpError> {
+    /// a host are counted against that host's single budget. `redactor` is
+    /// the engine's: the tokens sources obtain through this client are
+    /// registered with it, and error bodies are scrubbed by it.
+    pub fn new(cfg: &HttpConfig, redactor: Redactor) -> Result<Self, HttpError> {
         let inner = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.connect_timeout)
             .user_agent(concat!("synchro/", env!("CARGO_PKG_VERSION")))
             .https_only(false)
+            .redirect(reqwest::redirect::Policy::custom(follow_or_refuse))
             .build()
             .map_err(|e| HttpError::Setup(e.to_string()))?;
         Ok(Self {
@@ -148,7 +181,14 @@ impl HttpClient {
             initial_backoff: cfg.initial_backoff,
             max_backoff: cfg.max_backoff,
             source: None,
+            redactor,
         })
+    }
+
+    /// What error messages are scrubbed of; sources register the tokens they
+    /// obtain at run time with it (see [`Redactor::slot`]).
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
     }
 
     /// The underlying client, to build requests with. A request sent with it
@@ -224,9 +264,21 @@ impl HttpClient {
             };
             match retry_in {
                 Some(server) if attempt <= self.max_retries => {
-                    let delay = server.map(|d| d.min(self.max_backoff)).unwrap_or_else(|| {
-                        backoff_delay(attempt, self.initial_backoff, self.max_backoff)
-                    });
+                    let delay = match server {
+                        // Retrying before the upstream's time is what rate
+                        // limiters punish, and sleeping for hours holds a
+                        // sync slot: the run stops, the next one retries.
+                        Some(wait) if wait > self.max_backoff => {
+                            return Err(HttpError::WaitTooLong {
+                                status: status.unwrap_or_default(),
+                                url,
+                                wait_secs: wait.as_secs(),
+                                max: self.max_backoff,
+                            });
+                        }
+                        Some(wait) => wait,
+                        None => backoff_delay(attempt, self.initial_backoff, self.max_backoff),
+                    };
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = cancel.cancelled() => return Err(HttpError::Cancelled),
@@ -250,10 +302,17 @@ impl HttpClient {
     }
 
     async fn execute(&self, req: reqwest::Request, url: &str) -> Result<Response, HttpError> {
-        let transport = |e: reqwest::Error| HttpError::Transport {
-            url: url.to_string(),
-            attempts: 0,
-            message: describe(&e),
+        let transport = |e: reqwest::Error| match refused_redirect(&e) {
+            Some(r) => HttpError::Redirect {
+                url: url.to_string(),
+                target: r.target.clone(),
+                reason: r.reason.to_string(),
+            },
+            None => HttpError::Transport {
+                url: url.to_string(),
+                attempts: 0,
+                message: describe(&e),
+            },
         };
         let mut resp = self.inner.execute(req).await.map_err(transport)?;
         let status = resp.status();
@@ -285,6 +344,7 @@ impl HttpClient {
             headers,
             body: body.freeze(),
             url: url.to_string(),
+            redactor: self.redactor.clone(),
         })
     }
 }
@@ -342,6 +402,72 @@ pub fn safe_url(u: &url::Url) -> String {
     let _ = u.set_password(None);
     let _ = u.set_username("");
     u.to_string()
+}
+
+/// A redirect the client refused (see [`redirect_refusal`]).
+#[derive(Debug, thiserror::Error)]
+#[error("refused redirect to {target}: {reason}")]
+pub struct RefusedRedirect {
+    /// The target's origin (scheme, host, port): never its path or query.
+    pub target: String,
+    /// Which rule refused it ("another host", "another scheme"...).
+    pub reason: &'static str,
+}
+
+/// Why a redirect from the request's first URL `from` to `to`, after
+/// `hops` URLs already requested, is refused; `None` to follow it.
+///
+/// Only a redirect on the same origin (scheme, host and port) is followed,
+/// and plain http only to loopback: a source's records come from the host
+/// its configuration names, never from wherever that host points.
+pub fn redirect_refusal(from: &url::Url, to: &url::Url, hops: usize) -> Option<&'static str> {
+    if hops > MAX_REDIRECTS {
+        return Some("too many redirects");
+    }
+    if to.scheme() != from.scheme() {
+        return Some("another scheme");
+    }
+    if to.host() != from.host() || to.port_or_known_default() != from.port_or_known_default() {
+        return Some("another host");
+    }
+    let loopback = match to.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
+    };
+    if to.scheme() != "https" && !loopback {
+        return Some("plain http outside loopback");
+    }
+    None
+}
+
+/// The client's redirect policy (see [`redirect_refusal`]).
+fn follow_or_refuse(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+    // The first of the previous URLs is the request's own.
+    let refusal = match attempt.previous().first() {
+        Some(from) => redirect_refusal(from, attempt.url(), attempt.previous().len()),
+        None => Some("no original URL"),
+    };
+    match refusal {
+        None => attempt.follow(),
+        Some(reason) => {
+            let target = attempt.url().origin().ascii_serialization();
+            attempt.error(RefusedRedirect { target, reason })
+        }
+    }
+}
+
+/// The refusal behind `e`, if it is one.
+pub fn refused_redirect(e: &reqwest::Error) -> Option<&RefusedRedirect> {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(r) = s.downcast_ref::<RefusedRedirect>() {
+            return Some(r);
+        }
+        src = s.source();
+    }
+    None
 }
 
 /// reqwest's Display includes the URL with its query; build our own text.

@@ -24,35 +24,52 @@ pub fn backoff_delay(attempt: u32, initial: Duration, max: Duration) -> Duration
 /// The wait the server asked for: `Retry-After` (seconds or HTTP date) or
 /// `RateLimit-Reset` (Démarches Simplifiées: an absolute Unix epoch; a small
 /// number is read as seconds from now, as in the IETF draft).
+///
+/// These are upstream numbers: nothing here can panic or overflow. A value
+/// too large for any clock (`18446744073709551615`, more digits than a
+/// `u64` holds, a date in year 9999) saturates to [`Duration::MAX`], a wait
+/// longer than any limit; a negative or unreadable one is ignored (the
+/// caller backs off exponentially instead).
 pub fn server_delay(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     if let Some(v) = headers.get("retry-after").and_then(|v| v.to_str().ok()) {
         let v = v.trim();
-        if let Ok(secs) = v.parse::<u64>() {
-            return Some(Duration::from_secs(secs));
+        if let Some(secs) = seconds(v) {
+            return Some(secs);
         }
-        if let Ok(at) = httpdate_parse(v) {
-            return Some(at.duration_since(now).unwrap_or(Duration::ZERO));
+        if let Some(at) = httpdate_parse(v) {
+            return Some(at.saturating_sub(since_epoch));
         }
     }
     if let Some(n) = headers
         .get("ratelimit-reset")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+        .and_then(|v| seconds(v.trim()))
     {
         // Anything before 2001 cannot be an epoch: it is a delta.
-        if n < 1_000_000_000 {
-            return Some(Duration::from_secs(n));
+        if n < Duration::from_secs(1_000_000_000) {
+            return Some(n);
         }
-        let at = UNIX_EPOCH + Duration::from_secs(n);
-        return Some(at.duration_since(now).unwrap_or(Duration::ZERO));
+        return Some(n.saturating_sub(since_epoch));
     }
     None
 }
 
-fn httpdate_parse(s: &str) -> Result<SystemTime, ()> {
+/// A whole number of seconds; all digits but too many for a `u64` is a
+/// wait longer than anything ([`Duration::MAX`]). Signs, fractions and
+/// anything else are not a number of seconds.
+fn seconds(v: &str) -> Option<Duration> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(v.parse::<u64>().map_or(Duration::MAX, Duration::from_secs))
+}
+
+/// An HTTP date as the time since the epoch (a date before it: zero).
+fn httpdate_parse(s: &str) -> Option<Duration> {
     chrono::DateTime::parse_from_rfc2822(s)
-        .map(|d| UNIX_EPOCH + Duration::from_secs(d.timestamp().max(0) as u64))
-        .map_err(|_| ())
+        .ok()
+        .map(|d| Duration::from_secs(u64::try_from(d.timestamp()).unwrap_or(0)))
 }
 
 #[cfg(test)]
@@ -94,5 +111,58 @@ mod tests {
         assert_eq!(server_delay(&h, now), Some(Duration::from_secs(12)));
 
         assert_eq!(server_delay(&HeaderMap::new(), now), None);
+    }
+
+    fn delay(name: &'static str, value: &str) -> Option<Duration> {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(value).expect("header"));
+        server_delay(&h, now)
+    }
+
+    #[test]
+    fn absurd_numbers_saturate_instead_of_panicking() {
+        let max = u64::MAX.to_string();
+        assert_eq!(
+            delay("ratelimit-reset", &max),
+            Some(Duration::from_secs(u64::MAX - 1_700_000_000))
+        );
+        assert_eq!(
+            delay("retry-after", &max),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        let beyond = "99999999999999999999999999";
+        let huge = Duration::from_secs(u64::MAX - 2_000_000_000);
+        assert!(delay("ratelimit-reset", beyond) > Some(huge));
+        assert_eq!(delay("retry-after", beyond), Some(Duration::MAX));
+        let far = delay("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT").expect("date");
+        assert!(far > Duration::from_secs(250_000_000_000), "{far:?}");
+        // A reset in the past is "now".
+        assert_eq!(delay("ratelimit-reset", "1600000000"), Some(Duration::ZERO));
+        assert_eq!(
+            delay("retry-after", "Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn negative_and_garbage_values_are_ignored() {
+        for v in [
+            "-1",
+            "-18446744073709551615",
+            "1.5",
+            "soon",
+            "",
+            "0x10",
+            "1e9",
+        ] {
+            assert_eq!(delay("retry-after", v), None, "Retry-After: {v}");
+            assert_eq!(delay("ratelimit-reset", v), None, "RateLimit-Reset: {v}");
+        }
+        // A date before the epoch is not an overflow either.
+        assert_eq!(
+            delay("retry-after", "Mon, 01 Jan 1900 00:00:00 GMT"),
+            Some(Duration::ZERO)
+        );
     }
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{Secret, SourceConfig, SourceKey, SourceKindConfig};
-use crate::http::{HostPermit, HttpClient, HttpError, body_excerpt, safe_url};
+use crate::http::{HostPermit, HttpClient, HttpError, refused_redirect, safe_url};
 use crate::store::{PendingReport, Store, StoreError};
 use crate::time::now_us;
 
@@ -259,7 +259,13 @@ impl Reporter {
             Err(e) if e.is_timeout() => {
                 return Attempt::Retry(format!("{shown}: no answer within {TIMEOUT:?}"));
             }
-            Err(e) => return Attempt::Retry(format!("{shown}: {}", e.without_url())),
+            Err(e) => {
+                // The upstream would redirect the same way next time.
+                return match refused_redirect(&e) {
+                    Some(r) => Attempt::Refused(format!("{shown}: {r}")),
+                    None => Attempt::Retry(format!("{shown}: {}", e.without_url())),
+                };
+            }
         };
         let status = resp.status();
         if status.is_success() {
@@ -268,7 +274,7 @@ impl Reporter {
         let text = resp
             .bytes()
             .await
-            .map(|b| body_excerpt(&b))
+            .map(|b| self.http.redactor().excerpt(&b))
             .unwrap_or_default();
         let error = format!("{shown}: HTTP {}: {text}", status.as_u16());
         let transient = status.is_server_error()
@@ -303,5 +309,65 @@ mod tests {
         assert!(backoff(1) <= FIRST_BACKOFF);
         assert!(backoff(4) >= FIRST_BACKOFF * 4);
         assert!(backoff(40) <= MAX_BACKOFF);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_another_host_is_refused_not_retried() {
+        // The import endpoint redirects every report to another host.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = format!("http://localhost:{}/elsewhere", addr.port());
+        let app = axum::Router::new().fallback(move || {
+            let target = target.clone();
+            async move { (StatusCode::FOUND, [("location", target)]) }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = format!(
+            "[storage]\ndatabase = \"sqlite://{}\"\n[[tenants]]\nid = \"t\"\n\
+             [[tenants.sources]]\nid = \"c\"\nkind = \"content\"\nschedule = \"every 1m\"\n\
+             endpoint = \"http://{addr}/v1\"\ntoken = \"content-token\"\nreport_import_state = true\n",
+            dir.path().join("db.sqlite").display()
+        );
+        let config = match crate::config::load_str(
+            &toml,
+            &dir.path().join("synchro.toml"),
+            &Default::default(),
+        ) {
+            Ok(c) => c,
+            Err(e) => panic!("{}", e.report()),
+        };
+        let store = Store::open(&config.storage.database).await.expect("store");
+        let http =
+            HttpClient::new(&config.http, crate::engine::Redactor::default()).expect("client");
+        let cfg = config.sources().next().expect("source");
+        let reporter = Reporter::for_source(&store, &http, cfg).expect("reporter");
+        let report = PendingReport {
+            id: 1,
+            record_id: "42".into(),
+            completed_at: "2026-01-01T00:00:00Z".into(),
+            import_state: "success".into(),
+            message: None,
+            attempts: 0,
+        };
+        let permit = http
+            .permit(&reporter.base, &CancellationToken::new())
+            .await
+            .expect("permit");
+        match reporter.attempt(&report, permit).await {
+            Attempt::Refused(e) => assert!(
+                e.contains(&format!(
+                    "refused redirect to http://localhost:{}: another host",
+                    addr.port()
+                )),
+                "{e}"
+            ),
+            Attempt::Retry(e) => panic!("retried: {e}"),
+            Attempt::Sent => panic!("sent"),
+        }
+        store.close().await;
     }
 }

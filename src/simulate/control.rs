@@ -7,7 +7,8 @@
 //! - `POST /_sim/ds/dossiers/{n}/{update|hide|restore|purge}` (`purge?backdate_secs=S`)
 //! - `POST /_sim/ds/faults?kind=K&times=T` with K one of `http500`, `http429`,
 //!   `http503`, `rate_limit_403`, `slow` (`ms=`), `malformed_json`,
-//!   `graphql_error` (`code=`, `message=`), `pass`; `retry_after_secs=` for 429/503
+//!   `graphql_error` (`code=`, `message=`), `pass`; `retry_after_secs=` for 429/503;
+//!   `http429_raw` sends `ratelimit_reset=` (and `retry_after=` if given) verbatim
 //! - `DELETE /_sim/ds/faults`, `GET /_sim/ds/requests`
 //!
 //! Google Calendar (`{c}` is the URL-encoded calendar id):
@@ -145,6 +146,10 @@ fn parse_fault(q: &HashMap<String, String>) -> Option<Fault> {
         Some("http500") => Fault::Http500,
         Some("http429") => Fault::Http429 { retry_after_secs },
         Some("http503") => Fault::Http503 { retry_after_secs },
+        Some("http429_raw") => Fault::Http429Raw {
+            ratelimit_reset: q.get("ratelimit_reset").cloned().unwrap_or_default(),
+            retry_after: q.get("retry_after").cloned(),
+        },
         Some("slow") => Fault::Slow(Duration::from_millis(param(q, "ms").unwrap_or(1000))),
         Some("malformed_json") => Fault::MalformedJson,
         Some("rate_limit_403") => Fault::RateLimit403,

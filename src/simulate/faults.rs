@@ -18,6 +18,15 @@ pub enum Fault {
         /// Seconds to announce in `Retry-After` (and in the reset, default 1).
         retry_after_secs: Option<u64>,
     },
+    /// HTTP 429 like [`Fault::Http429`] but with `RateLimit-Reset` and
+    /// `Retry-After` sent verbatim, as a broken or hostile upstream may
+    /// (`18446744073709551615`, `-1`, `soon`).
+    Http429Raw {
+        /// The `RateLimit-Reset` value.
+        ratelimit_reset: String,
+        /// The `Retry-After` value, if any.
+        retry_after: Option<String>,
+    },
     /// HTTP 503 maintenance page `{"error":"maintenance"}`.
     Http503 {
         /// Seconds to announce in `Retry-After`.
@@ -132,6 +141,25 @@ pub async fn apply(fault: &Fault) -> Option<Response> {
                     .into(),
             ))
         }
+        Fault::Http429Raw {
+            ratelimit_reset,
+            retry_after,
+        } => {
+            let mut headers = vec![
+                header("content-type", text),
+                header("ratelimit-remaining", 0),
+                header("ratelimit-reset", ratelimit_reset),
+            ];
+            if let Some(v) = retry_after {
+                headers.push(header("retry-after", v));
+            }
+            Some(with_headers(
+                StatusCode::TOO_MANY_REQUESTS,
+                headers,
+                "You have reached the limit of 400 requests per 60 seconds. Please retry later."
+                    .into(),
+            ))
+        }
         Fault::Http503 { retry_after_secs } => {
             let mut headers = vec![header("content-type", json)];
             if let Some(secs) = retry_after_secs {
@@ -201,5 +229,18 @@ mod tests {
         q.push(Fault::Pass, 3);
         q.clear();
         assert_eq!(q.next(), None);
+    }
+
+    #[tokio::test]
+    async fn a_raw_429_sends_its_header_values_verbatim() {
+        let fault = Fault::Http429Raw {
+            ratelimit_reset: u64::MAX.to_string(),
+            retry_after: Some("-1".into()),
+        };
+        let resp = apply(&fault).await.expect("a response");
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = resp.headers();
+        assert_eq!(h["ratelimit-reset"], "18446744073709551615");
+        assert_eq!(h["retry-after"], "-1");
     }
 }

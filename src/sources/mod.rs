@@ -207,6 +207,8 @@ pub fn build(
 ) -> Result<Box<dyn Source>, String> {
     use crate::config::SourceKindConfig;
     let http = &http.for_source(&cfg.key());
+    // A source added by a reload brings secrets the redactor was not built with.
+    http.redactor().register_all(cfg.secrets());
     match &cfg.kind {
         SourceKindConfig::Demarches(d) => Ok(Box::new(demarches::Demarches::new(
             http.clone(),
@@ -226,5 +228,36 @@ pub fn build(
             c.clone(),
             stop.clone(),
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use crate::engine::Redactor;
+    use crate::http::HttpClient;
+
+    #[tokio::test]
+    async fn a_built_source_registers_its_secrets_for_redaction() {
+        // A source added by a reload: the redactor was built without it.
+        let toml = "[[tenants]]\nid = \"t\"\n[[tenants.sources]]\nid = \"a\"\nkind = \"content\"\n\
+                    schedule = \"every 1m\"\nendpoint = \"https://api.contentor.com/v1\"\n\
+                    token = \"token-added-by-a-reload\"\n";
+        let config = match crate::config::load_str(toml, Path::new("t.toml"), &HashMap::new()) {
+            Ok(c) => c,
+            Err(e) => panic!("{}", e.report()),
+        };
+        let redactor = Redactor::default();
+        let http = HttpClient::new(&config.http, redactor.clone()).expect("client");
+        let stop = tokio_util::sync::CancellationToken::new();
+        for cfg in config.sources() {
+            assert!(super::build(cfg, &http, &stop).is_ok());
+        }
+        assert_eq!(
+            redactor.scrub("Bearer token-added-by-a-reload"),
+            "Bearer [redacted]"
+        );
     }
 }

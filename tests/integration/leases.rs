@@ -367,6 +367,9 @@ async fn a_shutdown_during_a_run_or_its_back_off_is_cancelled_not_failed() {
     let mut ds = DsSource::new("acme", "permits", DEMARCHE);
     ds.page_size = 20;
     let setup = Setup::new(&sim, &[ds]);
+    // A server wait longer than max_backoff fails the run at once; this
+    // one is waited out.
+    setup.edit_config("max_backoff = \"2s\"", "max_backoff = \"60s\"");
     let db = setup.db_path();
 
     // `sync`, Ctrl-C while it waits out a 30 s Retry-After after a page.

@@ -20,3 +20,4 @@ mod observability;
 mod operator;
 mod reload;
 mod scale;
+mod untrusted;

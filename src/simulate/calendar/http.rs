@@ -193,7 +193,7 @@ async fn apply_fault(fault: &Fault) -> Option<Response> {
         Fault::GraphqlError { message, .. } => Some(
             ApiError::new(StatusCode::BAD_REQUEST, "global", "badRequest", message).into_response(),
         ),
-        Fault::Reset => crate::simulate::faults::apply(fault).await,
+        Fault::Reset | Fault::Http429Raw { .. } => crate::simulate::faults::apply(fault).await,
     }
 }
 

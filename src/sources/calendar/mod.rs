@@ -135,7 +135,9 @@ impl Calendar {
             return Ok(Answer::Refused {
                 status: resp.status.as_u16(),
                 token_gone: resp.status == StatusCode::GONE || body.invalid_sync_token(),
-                why: body.summary(),
+                // Logged below as it is: scrubbed (a 400 may echo the
+                // bearer token) and bounded here.
+                why: self.http.redactor().excerpt(body.summary().as_bytes()),
                 url: resp.url,
             });
         }

@@ -165,7 +165,7 @@ impl Demarches {
                     continue;
                 }
                 if err.has_code("bad_request") && state.cursor.is_some() && !fell_back {
-                    tracing::warn!(error = %err.message, "cursor rejected; restarting the listing from the watermark");
+                    tracing::warn!(error = %self.http.redactor().scrub(&err.message), "cursor rejected; restarting the listing from the watermark");
                     restart_from_watermark(&mut state, &self.cfg);
                     fell_back = true;
                     continue;
@@ -404,7 +404,8 @@ fn tombstones(conn: Connection, url: &str) -> Result<Vec<Tombstone>, SourceError
 fn restart_from_watermark(state: &mut State, cfg: &DemarchesConfig) {
     state.cursor = None;
     state.since = Some(match state.watermark_us {
-        Some(w) => crate::time::format_us(w - RECONCILE_OVERLAP.as_micros() as i64),
+        // Saturating: the watermark is read back from stored progress.
+        Some(w) => crate::time::format_us(w.saturating_sub(RECONCILE_OVERLAP.as_micros() as i64)),
         None => cfg.updated_since.clone(),
     });
 }
@@ -442,4 +443,30 @@ fn dossier_key(node: &Payload) -> Option<(i64, (String, i64), bool)> {
     };
     let us = crate::time::parse_us(&key.modified)?;
     Some((key.number, (key.modified, us), spaced))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SecretRef;
+
+    #[test]
+    fn a_watermark_at_the_edge_of_time_restarts_without_overflow() {
+        let cfg = DemarchesConfig {
+            token: Secret::new("token", SecretRef::Literal),
+            demarche: 1,
+            page_size: 100,
+            updated_since: "2000-01-01T00:00:00Z".into(),
+            reconcile_every: Duration::from_secs(86_400),
+            deleted_lookback: Duration::from_secs(30 * 86_400),
+        };
+        let mut state = State {
+            watermark_us: Some(i64::MIN),
+            cursor: Some("c".into()),
+            ..State::default()
+        };
+        restart_from_watermark(&mut state, &cfg);
+        assert_eq!(state.cursor, None);
+        assert!(state.since.is_some());
+    }
 }
