@@ -28,10 +28,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const IDLE_POLL: Duration = Duration::from_secs(60);
 /// Reports sent per pass at most.
 const BATCH: i64 = 50;
-/// How long a report's claim keeps other processes off it: the claim is
-/// taken once the host's budget granted a request, so it covers the send
-/// ([`TIMEOUT`]) and the bookkeeping after it with a wide margin.
+/// How long a report's claim keeps other processes off it: it covers up to
+/// [`CLAIM_BATCH`] sends ([`TIMEOUT`] each, plus waits for the host's
+/// budget) and their bookkeeping, with a wide margin. Claims not used are
+/// given back at once; a dead claimer's lapse (or, on its machine, at once).
 const CLAIM: Duration = Duration::from_secs(300);
+/// Reports claimed at once: [`CLAIM`] covers their sends at [`TIMEOUT`]
+/// each several times over.
+const CLAIM_BATCH: i64 = 10;
 
 /// The reporter of one content source.
 #[derive(Clone)]
@@ -83,57 +87,65 @@ impl Reporter {
     pub async fn send_due(&self, stop: &CancellationToken) -> Result<Pass, StoreError> {
         let mut pass = Pass::default();
         let mut any = false;
-        for _ in 0..BATCH {
-            if stop.is_cancelled() {
-                break;
-            }
+        let mut left = BATCH;
+        'pass: while left > 0 && !stop.is_cancelled() {
             // Anything due at all? (The reader, not the writer, and no
             // turn of the host's rate spent by an idle pass.)
             if !self.store.reports_due(&self.key, now_us()).await? {
                 break;
             }
-            // The host's budget first, then the claim: a report is claimed
-            // only for the time it takes to send it.
-            let permit = match self.http.permit(&self.base, stop).await {
-                Ok(p) => p,
-                Err(HttpError::Cancelled) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot send import-state reports");
-                    pass.pause = Some(FIRST_BACKOFF);
-                    break;
-                }
-            };
+            // A few at a time: one claim write for several sends, each
+            // send well within the claim's time.
             let claim_until = now_us().saturating_add(CLAIM.as_micros() as i64);
-            let Some(report) = self
+            let claimed = self
                 .store
-                .claim_report(&self.key, now_us(), claim_until)
-                .await?
-            else {
+                .claim_reports(&self.key, now_us(), claim_until, CLAIM_BATCH.min(left))
+                .await?;
+            if claimed.is_empty() {
                 break;
-            };
+            }
             any = true;
-            match self.attempt(&report, permit).await {
-                Attempt::Sent => {
-                    self.store.report_sent(report.id, now_us()).await?;
-                    crate::metrics::report_sent(&self.key);
-                    pass.sent += 1;
-                    tracing::debug!(request = %report.record_id, state = %report.import_state, "import state reported");
-                }
-                Attempt::Retry(error) => {
-                    let wait = backoff(report.attempts + 1);
-                    tracing::warn!(request = %report.record_id, attempts = report.attempts + 1, retry_in = ?wait, %error, "import-state report failed; will retry");
-                    let next = now_us() + wait.as_micros() as i64;
-                    self.store.report_retry(report.id, &error, next).await?;
-                    crate::metrics::report_failed(&self.key, false);
-                    // The endpoint is failing: pause the whole reporter
-                    // rather than try the next report right away.
-                    pass.pause = Some(wait);
-                    break;
-                }
-                Attempt::Refused(error) => {
-                    tracing::error!(request = %report.record_id, %error, "import-state report refused by the upstream; not retried");
-                    self.store.report_refused(report.id, &error).await?;
-                    crate::metrics::report_failed(&self.key, true);
+            left -= claimed.len() as i64;
+            let mut unsent: Vec<i64> = claimed.iter().map(|r| r.id).collect();
+            for report in claimed {
+                let permit = match self.http.permit(&self.base, stop).await {
+                    Ok(p) => p,
+                    Err(HttpError::Cancelled) => {
+                        self.store.release_claims(&unsent).await?;
+                        break 'pass;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot send import-state reports");
+                        pass.pause = Some(FIRST_BACKOFF);
+                        self.store.release_claims(&unsent).await?;
+                        break 'pass;
+                    }
+                };
+                unsent.retain(|id| *id != report.id);
+                match self.attempt(&report, permit).await {
+                    Attempt::Sent => {
+                        self.store.report_sent(report.id, now_us()).await?;
+                        crate::metrics::report_sent(&self.key);
+                        pass.sent += 1;
+                        tracing::debug!(request = %report.record_id, state = %report.import_state, "import state reported");
+                    }
+                    Attempt::Retry(error) => {
+                        let wait = backoff(report.attempts + 1);
+                        tracing::warn!(request = %report.record_id, attempts = report.attempts + 1, retry_in = ?wait, %error, "import-state report failed; will retry");
+                        let next = now_us() + wait.as_micros() as i64;
+                        self.store.report_retry(report.id, &error, next).await?;
+                        crate::metrics::report_failed(&self.key, false);
+                        // The endpoint is failing: pause the whole reporter
+                        // rather than try the next report right away.
+                        pass.pause = Some(wait);
+                        self.store.release_claims(&unsent).await?;
+                        break 'pass;
+                    }
+                    Attempt::Refused(error) => {
+                        tracing::error!(request = %report.record_id, %error, "import-state report refused by the upstream; not retried");
+                        self.store.report_refused(report.id, &error).await?;
+                        crate::metrics::report_failed(&self.key, true);
+                    }
                 }
             }
         }

@@ -54,28 +54,46 @@ impl Store {
         now_us: i64,
         until_us: i64,
     ) -> Result<Option<PendingReport>, StoreError> {
-        if let Some(report) = self.claim_one(key, now_us, until_us).await? {
-            return Ok(Some(report));
-        }
-        // Nothing free: a claim of a process of this node that died (a
-        // `sync` killed mid-send) is given up now rather than at its lapse.
-        if self.release_dead_claims(key, now_us).await? > 0 {
-            return self.claim_one(key, now_us, until_us).await;
-        }
-        Ok(None)
+        Ok(self
+            .claim_reports(key, now_us, until_us, 1)
+            .await?
+            .into_iter()
+            .next())
     }
 
-    async fn claim_one(
+    /// Claims up to `limit` due reports at once (oldest first), as
+    /// [`Store::claim_report`] does one: one write for a run of sends.
+    pub async fn claim_reports(
         &self,
         key: &SourceKey,
         now_us: i64,
         until_us: i64,
-    ) -> Result<Option<PendingReport>, StoreError> {
-        Ok(sqlx::query_as(
+        limit: i64,
+    ) -> Result<Vec<PendingReport>, StoreError> {
+        let claimed = self.claim_many(key, now_us, until_us, limit).await?;
+        if !claimed.is_empty() {
+            return Ok(claimed);
+        }
+        // Nothing free: a claim of a process of this node that died (a
+        // `sync` killed mid-send) is given up now rather than at its lapse.
+        if self.release_dead_claims(key, now_us).await? > 0 {
+            return self.claim_many(key, now_us, until_us, limit).await;
+        }
+        Ok(Vec::new())
+    }
+
+    async fn claim_many(
+        &self,
+        key: &SourceKey,
+        now_us: i64,
+        until_us: i64,
+        limit: i64,
+    ) -> Result<Vec<PendingReport>, StoreError> {
+        let mut claimed: Vec<PendingReport> = sqlx::query_as(
             "UPDATE outbox SET claimed_by = ?4, claim_expires_at = ?5 \
-             WHERE id = (SELECT id FROM outbox WHERE tenant = ?1 AND source = ?2 \
+             WHERE id IN (SELECT id FROM outbox WHERE tenant = ?1 AND source = ?2 \
                  AND status = 'pending' AND next_attempt_at <= ?3 AND claim_expires_at <= ?3 \
-                 ORDER BY id LIMIT 1) \
+                 ORDER BY id LIMIT ?6) \
              RETURNING id, record_id, completed_at, import_state, message, attempts",
         )
         .bind(&key.tenant)
@@ -83,8 +101,32 @@ impl Store {
         .bind(now_us)
         .bind(claimer())
         .bind(until_us)
-        .fetch_optional(&self.writer)
-        .await?)
+        .bind(limit)
+        .fetch_all(&self.writer)
+        .await?;
+        // RETURNING gives no order.
+        claimed.sort_by_key(|r| r.id);
+        Ok(claimed)
+    }
+
+    /// Gives back claims of this process on reports it did not send (it
+    /// stopped, or the endpoint failed): they are due again at once for
+    /// whoever comes next, instead of after the claim's lapse.
+    pub async fn release_claims(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "UPDATE outbox SET claimed_by = NULL, claim_expires_at = 0 \
+             WHERE id IN (SELECT value FROM json_each(?1)) AND claimed_by = ?2 \
+               AND status = 'pending'",
+        )
+        .bind(ids)
+        .bind(claimer())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
     }
 
     /// Frees the live claims on `key`'s due reports held by processes of

@@ -8,23 +8,6 @@ use crate::common::*;
 use rand::Rng;
 use synchro::simulate::{ContentSim, ImportMode};
 
-/// Every completion upstream, as (request id, completed date).
-fn completions(sim: &ContentSim) -> Vec<(i64, String)> {
-    let mut out: Vec<(i64, String)> = sim
-        .api_requests()
-        .iter()
-        .filter(|r| r["state"] == "completed")
-        .map(|r| {
-            (
-                r["id"].as_i64().expect("id"),
-                r["completed"].as_str().expect("completed date").to_string(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// Requests that are not completed upstream: completing them makes exactly
 /// one new completion each (the simulator attributes a report to the
 /// request's current `completed` date, so earlier completions of the same
@@ -35,18 +18,6 @@ fn not_completed(sim: &ContentSim) -> Vec<i64> {
         .filter(|r| r["state"] != "completed")
         .map(|r| r["id"].as_i64().expect("id"))
         .collect()
-}
-
-/// Success reports received, as (id, completed date), sorted, duplicates kept.
-fn successes(sim: &ContentSim) -> Vec<(i64, String)> {
-    let mut out: Vec<(i64, String)> = sim
-        .reports()
-        .into_iter()
-        .filter(|r| r.import_state == "success")
-        .map(|r| (r.id, r.completed.unwrap_or_default()))
-        .collect();
-    out.sort();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

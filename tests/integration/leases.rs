@@ -8,7 +8,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use synchro::simulate::{ContentSim, Fault};
+use synchro::simulate::Fault;
 
 const DEMARCHE: i64 = 4_242;
 const CALENDAR: &str = "team@example.com";
@@ -111,36 +111,6 @@ async fn exit_code(child: &mut Child, within: Duration, what: &str) -> Option<i3
     }
 }
 
-/// Completed requests upstream, as (id, completed date): what must be
-/// reported exactly once.
-fn completions(content: &ContentSim) -> Vec<(i64, String)> {
-    let mut out: Vec<(i64, String)> = content
-        .api_requests()
-        .into_iter()
-        .filter(|r| r["state"] == "completed")
-        .map(|r| {
-            (
-                r["id"].as_i64().expect("id"),
-                r["completed"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Import reports the upstream accepted, duplicates kept.
-fn reported(content: &ContentSim) -> Vec<(i64, String)> {
-    let mut out: Vec<(i64, String)> = content
-        .reports()
-        .into_iter()
-        .filter(|r| r.import_state == "success")
-        .map(|r| (r.id, r.completed.unwrap_or_default()))
-        .collect();
-    out.sort();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_syncs_and_a_daemon_on_one_database_lose_nothing_and_report_once() {
     let sim = simulator().await;
@@ -209,7 +179,7 @@ async fn two_syncs_and_a_daemon_on_one_database_lose_nothing_and_report_once() {
     let expected = completions(&content);
     assert!(expected.len() >= 60, "{} completions", expected.len());
     let all_reported = || {
-        let got = reported(&content);
+        let got = successes(&content);
         expected.iter().all(|c| got.binary_search(c).is_ok())
     };
     wait_until(Duration::from_secs(60), "every completion reported", || {
@@ -224,7 +194,7 @@ async fn two_syncs_and_a_daemon_on_one_database_lose_nothing_and_report_once() {
     );
     // (A request completed again later is a new completion, with its own
     // date: reported once more, as itself.)
-    let got = reported(&content);
+    let got = successes(&content);
     let mut once = got.clone();
     once.dedup();
     assert_eq!(got, once, "a completion was reported twice");

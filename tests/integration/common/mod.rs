@@ -546,3 +546,33 @@ pub async fn assert_integrity(db: &Path) {
         .expect("integrity_check");
     assert_eq!(check, "ok");
 }
+
+/// Every completion upstream, as (request id, completed date), sorted: what
+/// must be reported.
+pub fn completions(sim: &synchro::simulate::ContentSim) -> Vec<(i64, String)> {
+    let mut out: Vec<(i64, String)> = sim
+        .api_requests()
+        .iter()
+        .filter(|r| r["state"] == "completed")
+        .map(|r| {
+            (
+                r["id"].as_i64().expect("id"),
+                r["completed"].as_str().expect("completed date").to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Success reports received, as (id, completed date), sorted, duplicates kept.
+pub fn successes(sim: &synchro::simulate::ContentSim) -> Vec<(i64, String)> {
+    let mut out: Vec<(i64, String)> = sim
+        .reports()
+        .into_iter()
+        .filter(|r| r.import_state == "success")
+        .map(|r| (r.id, r.completed.unwrap_or_default()))
+        .collect();
+    out.sort();
+    out
+}
