@@ -387,3 +387,42 @@ async fn a_shutdown_during_a_run_or_its_back_off_is_cancelled_not_failed() {
     assert!(!said.contains(" ERROR "), "{said}");
     assert!(said.contains(" WARN "), "{said}");
 }
+
+/// A run asked for *now* (the start-up run, a push notification) that meets
+/// a source held by another process runs once that process is done, rather
+/// than waiting for the next tick (here an hour away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_asked_for_now_on_a_held_source_runs_once_the_holder_is_done() {
+    let sim = simulator().await;
+    sim.ds().seed(DEMARCHE, 200);
+    sim.ds()
+        .inject(Fault::Slow(Duration::from_millis(100)), 1_000_000);
+    let mut ds = DsSource::new("acme", "permits", DEMARCHE);
+    ds.page_size = 20;
+    let setup = Setup::new(&sim, &[ds]);
+    let db = setup.db_path();
+    let mut sync = setup.spawn(&["sync"]);
+    let pid = i64::from(sync.id());
+    wait_until(Duration::from_secs(30), "the sync's lease", || {
+        let db = db.clone();
+        async move { lease_pid(&db, "acme", "permits").await == Some(pid) }
+    })
+    .await;
+    let mut daemon = setup.spawn(&["run"]);
+    assert_eq!(
+        exit_code(&mut sync, Duration::from_secs(60), "the sync").await,
+        Some(0)
+    );
+    wait_until(Duration::from_secs(30), "the daemon's own run", || {
+        let db = db.clone();
+        async move { count_runs(&db, "acme", "permits", "success").await >= 2 }
+    })
+    .await;
+    assert!(setup.spawned_stderr().contains("tick skipped"));
+    signal(&daemon, "TERM");
+    assert_eq!(
+        exit_code(&mut daemon, Duration::from_secs(30), "the daemon").await,
+        Some(0)
+    );
+    assert_runs_never_overlapped(&db).await;
+}
