@@ -227,7 +227,6 @@ impl Engine {
         match std::panic::AssertUnwindSafe(run).catch_unwind().await {
             Ok(attempt) => attempt,
             Err(panic) => {
-                let _enter = span.enter();
                 let err = SyncError::Panicked {
                     key: key.clone(),
                     message: panic_message(panic.as_ref()),
@@ -236,33 +235,44 @@ impl Engine {
                     error: Some(self.redactor.scrub(&err.to_string())),
                     ..RunRecord::default()
                 };
-                tracing::error!(
-                    error = totals.error.as_deref().unwrap_or_default(),
-                    "sync run panicked"
-                );
+                span.in_scope(|| {
+                    tracing::error!(
+                        error = totals.error.as_deref().unwrap_or_default(),
+                        "sync run panicked"
+                    )
+                });
                 crate::metrics::run_panicked(key);
-                if let Err(e) = self
-                    .store
-                    .finish_run(key, &run_id, RunOutcome::Failed, &totals)
+                self.record_end(job, run_id, RunOutcome::Failed, totals, Default::default())
+                    .instrument(span)
                     .await
-                {
-                    tracing::error!(error = %e, "could not record the end of the run");
-                }
-                crate::metrics::run_finished(
-                    key,
-                    job.kind,
-                    RunOutcome::Failed,
-                    &totals,
-                    std::time::Duration::ZERO,
-                );
-                Attempt::Ran(RunReport {
-                    run_id,
-                    outcome: RunOutcome::Failed,
-                    totals,
-                    elapsed: std::time::Duration::ZERO,
-                })
             }
         }
+    }
+
+    /// Records the end of a started run (its row, which also frees its
+    /// lease, and its metrics) and reports it.
+    async fn record_end(
+        &self,
+        job: &Job,
+        run_id: String,
+        outcome: RunOutcome,
+        totals: RunRecord,
+        elapsed: std::time::Duration,
+    ) -> Attempt {
+        if let Err(e) = self
+            .store
+            .finish_run(&job.key, &run_id, outcome, &totals)
+            .await
+        {
+            tracing::error!(error = %e, "could not record the end of the run");
+        }
+        crate::metrics::run_finished(&job.key, job.kind, outcome, &totals, elapsed);
+        Attempt::Ran(RunReport {
+            run_id,
+            outcome,
+            totals,
+            elapsed,
+        })
     }
 
     async fn run_inner(
@@ -352,16 +362,7 @@ impl Engine {
                 "sync run failed; progress stays at the last committed page"
             ),
         }
-        if let Err(e) = self.store.finish_run(key, &run_id, outcome, &totals).await {
-            tracing::error!(error = %e, "could not record the end of the run");
-        }
-        crate::metrics::run_finished(key, kind, outcome, &totals, elapsed);
-        Attempt::Ran(RunReport {
-            run_id,
-            outcome,
-            totals,
-            elapsed,
-        })
+        self.record_end(job, run_id, outcome, totals, elapsed).await
     }
 
     /// The page loop. `Ok(true)`: done; `Ok(false)`: stopped by shutdown.

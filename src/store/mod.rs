@@ -36,7 +36,7 @@ use crate::config::SourceKey;
 pub use cache::{WIDE_CHECKPOINT_PAGES, WIDE_KIB};
 pub use export::ExportRow;
 pub use forget::Forgotten;
-pub use lease::{Acquired, Holder, Lease, me as this_process, pid_alive, renew_every};
+pub use lease::{Acquired, Holder, Lease, renew_every};
 pub use outbox::PendingReport;
 pub use records::{PageStats, UPSERT_CONFLICT};
 pub use retention::KEEP_LAST_RUNS;
@@ -84,8 +84,8 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the database itself failed (disk full, I/O, a broken
-    /// connection), as opposed to a lost lease or bad data.
+    /// Whether the database itself failed (disk full, I/O, a corrupt file),
+    /// as opposed to a lock held elsewhere, a lost lease or bad data.
     pub fn is_database_failure(&self) -> bool {
         let StoreError::Sql(e) = self else {
             return false;
@@ -270,7 +270,7 @@ impl Store {
     }
 
     /// Records how a commit on the writer went; a failure of the database
-    /// itself also replaces the writer connection (see [`Store::heal_writer`]).
+    /// itself also replaces the writer connection (see [`reset_writer`]).
     pub(crate) async fn commit_result<T>(
         &self,
         result: Result<T, StoreError>,
@@ -282,7 +282,7 @@ impl Store {
             Err(e) if e.is_database_failure() => {
                 self.failing
                     .store(true, std::sync::atomic::Ordering::Relaxed);
-                self.heal_writer().await;
+                reset_writer(&self.writer).await;
             }
             Err(_) => {}
         }
@@ -326,16 +326,6 @@ impl Store {
         failing
     }
 
-    /// Drops the writer connection after a failed transaction, so that the
-    /// next commit starts on a fresh one. After SQLITE_FULL or an I/O error
-    /// during COMMIT, SQLite may have rolled the transaction back itself
-    /// while sqlx still counts it open ("begin_with at non-zero transaction
-    /// depth" on every later commit, until a restart). A fresh connection
-    /// costs well under a millisecond; failures are rare.
-    async fn heal_writer(&self) {
-        reset_writer(&self.writer).await;
-    }
-
     /// A cheap read that proves the database answers (`check`, `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
@@ -373,8 +363,13 @@ impl MigrationLock {
     }
 }
 
-/// Closes the writer pool's connection (it opens a fresh one on the next
-/// acquire). See [`Store::heal_writer`].
+/// Closes the writer pool's connection after a failed write, so that the
+/// next one starts on a fresh connection (the pool opens it on the next
+/// acquire). After SQLITE_FULL or an I/O error during COMMIT, SQLite may
+/// have rolled the transaction back itself while sqlx still counts it open
+/// ("begin_with at non-zero transaction depth" on every later commit, until
+/// a restart). A fresh connection costs well under a millisecond; failures
+/// are rare.
 pub(crate) async fn reset_writer(writer: &SqlitePool) {
     match tokio::time::timeout(Duration::from_secs(5), writer.acquire()).await {
         Ok(Ok(conn)) => {

@@ -22,8 +22,10 @@ pub struct PendingReport {
 
 impl Store {
     /// Pending reports of a source whose next attempt is due at `now_us`,
-    /// oldest first.
-    pub async fn due_reports(
+    /// oldest first, claimed or not (store tests; the reporter claims them,
+    /// see [`Store::claim_reports`]).
+    #[cfg(test)]
+    pub(crate) async fn due_reports(
         &self,
         key: &SourceKey,
         now_us: i64,
@@ -42,13 +44,10 @@ impl Store {
         .await?)
     }
 
-    /// Claims the oldest report of a source that is due at `now_us` and
-    /// that no live claim holds, for this process until `until_us`: two
-    /// processes (the daemon and a `synchro sync`, or replicas) never send
-    /// the same report. Sending it ends the claim ([`Store::report_sent`],
-    /// [`Store::report_retry`], [`Store::report_refused`]); the claim of a
-    /// process that died first lapses at `until_us`.
-    pub async fn claim_report(
+    /// The oldest claimable report, as [`Store::claim_reports`] with a
+    /// limit of one (store tests).
+    #[cfg(test)]
+    pub(crate) async fn claim_report(
         &self,
         key: &SourceKey,
         now_us: i64,
@@ -61,8 +60,14 @@ impl Store {
             .next())
     }
 
-    /// Claims up to `limit` due reports at once (oldest first), as
-    /// [`Store::claim_report`] does one: one write for a run of sends.
+    /// Claims up to `limit` reports of a source (oldest first) that are due
+    /// at `now_us` and that no live claim holds, for this process until
+    /// `until_us`, in one write: two processes (the daemon and a `synchro
+    /// sync`, or replicas) never send the same report. Sending one ends its
+    /// claim ([`Store::report_sent`], [`Store::report_retry`],
+    /// [`Store::report_refused`]), not sending it gives the claim back
+    /// ([`Store::release_claims`]); the claim of a process that died first
+    /// lapses at `until_us`.
     pub async fn claim_reports(
         &self,
         key: &SourceKey,

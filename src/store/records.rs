@@ -470,13 +470,9 @@ impl Store {
             // BEGIN/save/COMMIT of its own, which is what thousands of runs
             // due at once queue for.
             if save_progress {
-                let written = self.journal.write(progress).await.map_err(|e| match e {
-                    StoreError::LeaseLost { .. } => StoreError::LeaseLost {
-                        key: key.clone(),
-                        epoch: fence.map_or(0, |l| l.epoch),
-                    },
-                    e => e,
-                });
+                // (A lost lease comes back as `LeaseLost`, named by the
+                // journal from the entry's key and fence.)
+                let written = self.journal.write(progress).await;
                 self.commit_result(written).await?;
             }
             return Ok(PageStats::default());
