@@ -351,7 +351,8 @@ mod tests {
             1,
             "one line, then quiet until `every` passes: {text}"
         );
-        // The first page alone gives no rate (it used to say 100000/s).
+        // The first page alone gives no rate (not a figure such as 100000/s
+        // from a near-zero interval).
         assert_eq!(lines[0], "acme/permits: 1 pages, 100 records so far");
 
         let progress = Progress::lines(Duration::ZERO, Box::new(buf.clone()));

@@ -80,7 +80,8 @@ pub struct HttpConfig {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub max_retries: u32,
-    /// First back-off step; doubled on each retry, with full jitter.
+    /// First back-off step; doubled on each retry, each wait drawn in
+    /// `[step/2, step]` (equal jitter).
     pub initial_backoff: Duration,
     /// Upper bound of a single back-off; an upstream asking (`Retry-After`,
     /// `RateLimit-Reset`) for a longer wait fails the run instead.

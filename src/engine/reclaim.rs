@@ -1,8 +1,8 @@
 //! Hands memory back to the OS once the daemon goes idle. A burst of runs
 //! leaves SQLite's writer page cache full (up to 2 MB) and the allocator's
-//! arenas holding the freed buffers of HTTP bodies, JSON and commits; an
-//! idle daemon of 1,000 sources kept ~5 MB of such memory in its RSS for
-//! nothing (BENCHMARKS.md, idle cost). After [`RECLAIM_AFTER`] without a
+//! arenas holding the freed buffers of HTTP bodies, JSON and commits: ~5 MB
+//! of RSS for nothing in an idle daemon of 1,000 sources
+//! (docs/performance.md, idle daemon). After [`RECLAIM_AFTER`] without a
 //! run, the writer drops its cache and the allocator returns its free pages.
 
 use std::sync::Arc;

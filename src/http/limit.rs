@@ -18,7 +18,7 @@
 //!    is forgiven so as not to lower the rate). A turn due in less than a
 //!    third of the spacing (and less than that resolution) is not slept
 //!    for: the timer would round the wait up to a whole millisecond (a
-//!    request due in 10 µs at 10,000/s waited ~1 ms), so the request goes
+//!    request due in 10 µs at 10,000/s would wait ~1 ms), so the request goes
 //!    at once and the schedule keeps its exact time. Early and late sends
 //!    together stay under one spacing, so any window still holds at most
 //!    one request more than the rate.
@@ -29,7 +29,7 @@
 //! a paused clock. A wait is abandoned as soon as the cancellation token
 //! fires, and the next waiter takes the turn.
 //!
-//! The `governor` crate was considered: its GCRA is the same idea, but its
+//! Not the `governor` crate: its GCRA is the same idea, but its
 //! clocks are not tokio's, so the paused-clock tests below would not work,
 //! and a keyed limiter plus a semaphore per key would still be needed beside it.
 

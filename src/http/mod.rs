@@ -324,8 +324,8 @@ impl HttpClient {
             });
         }
         // Sized from Content-Length when given (up to 8 MiB: a larger claim
-        // grows as it arrives): a page of 100 KB no longer goes through a
-        // series of reallocations and copies.
+        // grows as it arrives): a page of 100 KB is read without a series
+        // of reallocations and copies.
         let mut body = bytes::BytesMut::with_capacity(
             resp.content_length()
                 .map_or(0, |n| (n as usize).min(PRESIZE_LIMIT)),

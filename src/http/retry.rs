@@ -5,9 +5,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use reqwest::header::HeaderMap;
 
-/// Exponential back-off with full jitter: a random delay in
-/// `[base/2, min(max, initial * 2^(attempt-1))]`. The jitter keeps many
-/// sources that failed together from retrying together.
+/// Exponential back-off with equal jitter: with `cap = min(max, initial *
+/// 2^(attempt-1))`, a random delay in `[cap/2, cap]`. The jitter keeps many
+/// sources that failed together from retrying together; the floor keeps
+/// each wait at least half its step.
 pub fn backoff_delay(attempt: u32, initial: Duration, max: Duration) -> Duration {
     let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
     let cap = exp.min(max);

@@ -302,7 +302,8 @@ impl Reporter {
     }
 }
 
-/// Delay before attempt `attempts + 1`: exponential with full jitter, capped.
+/// Delay before attempt `attempts + 1`: exponential, capped at
+/// [`MAX_BACKOFF`], with equal jitter (a random delay in `[cap/2, cap]`).
 fn backoff(attempts: i64) -> Duration {
     let exp = attempts.clamp(1, 20) as u32 - 1;
     let cap = FIRST_BACKOFF

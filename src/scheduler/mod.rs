@@ -1,9 +1,9 @@
 //! When sources run. Each source has one runner task that owns its runs, so
 //! two runs of the same source can never overlap: ticks from
-//! tokio-cron-scheduler (and later webhooks) only *ask* the runner to run,
-//! through a one-slot channel, and a request that arrives while a run is in
-//! progress is coalesced into at most one follow-up run. A global semaphore
-//! caps how many sources sync at once.
+//! tokio-cron-scheduler (and push notifications) only *ask* the runner to
+//! run, through a one-slot pending request, and a request that arrives
+//! while a run is in progress is coalesced into at most one follow-up run.
+//! A global semaphore caps how many sources sync at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -198,8 +198,9 @@ pub trait Source: Send + Sync {
     async fn fetch(&self, progress: &Progress) -> Result<Page, SourceError>;
 }
 
-/// Builds the source for a configured entry. Kinds whose connector is not
-/// built yet are refused here, with a message naming the source.
+/// Builds the source for a configured entry and registers its secrets with
+/// the redactor. Every kind the config accepts has a connector, so this
+/// never returns `Err`.
 pub fn build(
     cfg: &crate::config::SourceConfig,
     http: &crate::http::HttpClient,

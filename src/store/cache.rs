@@ -1,7 +1,7 @@
 //! The writer's page cache. SQLite's default 2 MiB is what an idle daemon
 //! should hold, but it is smaller than the key index of a large source: a
-//! listing in random id order (calendar) then read index pages back from the
-//! OS for nearly every row, the top entry of the calendar sync's profile. A
+//! listing in random id order (calendar) then reads index pages back from
+//! the OS for nearly every row, the top entry of a calendar sync's profile. A
 //! large sync widens the cache for as long as it runs; the last one to end
 //! narrows it again and hands the memory back.
 //!

@@ -190,8 +190,8 @@ impl Store {
         // holds an exclusive lock on the file until its migrations ran.
         let _migrating = MigrationLock::take(&path).await?;
         // No `test_before_acquire`: its ping is a round trip to the
-        // connection's worker thread on every acquire (the webhook profile
-        // showed it under each commit), and a local SQLite file cannot go
+        // connection's worker thread on every acquire (it shows under each
+        // commit in a webhook profile), and a local SQLite file cannot go
         // stale like a network connection; a failure still surfaces on the
         // statement itself.
         let writer = SqlitePoolOptions::new()
