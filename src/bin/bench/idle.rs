@@ -46,41 +46,6 @@ const TARGET_RSS_MB: f64 = 30.0;
 const TARGET_CPU_PCT: f64 = 1.0;
 const TARGET_REQUESTS: f64 = 1.0;
 
-/// What the profile of the idle daemon showed, and what changed because of
-/// it (kept next to the figures it explains).
-const PROFILE_NOTES: &str = "\
-- **CPU, before: 11.0 % of a core** for 1,000 idle sources (baseline 1 source: 0.03 %). \
-`perf record -g -p PID` over 15 s of the idle daemon: nearly all samples in the hand-off \
-to sqlx's SQLite worker thread (flume channel, futex wake-ups) and in SQLite statement \
-preparation and execution (`yy_reduce`, `sqlite3VdbeExec`), plus malloc. Cause: each of \
-the 300 Contentor import-state reporters polled the outbox every 250 ms, about 1,200 \
-queries/s through the single writer connection. **Changed**: an idle reporter now sleeps \
-until a commit of its own source queues reports (a per-source `watch` signal the store \
-bumps after such a commit, pages and webhooks alike) or its next retry is due, at most \
-~60 s (jittered; covers reports queued by another process). **After: 0.38-0.42 %**. Not \
-profiled further: the rest (~130 wake-ups/s) is within the target.\n\
-- **Memory, first pass**: RSS splits into file-backed pages (13 MB: the binary's code and \
-data, the same with 1 source) and anonymous memory (+20.5 MB for 1,000 sources, ~21 KB per \
-source). The task of every source (and of every reporter) carried the state of a whole run \
-(HTTP, JSON and commit futures) inline while it waits for its next tick. **Changed**: the \
-run future (and a reporter's pass) is boxed, allocated only while it runs: +18 MB, 33.5 MB \
-in all, still over the target.\n\
-- **Memory, second pass**: `heaptrack` on an idle 1,000-source daemon (killed while idle, \
-so that \"leaked\" is what was live): ~15 MB of live heap against ~20.6 MB of anonymous \
-RSS, spread over glibc's main heap (8.8 MB) and three thread arenas (9.6 MB). Live: \
-SQLite's writer page cache full after the start-up burst (1.9 MB), the per-source \
-metrics series (~2.5 MB, the `/metrics` contract), runner tasks of 1.8 KB each (1.8 MB) \
-with a one-slot `mpsc` channel of ~1 KB each (1 MB), each source's configuration three \
-times (the loaded config, a copy in the scheduler's map whose B-tree nodes held it inline: \
-0.9 MB, a copy in the runner task), tokio-cron-scheduler's jobs and channels (~1.3 MB). \
-**Changed**: (1) once no run has been active for 1 s, the writer drops its page cache \
-(`PRAGMA shrink_memory`) and glibc returns its free pages (`malloc_trim(0)`), so the \
-burst's freed buffers leave the RSS; (2) a source's pending run request is a \
-mutex-and-`Notify` slot (~100 bytes) instead of an `mpsc` channel; (3) the runner task \
-keeps the source's key and kind, not its configuration, and a reload compares the old \
-and new configurations instead of a copy kept per runner. **After**: the table above \
-(28.2-28.3 MB when this was written).";
-
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Demarches(i64),
@@ -598,11 +563,6 @@ fn render(
             big.cpu_pct() - TARGET_CPU_PCT,
             base.cpu_pct()
         ));
-    }
-    if !PROFILE_NOTES.is_empty() {
-        s.push_str("### What the profile showed\n\n");
-        s.push_str(PROFILE_NOTES);
-        s.push_str("\n\n");
     }
     Section {
         title: format!("Idle cost: {n} sources"),

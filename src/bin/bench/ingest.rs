@@ -481,9 +481,7 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
          in-process simulator, which serves on the same cores. *Run* is the sync run as \
          recorded in `runs` (fetch + commit); *process* adds start-up, migration and exit. \
          The per-host request rate is set to the most the configuration allows \
-         ({MAX_RATE}/s), so that the limiter stays out of the figure (at 10,000/s, which an \
-         earlier version of this bench used, the Contentor sync reached the rate in bursts \
-         and its run took ~25 % longer). \
+         ({MAX_RATE}/s), so that the limiter stays out of the figure. \
          Two baselines: the synthetic ceiling above (~1 KB payloads, ids in order), and \
          the *same-payload ceiling*: the same insert of the very records the sync stored \
          (same ids, timestamps, deletion flags and payload text, in the order the sync \
@@ -591,7 +589,7 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
         s,
         "### Where the CPU goes\n\n\
          Both cores serve two programs during a sync: `synchro` and the simulator, which \
-         serves every record as JSON (rendered when it is seeded; see the profile notes). \
+         serves every record as JSON (rendered when it is seeded). \
          CPU time per record, from `wait4` for `synchro` and `getrusage` for the \
          bench process (the simulator) over the same sync, next to the ceiling's CPU per \
          record ({:.1} µs). *synchro alone* is the rate synchro's own CPU time would allow \
@@ -668,7 +666,6 @@ fn render(n: usize, ceiling: f64, ceilings: &[(usize, f64, Duration)], e2e: &[E2
         );
     }
     s.push('\n');
-    s.push_str(PROFILE);
     Section {
         title: format!("Ingest: {n} records per connector"),
         body: s,
@@ -720,209 +717,3 @@ pub async fn run(bin: &Path, n: usize) -> Result<Section> {
     sim.shutdown().await;
     Ok(render(n, ceiling, &ceilings, &e2e))
 }
-
-/// What the profiles showed and what changed (issue 7). The figures quoted
-/// were measured on the development machine, the "before" ones with the
-/// bench of 50,000 records that preceded these changes.
-const PROFILE: &str = "### Profile and changes\n\n\
-Before: 50,000 records, ceiling 42,340 records/s (plain INSERT into the old schema); \
-demarches 17,437 records/s (41 %), calendar 8,607 (20 %), content 3,288 (8 %). Profiled with \
-`perf record -e cpu-clock` (this VM has no hardware counters) over the whole bench, split by \
-process and by sync window with `perf script`:\n\n\
-- **SQLite rewriting pages.** The sqlx worker's time was mostly in the kernel copying pages \
-(`_copy_to_iter`, `copy_folio_from_iter_atomic`, `mark_buffer_dirty`): records were a \
-`WITHOUT ROWID` table, so every ~1 KB payload lived in the primary-key b-tree in id order, \
-and listings that do not arrive in id order (random calendar ids, DS numbers compared as \
-text) split and rewrote pages all over it. SQLite advises `WITHOUT ROWID` only for rows far \
-below a page. **Changed**: a rowid table with a unique key index (migration 3): payloads are \
-appended, only keys are sorted. The ceiling, measured on the same schema, rose to about \
-100,000-130,000 records/s on this machine; the sync targets rose with it.\n\
-- **JSON trees.** In `synchro`, malloc/free, `BTreeMap` insert and drop and \
-`serde_json::Value` serialisation led the profile: every record became a `Value` tree, was \
-serialised into a `json_each` document, and SQLite parsed it again (`jsonTranslateTextToBlob`). \
-**Changed**: connectors keep each object as raw JSON text from the response (`RawValue`), \
-read only their keys from it, compact it only when the upstream formatted it (a `memchr` \
-scan), and the store binds it into prepared multi-row `INSERT ... VALUES` statements of \
-64/32/.../1 rows. DS CPU per record fell to about 13 µs.\n\
-- **Quadratic binding.** `sqlite3_bind_parameter_name` then showed up: sqlx looks every \
-numbered `?NNN` parameter up by name, a linear scan in SQLite. **Changed**: anonymous `?` \
-parameters.\n\
-- **Small pages.** Content pages hold ~20 requests; each page paid a transaction. \
-**Changed**: the engine fetches up to 4 pages ahead and commits every page waiting behind a \
-commit in one transaction with the progress of the last (the atomicity rule holds for the \
-group). The content simulator scanned and sorted all requests for every page (O(n) a page): \
-it now pages synchro's query shape from a sorted index.\n\
-- **Index reads.** With the rest gone, calendar syncs still spent their time reading index \
-pages back from the OS: the writer's 2 MiB page cache is smaller than the key index of a \
-large source. **Changed**: a 16 MiB cache for the writer (filled only by large syncs, freed \
-when the idle writer closes); calendar CPU per record fell from ~31 to ~21 µs.\n\
-- **Content validation.** Content requests were still decoded into a `Value` for their \
-checks. **Changed**: `check` reads only id, state, dates and the type of `fields` from the \
-raw text; ~28 → ~26 µs per record.\n\
-- **What is left**: in the DS sync, the simulator's GraphQL engine costs twice synchro's \
-CPU per record; for calendar and content, synchro's per-record cost is HTTP and JSON \
-framing (content pages hold ~20 requests, so one HTTP exchange and one query build are \
-shared by only 20 records) and SQLite itself. The end-to-end figures share two cores \
-between synchro and the simulator (table above).\n\n\
-#### Second round\n\n\
-Before, 200,000 records, same machine and session as the figures after (two runs each; the \
-machine is shared, so runs vary): demarches 32,201 and 32,585 records/s, calendar 27,937 \
-and 29,738, content 33,104 and 31,645 (ceilings 133,784 and 142,639: 20.8-24.7 %). CPU per \
-record, synchro / simulator: demarches 12.9 / 25.7 µs, calendar 24.4 / 10.5 µs, content \
-23.3 / 12.3 µs. Profiled with `perf record -e cpu-clock` (flat, and `--call-graph dwarf` \
-for the writer thread) over `--only ingest`, split by process and thread with `perf script`:\n\n\
-- **The simulator.** It rendered every record as a `serde_json::Value` tree for every page, \
-and the Démarches Simplifiées one resolved every field of every dossier through its GraphQL \
-engine (malloc/free, `BTreeMap` inserts, `async_graphql` field resolution led its profile). \
-**Changed**: each simulated record keeps its JSON text, rendered when stored and dropped \
-when it changes; a page is concatenated text with the envelope's keys in `Value` order; \
-synchro's `getDemarche` page request has a fast path (any other document, operation or \
-variables, and anything the engine would answer with an error, still goes to the engine). \
-Tests compare the bytes with the `Value` / engine answers; faults apply before either path. \
-Simulator CPU per record: 25.7 → 2.0 µs (demarches), 10.5 → 2.3 (calendar), 12.3 → 3.1 \
-(content); the rendering now happens when the bench seeds the simulator, before the sync \
-and outside these figures.\n\
-- **Parsing each record twice.** In synchro, serde's `ignore_value` / `ignore_str` \
-(skipping the fields a key struct does not read) and a second pass to check for whitespace \
-came next to the body parse. **Changed**: one scan over a record's text finds its keys and \
-says whether it needs compacting (`payload::scan`; serde still reads any text the scan \
-leaves to it); a Démarches Simplifiées body is read in one typed pass instead of a map of \
-raw fields re-parsed per connection; the body buffer is sized from `Content-Length`.\n\
-- **Thread hand-offs.** The run of `synchro sync` was polled by the thread blocked in \
-`main`, so every HTTP response and every statement result woke it from a worker or from \
-the SQLite thread (`_raw_spin_unlock_irqrestore`, `finish_task_switch` led the content \
-profile). **Changed**: each run is a task on a worker, as under the daemon's scheduler; \
-the writer waits up to 5 ms for more pages before committing a small group (never after \
-the last page), so Contentor's pages of ~17 new requests stop paying a transaction's round \
-trips each; the fetch-ahead queue is bounded by records (4,096) and a group takes up to \
-4,000.\n\
-- **The calendar writer.** The writer thread was the slowest side of the calendar sync: \
-the full listing's sweep read one table page per id in id order at the end of the run \
-(~0.5 s of 200,000 rows in a standalone test, ~0.2 s in rowid order, **changed**); every page \
-ran the marking statement although its rows were just written with the mark (**changed**: \
-skipped when every row was written); random ids dirty an index page per row and every \
-checkpoint rewrote and synced them (**changed**: large syncs let the WAL reach 8,192 pages \
-between checkpoints; standalone, 200,000 random ids: 2.4 s CPU with checkpoints every \
-1,000 pages, 1.5 s every 10,000).\n\
-- **After**, same session, 200,000 records (two runs): demarches 76,169 and 78,854 \
-records/s (55.1 and 55.8 %), calendar 49,231 and 41,509 (35.6 and 29.4 %), content 60,631 \
-and 54,464 (43.9 and 38.5 %); synchro CPU per record 10.7-10.8 / 16.1-19.7 / 14.5-16.3 µs. \
-At \
-50,000 records demarches reached 61-62 % in two runs.\n\
-- **Which ceiling.** The first ceiling inserted synthetic ~1 KB payloads with ids in \
-order. Issue 7 defines the baseline as \"the same 200,000 payloads with the same upsert \
-and the same indexes\": the *same-payload ceiling* (table above) inserts the records each \
-sync stored, in the order it stored them, and is what the target is checked against; \
-both ratios stand in the table. Measured once while adding it: calendar's random \
-26-character ids make SQLite's own insert about 2.6 times slower than the synthetic \
-payloads, content's ~530-byte payloads about 1.2 times faster. The ceiling connection also \
-gets the page cache and WAL checkpoint interval synchro gives a large sync: without them \
-the calendar \"ceiling\" measured 34,473 records/s, below the sync's own 47,218.\n\
-- **What is left**: calendar: the writer thread (~12 µs per record at 200,000, twice the \
-demarches writer) inserting random 26-character ids into the key index, and the WAL and \
-checkpoint writes that follow; raising the group size further (8,192 queued records) made \
-it slower in the one run tried. Content: 12,001 HTTP exchanges, a fifth of them repeats that \
-the contract's re-query from the watermark implies; the fetch side still spends about a \
-quarter of its time in thread wake-ups. Demarches: CPU is not the bound (12.7 µs per \
-record for both processes on two cores); each request needs the previous page's cursor, so \
-the simulator's answer, the transfer and synchro's parse of a page run back to back. \
-Reading the cursor before the full parse, to send the next request sooner, was not tried.\n\n\
-#### Third round\n\n\
-Before, 200,000 records, measured with `synchro simulate` in its own process and `perf record \
--e cpu-clock --call-graph dwarf` on `synchro sync` (and on the simulator), then with the bench: \
-demarches ~2.3 s a sync (71-79k records/s), calendar ~4.1 s (48-50k), content ~3.3 s (58-65k).\n\n\
-- **Binding copied every value twice.** sqlx binds a `&str` by copying it into a new `String` \
-inside a new `Arc`: ten parameters a row, six of them texts (tenant, source and kind \
-included), about 10 % of the runtime threads' samples in a content sync. **Changed**: the \
-commit takes the pages by value; payloads, ids and timestamps move into the arguments \
-uncopied, tenant, source and kind are one shared `Arc<str>` per commit.\n\
-- **Small pages, many statements.** A group commit still wrote each page with its own \
-statements: a Contentor page of ~17 new requests cost two or more round trips to the SQLite \
-thread, each two thread wake-ups (~65,000 voluntary context switches for a 200,000-request \
-sync). **Changed**: the pages of a group share the multi-row statements, their rows in page \
-order (SQLite applies a statement's rows one after the other, so the result is the one \
-page-by-page statements give; a test compares both databases); a page with import-state \
-reports, a completing listing or a new listing generation closes a batch. Context switches \
-halved; content sync ~3.3 -> ~2.7 s.\n\
-- **Checking a content request** decoded each key into a `serde_json::Value` and copied its \
-`fields` (most of its text) only to see that it starts with `[` (~14 % of the fetch side). \
-**Changed**: the keys borrow the request's text.\n\
-- **Fetching and committing took turns.** The writer was polled in the fetcher's task \
-(`join!`), and a group's record budget was held until its commit ended, so the fetcher, \
-whose queue the group had just emptied, waited for the whole commit. **Changed**: the writer \
-is a task of its own and the budget returns to the fetcher when a commit starts (a test \
-proves the fetcher runs ahead during a commit). Demarches sync ~2.3 -> ~1.95 s.\n\
-- **Tried and dropped**: sending the next Contentor request ahead, as soon as a page's \
-envelope was read (every guess was right, yet the sync got slower: a task spawned by a task \
-runs on its thread only when that one yields, so the page's checks waited for the request \
-to go out, and the answer took one more hand-off); a longer commit linger (20 ms: no change); \
-one runtime thread (fewer context switches, yet twice slower; not investigated further).\n\
-- **After**, same machine, two bench runs: demarches 102,868 and 107,961 records/s, calendar \
-63,346 and 64,576, content 75,017 and 74,207; see the tables above for this run.\n\
-- **What is left, content**: 12,001 page requests that depend on each other. A bare \
-reqwest client needs ~100-105 µs for one such round trip to the simulator (the request \
-floor above): 1.2-1.3 s for the chain, ~160,000 records/s at best, while the same-payload \
-ceiling measured 154,000-222,000 records/s across runs. Timing probes in the fetch loop \
-(removed since) put reading a page at ~25-30 µs and handing it to the writer at ~10 µs. \
-With the commits switched off, synchro's round trips took ~110 µs, close to the bare \
-client's, and the whole chain 1.7-1.8 s; with them, each round trip takes 150-170 µs and \
-the sync 2.5-2.8 s: the SQLite thread (~1 s of CPU) and the writer share the two cores \
-with the simulator and the fetch side, and every hand-off between them waits for a core.\n\n\
-#### Fourth round\n\n\
-- **Content records were half the size the target is set at.** Issue 7 asks for records of \
-about 1 KB; the content simulator seeded requests of ~529 bytes (three short texts a \
-translation), so its same-payload ceiling (149,000-222,000 records/s across runs) was far \
-above the other kinds' while its sync rate, set by 12,001 chained page requests, hardly \
-depends on the record size. **Changed**: seeded requests are product pages with a \
-description and a care paragraph in four languages, ~943 bytes on average (a simulator test \
-keeps the mean between 800 and 1,300 bytes). Ingest runs on the same day: at ~529 bytes \
-content reached 44.9 % of its ceiling (66,838 records/s); at ~765 bytes 57.6 % (65,686); at \
-~943 bytes 66.0 %, 58.3 % and 62.0 % (60,588, 53,676 and 48,142 records/s against ceilings of \
-91,758, 92,001 and 77,710: the machine slowed during the session and both sides moved with \
-it). The target is met in some runs and missed by up to two points in others.\n\
-- **Where a page's time goes** (timing probes in the fetch loop, removed since; `synchro \
-simulate` in its own process, ~943-byte requests, two runs of ~3.0 s): reading the progress \
-and building the query 6.7 µs; sending the request and reading the answer 178-192 µs (the \
-bare client's round trip in the same session: 100-135 µs; one request in eight took over \
-200 µs); parsing the body 19 µs; checking the requests and building the page 20 µs; the \
-engine's hand-off to the writer 12-16 µs. The chain of 12,001 pages is the sync: synchro's \
-own steps on it take ~60 µs a page, and the commit side (the SQLite thread's ~1 s of CPU and \
-the writer's binding), which runs beside the chain on the same two cores as the simulator, \
-stretches each round trip by 50-80 µs over the bare client's.\n\
-- **Tried and dropped**: mimalloc as the global allocator (glibc's `malloc_consolidate` and \
-cross-thread frees were ~10 % of synchro's samples; the sync took ~10 % less time in two \
-runs, but peak RSS went from ~42 to ~80 MB, which the idle and ingest memory targets cannot \
-afford); the writer sleeping out its linger and nudged by the fetcher instead of woken by \
-every page (slower: 3.3 -> 4.4 s, 288 groups instead of 184); the writer on a thread and \
-runtime of its own, out of the way of the fetch side (round trips 205 -> 165 µs in the \
-probes, but over 23 alternating runs the sync was only 2-6 % faster, and one set of 5 \
-runs went the other way); `TCP_NODELAY` on \
-the simulator's sockets (no change).\n\n\
-#### Fifth round\n\n\
-- **One sync against the best of three ceilings.** Three full benches in a row put content at \
-50.6 %, 58.3 % and 76.1 % of its same-payload ceiling: the sync ran at 57,000-66,000 \
-records/s each time, while the ceiling, the best of three runs taken after it, measured \
-87,000-125,000. **Changed**: each connector syncs three times, each sync followed by one \
-ceiling run, and the best of each side is compared (the table above lists every run and \
-the ratio of each pair). On a quiet machine this first showed content at 52.6-54.6 % in \
-every pair (about 69,000 records/s against 126,000-133,000): a plain miss.\n\
-- **The host's rate limiter.** Timing every wait in the per-host limiter (a probe, removed \
-since) during one 200,000-record Contentor sync with the bench's 10,000 requests/s: 572 \
-requests waited for their turn, for 7 µs on average, and slept ~1,017 µs each, tokio's timer \
-rounding every wait up to its millisecond tick: 0.58 s of a 3.2 s run. **Changed**: a turn \
-due in less than a third of the spacing (and under a millisecond) goes at once and the next \
-turn keeps its exact time, so any window still holds at most one request more than the \
-rate (a paused-clock test checks both); and the bench sets the per-host rate to the most \
-the configuration accepts, 100,000/s, because at 10,000/s the sync still reached the rate \
-in bursts (pages answered in under 100 µs) and waited ~380 times for 30-60 µs. Runs \
-alternated on the same machine (`synchro simulate` in its own process, 200,000 requests): \
-3.25 s before, 3.10 s with the limiter change at 10,000/s, 2.4-2.8 s at 100,000/s; with the \
-bench's alternating runs content reached 66.1-79.7 % of the ceiling run after it.\n\
-- **Tried and dropped**: requesting page `n + 1` beside page `n` while stepping through a \
-batch larger than a page, kept for the next call (two requests in flight instead of one for \
-two pages in three: the same 2.46 s over 6 alternating runs, and a request in vain \
-whenever the batch ends on page `n`); leaving out of a page the requests byte for byte \
-identical to ones the previous page of the run handed over (a fifth of the upserts are \
-such repeats, but the sync took 3.14 s against 3.21 s over 8 alternating runs, and its CPU \
-time did not fall: SQLite's no-op upserts cost about what copying the previous page's texts \
-costs).\n\n";

@@ -342,7 +342,7 @@ fn render(
          one request answered at once). It runs until {ROUNDS} scheduled runs per source \
          finished (or {} s passed), then gets SIGTERM. Each interval source is due at \
          `phase + k × 1 min`, its phase a stable hash of its name (the scheduler spreads \
-         interval sources over their interval; see below).\n\n\
+         interval sources over their interval).\n\n\
          *Lateness* = `runs.started_at - runs.scheduled_at`: the instant the run started (its \
          row is written once it holds its host and global sync slots) minus the instant the \
          schedule tick it answers was due, which the scheduler records with the run (NULL for \
@@ -422,7 +422,6 @@ fn render(
                 d.as_secs_f64()
             )),
     );
-    s.push_str(PROFILE);
     let mut misses = Vec::new();
     if !p99_ok {
         misses.push(format!(
@@ -454,49 +453,3 @@ fn render(
         misses,
     }
 }
-
-/// What profiling showed and what changed (kept with the code it explains).
-const PROFILE: &str = "### Profile and changes\n\n\
-Before the changes below, the same section measured p50 1.86 s, p99 7.29 s, max 7.37 s, \
-0 overlaps, and only 18,681 of the 30,000 ticks due in three rounds ran (1,447 of the \
-first round's 10,000 were missing; some sources never ran on schedule).\n\n\
-- **Lost ticks.** The daemon's log held `Error receiving Lagged(N)` from \
-`tokio_cron_scheduler::job::runner`: the crate passes job activations through a broadcast \
-channel of 200 slots by default, and a poll that finds thousands of jobs due overflows it; \
-the excess activations are dropped. The scheduler now sizes the crate's channels to two \
-slots per source (at least 1024; a reload beyond that restarts the scheduler). Every tick \
-of every round now reaches its source (row *scheduled runs per source*).\n\
-- **Where a round's time goes.** `perf record -g` on the daemon during a round (10,000 \
-no-change runs due in one second): the process used about half a core; 60–65 % of its \
-samples were kernel context switches, most of them sqlx's SQLite worker thread sleeping on \
-and being woken through its channel (`flume`, `futex_do_wait`), once per statement; \
-SQLite's own work (`sqlite3VdbeExec`, WAL writes) was under 2 %. The round drains at the \
-pace of statement round trips on the single writer connection, on a machine where every \
-wake-up waits for a shared core, not at the pace of CPU. A no-change run cost 9 of them: \
-BEGIN/UPDATE/INSERT/COMMIT for its row, reading its progress, BEGIN/save/COMMIT for the \
-page, the final UPDATE. `start_run` now uses two autocommit statements, progress is \
-read through the reader pool, and a page that only moves the progress is one autocommit \
-statement: 4 writer round trips per no-change run.\n\
-- **What bounded the tail.** All 10,000 sources were due in the same second (interval \
-jobs all created at start-up) and at most 1024 hold a sync slot (the config's maximum): \
-a run's lateness was the time for the runs ahead of it to finish, p99 ≈ (0.99 × 10,000 − \
-1024) / drain rate; at ~1,800–1,900 runs/s, p99 was 4.2–5.2 s. On top of it, the fire \
-delay (the 100-source baseline's p99 was 347 ms): tokio-cron-scheduler polls every 500 ms \
-against due instants kept to the whole second. **Changed**: (1) an interval source is due \
-at `phase + k × interval`, its phase a stable hash of its name (DESIGN.md §5: \"spread \
-sources\"; Prometheus spreads scrape targets the same way), so 10,000 `every 1m` sources \
-are ~167 a second; (2) the crate fires an interval tick one second ahead of its due \
-instant and the source's runner waits for that instant on a tokio timer, so a run starts \
-within milliseconds of it, never before (an integration test checks both the grid and \
-`started_at ≥ scheduled_at`). Both p99 figures are now a few milliseconds (table above).\n\
-- **The herd** (row *herd*): sources sharing one cron expression are still due \
-together, as their schedule says (`jitter` is the knob that spreads them). Such a round \
-drained at the pace of the writer round trips of each no-change run (start, progress, \
-end): 2,216 runs/s, p99 3.99 s for 10,000 sources. **Changed**: a run's start is one \
-query (its two statements in one round trip), a partial index finds the runs a killed \
-process left open without walking the source's run history, and starts, progress-only \
-pages and ends are group-committed (`store/journal.rs`: the entries waiting when the \
-writer is free go in one transaction with multi-row statements; each caller still \
-returns once its own entry is committed). After, on this machine: 5,275 runs/s, p99 \
-1.65 s (table above for this run); the rest is the cron fire delay (up to 500 ms) and \
-the HTTP round trips, on two cores shared with the simulator.\n";

@@ -513,24 +513,6 @@ fn render(
         v.rows_checked, v.rows_wrong, v.completions_checked, v.completions_missing
     );
 
-    s.push_str(
-        "**Profile (issue 7, done once while writing this section).** `perf record` on the \
-         daemon under this load (VM: software `cpu-clock` only, few samples) showed no hot \
-         spot in synchro's code, but `sqlx` pinging the connection's worker thread \
-         (`ConnectionWorker::ping` under `Pool::acquire`) before every statement and \
-         transaction. Timing probes around the webhook commit (removed since) put the tail in \
-         the wait for the single writer connection (p99 ≈ 8–20 ms), not in the statements \
-         (p99 ≈ 1–3 ms) nor the commit; the writer was also serving the reporter's outbox \
-         *reads* and one `UPDATE` per report sent. Changed: the pools no longer test \
-         connections before handing them out (`test_before_acquire(false)`: a local SQLite \
-         file cannot go stale), and the reporter's queries go through the reader pool (WAL), \
-         so only commits queue for the writer. Measured before/after on this machine: p99 \
-         ≈ 11 ms → 6–10 ms, daemon CPU ≈ 0.74 → 0.58–0.66 ms per callback; single runs \
-         swing more than that when other jobs share the cores, hence the floors above. Not \
-         changed: one transaction per callback and per report (batching them would widen the \
-         window in which a crash re-sends or loses an answer), WAL auto-checkpoints on the \
-         writer (a rare few-ms stall, visible as the commit floor's max).\n\n",
-    );
     let mut misses = Vec::new();
     let p99 = hooks.pct(99.0);
     if hooks.errors > 0 || p99 > TARGET_P99 {
