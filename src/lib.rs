@@ -15,7 +15,6 @@ pub mod reporter;
 pub mod scheduler;
 pub mod server;
 pub mod shutdown;
-pub mod simulate;
 pub mod sources;
 pub mod store;
 pub mod telemetry;

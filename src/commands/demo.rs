@@ -5,6 +5,9 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use synchro_simulator::{
+    DEFAULT_CALENDAR_TOKEN, DEFAULT_CONTENT_TOKEN, DEFAULT_DS_TOKEN, Simulator,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
@@ -12,7 +15,6 @@ use crate::config::{Config, SourceKey};
 use crate::engine::{Engine, Redactor};
 use crate::http::HttpClient;
 use crate::scheduler::Scheduler;
-use crate::simulate::{DEFAULT_CALENDAR_TOKEN, DEFAULT_CONTENT_TOKEN, DEFAULT_DS_TOKEN, Simulator};
 use crate::store::Store;
 
 /// (tenant, source, démarche, dossiers) of the demo data set.

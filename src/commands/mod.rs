@@ -2,6 +2,7 @@
 //! parses arguments, sets up logging and maps errors to exit codes.
 
 mod check;
+#[cfg(feature = "simulator")]
 mod demo;
 mod export;
 mod forget;
@@ -10,6 +11,7 @@ mod progress;
 mod reset;
 mod run;
 mod select;
+#[cfg(feature = "simulator")]
 mod simulate;
 mod status;
 mod sync;
@@ -110,6 +112,7 @@ pub enum Command {
     Check,
     /// Run the simulated upstreams and the daemon against them, offline,
     /// with a built-in config.
+    #[cfg_attr(not(feature = "simulator"), command(about = NOT_IN_THIS_BUILD, long_about = None))]
     Demo {
         /// How long the daemon keeps running after the first sync.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
@@ -117,6 +120,7 @@ pub enum Command {
     },
     /// Serve only the simulated upstreams (for tests and benchmarks); no
     /// config file.
+    #[cfg_attr(not(feature = "simulator"), command(about = NOT_IN_THIS_BUILD, long_about = None))]
     Simulate {
         /// Address to serve the three simulated APIs on (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:9751")]
@@ -189,9 +193,31 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Forget { ref sources } => forget::forget(&cli.config, sources).await,
         Command::Reset { ref sources } => reset::reset(&cli.config, sources).await,
         Command::Check => check::check(&cli.config).await,
+        #[cfg(feature = "simulator")]
         Command::Demo { duration } => demo::demo(duration).await,
+        #[cfg(feature = "simulator")]
         Command::Simulate { listen } => simulate::simulate(listen).await,
+        #[cfg(not(feature = "simulator"))]
+        Command::Demo { .. } => Err(without_simulator("demo")),
+        #[cfg(not(feature = "simulator"))]
+        Command::Simulate { .. } => Err(without_simulator("simulate")),
     }
+}
+
+/// The help of `demo` and `simulate` in a build without the `simulator`
+/// feature.
+#[cfg(not(feature = "simulator"))]
+const NOT_IN_THIS_BUILD: &str = "Not in this build (built without the cargo feature `simulator`)";
+
+/// `demo` and `simulate` in a build without the `simulator` feature: they
+/// stay in the command line (the CLI is the same in every build) and exit 2
+/// saying why.
+#[cfg(not(feature = "simulator"))]
+fn without_simulator(command: &str) -> CliError {
+    CliError::Usage(format!(
+        "`synchro {command}` is not in this build: it was built without the simulated \
+         upstreams (cargo feature `simulator`, on by default)"
+    ))
 }
 
 /// Loads the config; every problem is reported and maps to exit 78.

@@ -3,10 +3,10 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use synchro_simulator::Simulator;
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
-use crate::simulate::Simulator;
 
 /// Démarche seeded by default, and its size.
 const DEFAULT_DEMARCHE: i64 = 1234;
@@ -27,19 +27,22 @@ pub async fn simulate(listen: SocketAddr) -> Result<ExitCode, CliError> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     sim.ds().seed(DEFAULT_DEMARCHE, DEFAULT_DOSSIERS);
     println!("demarches endpoint: {}", sim.ds_endpoint());
-    println!("demarches token:    {}", crate::simulate::DEFAULT_DS_TOKEN);
+    println!(
+        "demarches token:    {}",
+        synchro_simulator::DEFAULT_DS_TOKEN
+    );
     sim.calendar().seed(DEFAULT_CALENDAR, DEFAULT_EVENTS);
     println!("calendar endpoint:  {}", sim.calendar_endpoint());
     println!(
         "calendar token:     {}",
-        crate::simulate::DEFAULT_CALENDAR_TOKEN
+        synchro_simulator::DEFAULT_CALENDAR_TOKEN
     );
     println!(
         "oauth token url:    {} (client {}, secret {}, refresh token {})",
         sim.oauth_token_url(),
-        crate::simulate::DEFAULT_OAUTH_CLIENT_ID,
-        crate::simulate::DEFAULT_OAUTH_CLIENT_SECRET,
-        crate::simulate::DEFAULT_REFRESH_TOKEN
+        synchro_simulator::DEFAULT_OAUTH_CLIENT_ID,
+        synchro_simulator::DEFAULT_OAUTH_CLIENT_SECRET,
+        synchro_simulator::DEFAULT_REFRESH_TOKEN
     );
     println!("seeded calendar {DEFAULT_CALENDAR:?} with {DEFAULT_EVENTS} events");
     sim.content()
@@ -47,7 +50,7 @@ pub async fn simulate(listen: SocketAddr) -> Result<ExitCode, CliError> {
     println!("content endpoint:   {}", sim.content_endpoint());
     println!(
         "content token:      {}",
-        crate::simulate::DEFAULT_CONTENT_TOKEN
+        synchro_simulator::DEFAULT_CONTENT_TOKEN
     );
     println!("seeded {DEFAULT_CONTENT_REQUESTS} content requests");
     println!(

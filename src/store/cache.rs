@@ -23,14 +23,14 @@ use super::{Store, StoreError};
 
 /// The cache while at least one large sync runs, in KiB (SQLite's negative
 /// unit).
-pub const WIDE_KIB: i64 = 16 * 1024;
+const WIDE_KIB: i64 = 16 * 1024;
 
 /// SQLite's default, in KiB.
 const NARROW_KIB: i64 = 2000;
 
 /// WAL pages between automatic checkpoints while a large sync runs
 /// (32 MiB of 4 KiB pages).
-pub const WIDE_CHECKPOINT_PAGES: i64 = 8192;
+const WIDE_CHECKPOINT_PAGES: i64 = 8192;
 
 /// SQLite's default.
 const NARROW_CHECKPOINT_PAGES: i64 = 1000;

@@ -33,12 +33,11 @@ use sqlx::sqlite::{
 
 use crate::config::SourceKey;
 
-pub use cache::{WIDE_CHECKPOINT_PAGES, WIDE_KIB};
 pub use export::ExportRow;
 pub use forget::Forgotten;
 pub use lease::{Acquired, Holder, Lease, renew_every};
 pub use outbox::PendingReport;
-pub use records::{PageStats, UPSERT_CONFLICT};
+pub use records::PageStats;
 pub use retention::KEEP_LAST_RUNS;
 pub use runs::{RunOutcome, RunRecord};
 pub use status::SourceStatus;

@@ -59,9 +59,9 @@ WHERE excluded.updated_us > records.updated_us
     };
 }
 
-/// The conflict clause of every record upsert: the benchmark's ingest
-/// ceiling inserts with the same rule, so that the two compare like for like.
-pub const UPSERT_CONFLICT: &str = upsert_conflict!();
+/// The conflict clause of every record upsert (the bench's baselines copy
+/// it, and check their copy against this one).
+const UPSERT_CONFLICT: &str = upsert_conflict!();
 
 /// Tombstones keep the last known payload; a deletion never seen alive is
 /// stored with the deletion notice as its payload.

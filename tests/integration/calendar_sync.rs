@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use rand::Rng;
-use synchro::simulate::Fault;
+use synchro_simulator::Fault;
 
 const CAL: &str = "team@example.com";
 
@@ -90,7 +90,7 @@ async fn incremental_sync_follows_creates_updates_and_cancellations() {
 
 /// Upstream changes made while the sync token is invalid, some of them
 /// never reported as cancellations.
-fn churn(sim: &synchro::simulate::Simulator, ids: &[String]) -> Vec<String> {
+fn churn(sim: &synchro_simulator::Simulator, ids: &[String]) -> Vec<String> {
     let cal = sim.calendar();
     let silent: Vec<String> = ids.iter().skip(5).step_by(40).cloned().collect();
     for id in &silent {
@@ -328,7 +328,7 @@ async fn oauth_refreshes_expired_tokens_and_a_revoked_refresh_token_fails_only_i
     for secret in [
         "refresh-good-123",
         "refresh-revoked-456",
-        synchro::simulate::DEFAULT_OAUTH_CLIENT_SECRET,
+        synchro_simulator::DEFAULT_OAUTH_CLIENT_SECRET,
     ] {
         assert!(!err.contains(secret), "secret leaked: {err}");
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use rand::Rng;
-use synchro::simulate::{ContentSim, ImportMode};
+use synchro_simulator::{ContentSim, ImportMode};
 
 /// Requests that are not completed upstream: completing them makes exactly
 /// one new completion each (the simulator attributes a report to the
@@ -229,7 +229,7 @@ async fn sigkill_between_storing_and_reporting_loses_no_report_and_doubles_none(
     // Slow pages, so that a run lasts long enough for the kill to land in
     // it; in the `Hang` trials the kill lands while the report is in flight.
     content.inject(
-        synchro::simulate::Fault::Slow(Duration::from_millis(50)),
+        synchro_simulator::Fault::Slow(Duration::from_millis(50)),
         100_000,
     );
     let mut rng = rand::rng();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use rand::Rng;
-use synchro::simulate::Fault;
+use synchro_simulator::Fault;
 
 const DEMARCHE: i64 = 777;
 const TRIALS: usize = 12;

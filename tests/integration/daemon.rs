@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use synchro::simulate::Fault;
+use synchro_simulator::Fault;
 
 const DEMARCHE: i64 = 99;
 

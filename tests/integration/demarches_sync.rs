@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use synchro::simulate::Fault;
+use synchro_simulator::Fault;
 
 const DEMARCHE: i64 = 4242;
 
@@ -26,6 +26,32 @@ async fn full_sync_of_2500_dossiers_equals_upstream() {
         stderr(&out)
     );
 
+    assert_export_matches(&setup, &sim, "acme", "permits", DEMARCHE).await;
+}
+
+/// The simulator answers synchro's page requests without its GraphQL
+/// engine only when synchro sends the document it keeps a copy of
+/// (`synchro_simulator::demarches::QUERY`); the bench's demarches figures
+/// depend on it. Fails when synchro's `query.graphql` changes alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchro_pages_take_the_simulators_fast_path() {
+    let sim = simulator().await;
+    sim.ds().seed(DEMARCHE, 250);
+    let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", DEMARCHE)]);
+
+    let (requests, fast) = (sim.ds().requests(), sim.ds().fast_answers());
+    setup.sync_ok(&[]).await;
+    let requests = sim.ds().requests() - requests;
+    let fast = sim.ds().fast_answers() - fast;
+    // The first request (`getDemarcheWithDeletions`) goes to the engine,
+    // every following page (`getDemarche`) to the fast path.
+    assert_eq!(requests, 3, "requests for 250 dossiers");
+    assert_eq!(
+        fast,
+        requests - 1,
+        "pages served by the fast path: synchro's query.graphql and the \
+         simulator's copy (crates/simulator/src/demarches/query.graphql) differ"
+    );
     assert_export_matches(&setup, &sim, "acme", "permits", DEMARCHE).await;
 }
 

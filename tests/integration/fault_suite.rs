@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use rand::Rng;
 use rand::seq::IndexedRandom;
-use synchro::simulate::{Fault, ImportMode};
+use synchro_simulator::{Fault, ImportMode};
 
 const ROUNDS: usize = 50;
 const DEMARCHE: i64 = 501;

@@ -8,7 +8,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use synchro::simulate::Fault;
+use synchro_simulator::Fault;
 
 const DEMARCHE: i64 = 4_242;
 const CALENDAR: &str = "team@example.com";

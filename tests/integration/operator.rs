@@ -220,7 +220,7 @@ const UNSET_VAR: &str = "SYNCHRO_TEST_OPERATOR_TOKEN_NOT_IN_THIS_SHELL";
 
 fn token_from_unset_variable(setup: &Setup) {
     setup.edit_config(
-        &format!("token = \"{}\"", synchro::simulate::DEFAULT_DS_TOKEN),
+        &format!("token = \"{}\"", synchro_simulator::DEFAULT_DS_TOKEN),
         &format!("token = {{ env = \"{UNSET_VAR}\" }}"),
     );
 }

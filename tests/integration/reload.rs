@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use synchro::simulate::Fault;
+use synchro_simulator::Fault;
 
 async fn runs(setup: &Setup, tenant: &str, source: &str, outcome: &str) -> i64 {
     count_runs(&setup.db_path(), tenant, source, outcome).await

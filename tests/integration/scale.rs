@@ -16,7 +16,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use synchro::simulate::{
+use synchro_simulator::{
     DEFAULT_CALENDAR_TOKEN, DEFAULT_CONTENT_TOKEN, DEFAULT_DS_TOKEN, Fault, Simulator,
 };
 

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::common::*;
-use synchro::simulate::Fault;
+use synchro_simulator::Fault;
 
 /// Access tokens handed out by [`echo_upstream`], in order.
 type Issued = Arc<Mutex<Vec<String>>>;
@@ -283,12 +283,12 @@ async fn check_warns_about_a_secret_file_others_can_read_and_still_passes() {
     let secret = setup.dir.path().join("ds-token");
     std::fs::write(
         &secret,
-        format!("{}\n", synchro::simulate::DEFAULT_DS_TOKEN),
+        format!("{}\n", synchro_simulator::DEFAULT_DS_TOKEN),
     )
     .expect("write");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     setup.edit_config(
-        &format!("token = \"{}\"", synchro::simulate::DEFAULT_DS_TOKEN),
+        &format!("token = \"{}\"", synchro_simulator::DEFAULT_DS_TOKEN),
         "token = { file = \"ds-token\" }",
     );
     let out = setup.run(&["check"]).await;
@@ -305,7 +305,7 @@ async fn check_warns_about_a_secret_file_others_can_read_and_still_passes() {
     assert!(line.contains("tenants[0].sources[0].token"), "{line}");
     assert!(line.contains(&secret.display().to_string()), "{line}");
     assert!(line.contains("mode 0644"), "{line}");
-    assert!(!err.contains(synchro::simulate::DEFAULT_DS_TOKEN), "{err}");
+    assert!(!err.contains(synchro_simulator::DEFAULT_DS_TOKEN), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
 
     // The daemon logs the same warning when it starts.

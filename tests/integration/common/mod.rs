@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use synchro::simulate::Simulator;
+use synchro_simulator::Simulator;
 
 /// Path of the binary under test.
 pub fn bin() -> &'static str {
@@ -29,7 +29,7 @@ impl<'a> DsSource<'a> {
             tenant,
             id,
             demarche,
-            token: synchro::simulate::DEFAULT_DS_TOKEN,
+            token: synchro_simulator::DEFAULT_DS_TOKEN,
             page_size: 100,
         }
     }
@@ -59,7 +59,7 @@ impl<'a> CalSource<'a> {
             tenant,
             id,
             calendar,
-            auth: CalAuth::Static(synchro::simulate::DEFAULT_CALENDAR_TOKEN),
+            auth: CalAuth::Static(synchro_simulator::DEFAULT_CALENDAR_TOKEN),
             max_results: 100,
             time_min: None,
             channel_token: None,
@@ -80,8 +80,8 @@ impl<'a> CalSource<'a> {
             CalAuth::OAuth(refresh) => t.push_str(&format!(
                 "oauth = {{ token_url = \"{}\", client_id = \"{}\", client_secret = \"{}\", refresh_token = \"{refresh}\" }}\n",
                 sim.oauth_token_url(),
-                synchro::simulate::DEFAULT_OAUTH_CLIENT_ID,
-                synchro::simulate::DEFAULT_OAUTH_CLIENT_SECRET,
+                synchro_simulator::DEFAULT_OAUTH_CLIENT_ID,
+                synchro_simulator::DEFAULT_OAUTH_CLIENT_SECRET,
             )),
         }
         if let Some(tm) = self.time_min {
@@ -108,7 +108,7 @@ impl<'a> ContentSource<'a> {
         Self {
             tenant,
             id,
-            token: synchro::simulate::DEFAULT_CONTENT_TOKEN,
+            token: synchro_simulator::DEFAULT_CONTENT_TOKEN,
             report: true,
             webhook_token: None,
         }
@@ -549,7 +549,7 @@ pub async fn assert_integrity(db: &Path) {
 
 /// Every completion upstream, as (request id, completed date), sorted: what
 /// must be reported.
-pub fn completions(sim: &synchro::simulate::ContentSim) -> Vec<(i64, String)> {
+pub fn completions(sim: &synchro_simulator::ContentSim) -> Vec<(i64, String)> {
     let mut out: Vec<(i64, String)> = sim
         .api_requests()
         .iter()
@@ -566,7 +566,7 @@ pub fn completions(sim: &synchro::simulate::ContentSim) -> Vec<(i64, String)> {
 }
 
 /// Success reports received, as (id, completed date), sorted, duplicates kept.
-pub fn successes(sim: &synchro::simulate::ContentSim) -> Vec<(i64, String)> {
+pub fn successes(sim: &synchro_simulator::ContentSim) -> Vec<(i64, String)> {
     let mut out: Vec<(i64, String)> = sim
         .reports()
         .into_iter()

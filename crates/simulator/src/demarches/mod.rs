@@ -19,6 +19,14 @@ use super::faults::{Fault, FaultQueue};
 use schema::{DsSchema, Scope};
 use store::Store;
 
+/// The GraphQL document synchro's démarches source sends, byte for byte (a
+/// copy of its `query.graphql`): [`fast`] answers its `getDemarche`
+/// operation without the GraphQL engine, [`DsSim::snapshot`] lists dossiers
+/// with it, and tests and the bench send it as synchro does. synchro's
+/// integration test `demarches_sync::synchro_pages_take_the_simulators_fast_path`
+/// fails when the two documents differ.
+pub const QUERY: &str = include_str!("query.graphql");
+
 /// Token accepted for every démarche.
 pub const DEFAULT_DS_TOKEN: &str = "sim-ds-token";
 
@@ -44,6 +52,8 @@ pub struct Shared {
     tokens: Mutex<HashMap<String, Token>>,
     faults: Mutex<FaultQueue>,
     requests: AtomicU64,
+    /// Requests answered by [`fast`].
+    fast_answers: AtomicU64,
 }
 
 impl Shared {
@@ -91,6 +101,7 @@ impl DsSim {
             tokens: Mutex::new(tokens),
             faults: Mutex::new(FaultQueue::default()),
             requests: AtomicU64::new(0),
+            fast_answers: AtomicU64::new(0),
         });
         let schema = schema::build(shared.clone());
         DsSim { shared, schema }
@@ -142,7 +153,7 @@ impl DsSim {
     }
 
     /// Every live dossier of the démarche exactly as the client's query
-    /// (`getDemarche` of [`crate::sources::demarches::QUERY`]) returns it,
+    /// (`getDemarche` of [`QUERY`]) returns it,
     /// ordered by number.
     pub async fn snapshot(&self, demarche: i64) -> Vec<Value> {
         let mut by_number: std::collections::BTreeMap<i64, Value> = Default::default();
@@ -154,7 +165,7 @@ impl DsSim {
                 "after": after,
                 "updatedSince": "2000-01-01T00:00:00Z",
             });
-            let request = async_graphql::Request::new(crate::sources::demarches::QUERY)
+            let request = async_graphql::Request::new(QUERY)
                 .operation_name("getDemarche")
                 .variables(async_graphql::Variables::from_json(variables));
             let response = self.execute(request, Scope::All).await;
@@ -199,6 +210,12 @@ impl DsSim {
     /// Number of HTTP requests received on the GraphQL endpoint, all included.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Number of those requests the fast path answered: a sync that pages
+    /// with [`QUERY`] is served there after its first request.
+    pub fn fast_answers(&self) -> u64 {
+        self.shared.fast_answers.load(Ordering::SeqCst)
     }
 
     /// Accepts `token` for these démarches (`None`: all of them).
@@ -248,7 +265,9 @@ impl DsSim {
     /// The response to a GraphQL request body when the fast path for
     /// synchro's page request can give it (see `fast.rs`); `None` otherwise.
     pub(crate) fn fast_answer(&self, scope: &Scope, body: &[u8]) -> Option<String> {
-        fast::answer(&self.shared, scope, body)
+        let answer = fast::answer(&self.shared, scope, body)?;
+        self.shared.fast_answers.fetch_add(1, Ordering::SeqCst);
+        Some(answer)
     }
 
     /// Executes a GraphQL request with the given token scope.

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::DEFAULT_DS_TOKEN;
-use crate::simulate::{Fault, Simulator};
-use crate::sources::demarches::QUERY;
+use super::QUERY;
 use crate::time::{format_us, now_us, parse_us};
+use crate::{Fault, Simulator};
 
 const DEMARCHE: i64 = 1234;
 const SINCE: &str = "2000-01-01T00:00:00Z";
@@ -711,6 +711,7 @@ async fn the_fast_path_answers_what_the_engine_answers() {
         }
     }
     assert!(compared > 20, "{compared} pages compared");
+    assert_eq!(ds.fast_answers(), compared, "every answer counted");
     // A last page after the final cursor is empty, with a null endCursor.
     let all = Scope::Only(vec![DEMARCHE]);
     let mut end = Value::Null;
@@ -783,6 +784,7 @@ async fn the_fast_path_leaves_everything_else_to_the_engine() {
             "{body}"
         );
     }
+    assert_eq!(ds.fast_answers(), 1, "the first request, not the refusals");
     let body = get_demarche_body(ok);
     assert!(
         ds.fast_answer(&Scope::Only(vec![DEMARCHE + 1]), body.as_bytes())

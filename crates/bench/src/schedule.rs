@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Row};
-use synchro::simulate::{self, Simulator};
+use synchro_simulator::{self, Simulator};
 
 use crate::report::{Section, verdict};
 
@@ -144,7 +144,7 @@ async fn observe(
              endpoint = \"{}\"\ncalendar_id = \"cal-{}\"\naccess_token = \"{}\"\n",
             sim.calendar_endpoint(),
             i % CALENDARS,
-            simulate::DEFAULT_CALENDAR_TOKEN
+            synchro_simulator::DEFAULT_CALENDAR_TOKEN
         );
     }
     std::fs::write(&config, toml)?;

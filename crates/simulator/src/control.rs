@@ -295,7 +295,7 @@ async fn content_reports(State(content): State<ContentSim>) -> Response {
 mod tests {
     use serde_json::Value;
 
-    use crate::simulate::{DEFAULT_DS_TOKEN, Simulator};
+    use crate::{DEFAULT_DS_TOKEN, Simulator};
 
     #[tokio::test]
     async fn drives_the_simulator_over_http() {
@@ -401,7 +401,7 @@ mod tests {
                 "{}/calendars/team%40example.com/events",
                 sim.calendar_endpoint()
             ))
-            .bearer_auth(crate::simulate::DEFAULT_CALENDAR_TOKEN)
+            .bearer_auth(crate::DEFAULT_CALENDAR_TOKEN)
             .send()
             .await
             .unwrap();
@@ -460,7 +460,7 @@ mod tests {
                 sim.content_endpoint(),
                 ids[1]
             ))
-            .bearer_auth(crate::simulate::DEFAULT_CONTENT_TOKEN)
+            .bearer_auth(crate::DEFAULT_CONTENT_TOKEN)
             .json(&serde_json::json!({ "importState": "success" }))
             .send()
             .await
@@ -483,7 +483,7 @@ mod tests {
         assert_eq!(r.status(), 204);
         let r = http
             .get(format!("{}/content", sim.content_endpoint()))
-            .bearer_auth(crate::simulate::DEFAULT_CONTENT_TOKEN)
+            .bearer_auth(crate::DEFAULT_CONTENT_TOKEN)
             .send()
             .await
             .unwrap();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::{DEFAULT_CONTENT_TOKEN, ImportMode, Report};
-use crate::simulate::{Fault, Simulator};
+use crate::{Fault, Simulator};
 
 async fn start() -> Simulator {
     match Simulator::start("127.0.0.1:0".parse().unwrap()).await {

@@ -1,5 +1,5 @@
 //! A fast path for the request synchro sends for every page after the first
-//! (`getDemarche` of [`crate::sources::demarches::QUERY`]): the page is
+//! (`getDemarche` of [`QUERY`]): the page is
 //! listed from the store and each dossier's `DossierFields` are copied from
 //! the text rendered when the dossier was stored ([`render_dossier`]),
 //! instead of resolving every field of every dossier through the GraphQL
@@ -13,14 +13,14 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::Shared;
 use super::codec::{Cursor, graphql_id};
 use super::generate::french_date;
 use super::schema::Scope;
 use super::store::{
     Applicant, ChampValue, Civility, DossierData, Listing, PageQuery, State, Store,
 };
-use crate::simulate::text::push_str_literal;
+use super::{QUERY, Shared};
+use crate::text::push_str_literal;
 use crate::time::{format_paris, parse_us};
 
 /// The operation served here.
@@ -81,9 +81,7 @@ fn variables(vars: &serde_json::Map<String, Value>) -> Option<Variables> {
 /// the request to the engine.
 pub fn answer(shared: &Shared, scope: &Scope, body: &[u8]) -> Option<String> {
     let body: Body = serde_json::from_slice(body).ok()?;
-    if body.operation_name.as_deref() != Some(OPERATION)
-        || body.query != crate::sources::demarches::QUERY
-    {
+    if body.operation_name.as_deref() != Some(OPERATION) || body.query != QUERY {
         return None;
     }
     let vars = variables(body.variables.as_ref()?)?;

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
-use synchro::simulate::{self, Simulator};
+use synchro_simulator::{self, Simulator};
 
+use crate::baseline::{self, format_us};
 use crate::child;
 use crate::report::{Section, verdict};
 
@@ -54,7 +55,7 @@ fn synthetic_rows(n: usize) -> Vec<CeilingRow> {
                 &filler[..CEILING_PAYLOAD_BYTES - 60]
             );
             let us = 1_700_000_000_000_000 + i as i64;
-            (i.to_string(), synchro::time::format_us(us), us, false, data)
+            (i.to_string(), format_us(us), us, false, data)
         })
         .collect()
 }
@@ -93,8 +94,8 @@ async fn ingest_ceiling(
     // large sync: the ceiling is never handicapped against the sync.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "PRAGMA cache_size = -{}; PRAGMA wal_autocheckpoint = {}",
-        synchro::store::WIDE_KIB,
-        synchro::store::WIDE_CHECKPOINT_PAGES
+        baseline::WIDE_KIB,
+        baseline::WIDE_CHECKPOINT_PAGES
     )))
     .execute(&mut conn)
     .await?;
@@ -105,7 +106,7 @@ async fn ingest_ceiling(
         format!(
             "INSERT INTO records (tenant, source, id, kind, updated_at, updated_us, deleted, data, stored_at) \
              VALUES {values} {}",
-            synchro::store::UPSERT_CONFLICT
+            baseline::UPSERT_CONFLICT
         )
     };
     let full = statement(rows_per_stmt);
@@ -173,19 +174,19 @@ async fn request_floor(sim: &Simulator, kind: Kind) -> Result<Duration> {
         match kind {
         Kind::Demarches => client
             .post(sim.ds_endpoint())
-            .bearer_auth(simulate::DEFAULT_DS_TOKEN)
+            .bearer_auth(synchro_simulator::DEFAULT_DS_TOKEN)
             .json(&serde_json::json!({
-                "query": synchro::sources::demarches::QUERY,
+                "query": synchro_simulator::demarches::QUERY,
                 "operationName": "getDemarche",
                 "variables": {"demarcheNumber": 1, "first": 100, "after": null, "updatedSince": null},
             })),
         Kind::Calendar => client
             .get(format!("{}/calendars/bench/events", sim.calendar_endpoint()))
-            .bearer_auth(simulate::DEFAULT_CALENDAR_TOKEN)
+            .bearer_auth(synchro_simulator::DEFAULT_CALENDAR_TOKEN)
             .query(&[("maxResults", "250"), ("showDeleted", "true"), ("singleEvents", "false")]),
         Kind::Content => client
             .get(format!("{}/content", sim.content_endpoint()))
-            .bearer_auth(simulate::DEFAULT_CONTENT_TOKEN)
+            .bearer_auth(synchro_simulator::DEFAULT_CONTENT_TOKEN)
             .query(&[
                 (
                     "query",
@@ -237,17 +238,17 @@ impl Kind {
             Kind::Demarches => format!(
                 "endpoint = \"{}\"\ntoken = \"{}\"\ndemarche = 1\npage_size = 100\n",
                 sim.ds_endpoint(),
-                simulate::DEFAULT_DS_TOKEN
+                synchro_simulator::DEFAULT_DS_TOKEN
             ),
             Kind::Calendar => format!(
                 "endpoint = \"{}\"\ncalendar_id = \"bench\"\nmax_results = 250\naccess_token = \"{}\"\n",
                 sim.calendar_endpoint(),
-                simulate::DEFAULT_CALENDAR_TOKEN
+                synchro_simulator::DEFAULT_CALENDAR_TOKEN
             ),
             Kind::Content => format!(
                 "endpoint = \"{}\"\ntoken = \"{}\"\nreport_import_state = false\n",
                 sim.content_endpoint(),
-                simulate::DEFAULT_CONTENT_TOKEN
+                synchro_simulator::DEFAULT_CONTENT_TOKEN
             ),
         }
     }
@@ -355,6 +356,7 @@ async fn full_sync(
     );
     std::fs::write(&config, toml)?;
     let sim_before = child::own_cpu();
+    let fast_before = sim.ds().fast_answers();
     let process = child::run_to_end(bin, &config, dir, &["sync"]).await?;
     let sim_cpu = child::own_cpu().saturating_sub(sim_before);
 
@@ -373,6 +375,13 @@ async fn full_sync(
     conn.close().await?;
     if records < n as i64 {
         bail!("{}: {records} records stored, {n} expected", kind.name());
+    }
+    if kind == Kind::Demarches && pages > 1 && sim.ds().fast_answers() == fast_before {
+        bail!(
+            "demarches: the simulator's fast path answered none of the sync's pages \
+             (synchro's query differs from synchro_simulator::demarches::QUERY): the \
+             figures would measure the simulator's GraphQL engine"
+        );
     }
     Ok(FullSync {
         run: Duration::from_micros(run_us.max(0) as u64),

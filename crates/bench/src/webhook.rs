@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
-use synchro::simulate::{self, Simulator};
+use synchro_simulator::{self, Simulator};
 
+use crate::baseline::{self, format_us, parse_us};
 use crate::child;
 use crate::report::{Section, verdict};
 
@@ -149,7 +150,7 @@ async fn commit_floor(dir: &Path) -> Result<Vec<Duration>> {
     let sql = format!(
         "INSERT INTO records (tenant, source, id, kind, updated_at, updated_us, deleted, data, stored_at) \
          VALUES ('bench', 'floor', ?1, 'content', ?2, ?3, 0, ?4, ?3) {}",
-        synchro::store::UPSERT_CONFLICT
+        baseline::UPSERT_CONFLICT
     );
     let data = format!(
         r#"{{"id":1,"state":"completed","text":"{}"}}"#,
@@ -162,7 +163,7 @@ async fn commit_floor(dir: &Path) -> Result<Vec<Duration>> {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind((i % 100).to_string())
-            .bind(synchro::time::format_us(us))
+            .bind(format_us(us))
             .bind(us)
             .bind(&data)
             .execute(&mut *tx)
@@ -299,7 +300,7 @@ fn config(sims: &[Simulator], db: &Path, port: u16) -> String {
              webhook_token = \"hook-secret-{k}\"\n",
             source_id(k),
             sim.content_endpoint(),
-            simulate::DEFAULT_CONTENT_TOKEN
+            synchro_simulator::DEFAULT_CONTENT_TOKEN
         );
     }
     toml
@@ -385,7 +386,7 @@ pub async fn run(bin: &Path) -> Result<Section> {
         let request = &body["request"];
         let version_us = request["lastStateChange"]
             .as_str()
-            .and_then(synchro::time::parse_us)
+            .and_then(parse_us)
             .unwrap_or_default();
         let completed = (state == "completed")
             .then(|| request["completed"].as_str().map(str::to_string))

@@ -174,7 +174,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_simulator_counts_upstream_requests_but_not_its_control_api() {
-        let sim = crate::simulate::Simulator::start(([127, 0, 0, 1], 0).into())
+        let sim = crate::Simulator::start(([127, 0, 0, 1], 0).into())
             .await
             .unwrap();
         let http = reqwest::Client::new();

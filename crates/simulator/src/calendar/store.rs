@@ -13,8 +13,8 @@ use serde_json::{Map, Value, json};
 
 use super::generate::{self, TIME_ZONE, format_ms};
 use super::tokens::{Token, fnv};
-use crate::simulate::demarches::codec::base64;
-use crate::simulate::text::Cached;
+use crate::demarches::codec::base64;
+use crate::text::Cached;
 use crate::time::now_us;
 
 /// A series of occurrences (`RRULE:FREQ=DAILY|WEEKLY;...;COUNT=n`).

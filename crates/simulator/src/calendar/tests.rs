@@ -9,7 +9,7 @@ use super::{
     DEFAULT_CALENDAR_TOKEN, DEFAULT_OAUTH_CLIENT_ID, DEFAULT_OAUTH_CLIENT_SECRET,
     DEFAULT_REFRESH_TOKEN,
 };
-use crate::simulate::{Fault, Simulator};
+use crate::{Fault, Simulator};
 
 const CAL: &str = "team@example.com";
 

@@ -2,8 +2,13 @@
 //! the same run, written to `BENCHMARKS.md` with the machine and the command.
 //!
 //! ```text
-//! cargo build --release && cargo run --release --bin bench -- [--records N] [--only a,b] [--out FILE]
+//! cargo build --release && cargo run --release -p synchro-bench -- [--records N] [--only a,b] [--out FILE]
 //! ```
+//!
+//! It drives the release `synchro` binary (built beside it) as a child
+//! process, against the simulated upstreams of `synchro-simulator` in this
+//! process, and uses nothing of synchro's library but `Store::open` (the
+//! schema); see [`baseline`] for what its baselines copy from the store.
 //!
 //! Each section lives in its own module and returns a [`report::Section`]:
 //! * `ingest`: the SQLite ingest ceiling, then a full sync per connector
@@ -17,6 +22,7 @@
 //! * `idle`: 1,000 sources synced and idle next to a 1-source baseline:
 //!   RSS, CPU over a minute, and the requests of a no-change cycle.
 
+mod baseline;
 mod child;
 mod idle;
 mod ingest;
@@ -95,7 +101,7 @@ fn parse_args() -> Result<Args> {
 
 /// The command line that reproduces this run, for the report's header.
 fn command_line(args: &Args) -> String {
-    let mut cmd = String::from("cargo build --release && cargo run --release --bin bench");
+    let mut cmd = String::from("cargo build --release && cargo run --release -p synchro-bench");
     let mut extra = Vec::new();
     if args.records != DEFAULT_RECORDS {
         extra.push(format!("--records {}", args.records));

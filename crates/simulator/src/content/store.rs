@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::generate;
 use super::query::Query;
-use crate::simulate::text::Cached;
+use crate::text::Cached;
 
 /// A request in this state has `completed` set and field values.
 pub const COMPLETED: &str = "completed";

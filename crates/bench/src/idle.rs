@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use synchro::simulate::{
+use synchro_simulator::{
     DEFAULT_CALENDAR_TOKEN, DEFAULT_CONTENT_TOKEN, DEFAULT_DS_TOKEN, Simulator,
 };
 

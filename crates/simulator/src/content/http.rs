@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 
 use super::query::Query;
 use super::{ContentSim, ImportMode, Report, lock};
-use crate::simulate::Fault;
-use crate::simulate::faults;
-use crate::simulate::text;
+use crate::Fault;
+use crate::faults;
+use crate::text;
 
 /// Path prefix of the Contentor API (the connector's `endpoint`).
 pub const API_PATH: &str = "/contentor/v1";

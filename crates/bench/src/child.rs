@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// The `synchro` binary next to this one. `cargo run --bin bench` builds
+/// The `synchro` binary next to this one. `cargo run -p synchro-bench` builds
 /// only the bench, so build both first (`cargo build --release`); a nested
 /// `cargo build` from here would see `cargo run`'s environment and rebuild
 /// the dependency tree at every run.

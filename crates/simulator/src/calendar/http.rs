@@ -15,8 +15,8 @@ use serde_json::json;
 use super::store::{Filter, Store, SyncTokenError, time_zone};
 use super::tokens::{Token, fnv};
 use super::{CalSim, oauth};
-use crate::simulate::Fault;
-use crate::simulate::text;
+use crate::Fault;
+use crate::text;
 
 /// Path prefix of the Calendar API (the connector's `endpoint`).
 pub const API_PATH: &str = "/calendar/v3";
@@ -193,7 +193,7 @@ async fn apply_fault(fault: &Fault) -> Option<Response> {
         Fault::GraphqlError { message, .. } => Some(
             ApiError::new(StatusCode::BAD_REQUEST, "global", "badRequest", message).into_response(),
         ),
-        Fault::Reset | Fault::Http429Raw { .. } => crate::simulate::faults::apply(fault).await,
+        Fault::Reset | Fault::Http429Raw { .. } => crate::faults::apply(fault).await,
     }
 }
 

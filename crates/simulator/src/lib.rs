@@ -1,16 +1,20 @@
-//! Simulated upstreams for tests, benchmarks and `synchro simulate`: a
-//! Démarches Simplifiées GraphQL API, a Google Calendar API (with its
-//! OAuth2 token endpoint) and a Contentor content-requests API, served over
-//! HTTP on one address, with controllable data, tokens and injected faults
-//! (from Rust through [`DsSim`], [`CalSim`] and [`ContentSim`], or over HTTP
-//! through the control API under `/_sim/`).
+//! Simulated upstreams for synchro's tests, its bench, `synchro demo` and
+//! `synchro simulate`: a Démarches Simplifiées GraphQL API, a Google
+//! Calendar API (with its OAuth2 token endpoint) and a Contentor
+//! content-requests API, served over HTTP on one address, with controllable
+//! data, tokens and injected faults (from Rust through [`DsSim`], [`CalSim`]
+//! and [`ContentSim`], or over HTTP through the control API under `/_sim/`).
+//!
+//! It speaks the upstreams' wire formats and nothing else: it does not
+//! depend on synchro (synchro depends on it for `demo` and `simulate`).
 
 pub mod calendar;
 pub mod content;
 mod control;
 pub mod demarches;
 mod faults;
-pub(crate) mod text;
+mod text;
+mod time;
 mod traffic;
 
 use std::net::SocketAddr;

@@ -235,7 +235,7 @@ pub fn basic_credentials(authorization: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulate::demarches::codec::base64;
+    use crate::demarches::codec::base64;
 
     #[test]
     fn basic_credentials_decode() {
