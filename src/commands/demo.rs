@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
-use crate::config::{Config, SourceKey};
-use crate::engine::{Engine, Redactor};
+use crate::config::Config;
+use crate::engine::Engine;
 use crate::http::HttpClient;
+use crate::model::SourceKey;
+use crate::redact::Redactor;
 use crate::scheduler::Scheduler;
 use crate::simulate::{DEFAULT_CALENDAR_TOKEN, DEFAULT_CONTENT_TOKEN, DEFAULT_DS_TOKEN, Simulator};
 use crate::store::Store;

@@ -15,8 +15,9 @@ use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, StatusCode};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HttpConfig, SourceKey};
-use crate::engine::Redactor;
+use crate::config::HttpConfig;
+use crate::model::SourceKey;
+use crate::redact::Redactor;
 pub use limit::{HostLimiter, HostPermit, LimitError, origin};
 pub use retry::{backoff_delay, server_delay};
 
@@ -86,6 +87,9 @@ pub struct Response {
     pub url: String,
     /// The client's redactor, for excerpts of the body.
     redactor: Redactor,
+    /// The upstream said "slow down" in its own way (see [`Quirks`]): not a
+    /// credentials failure whatever the status.
+    rate_limited: bool,
 }
 
 /// Bodies larger than this are refused rather than buffered.
@@ -113,9 +117,7 @@ impl Response {
         if s.is_success() {
             return Ok(self);
         }
-        if (s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN)
-            && !is_rate_limit_403(s, &self.body)
-        {
+        if (s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN) && !self.rate_limited {
             return Err(HttpError::Credentials {
                 status: s.as_u16(),
                 url: self.url,
@@ -150,6 +152,17 @@ pub struct HttpClient {
     source: Option<std::sync::Arc<SourceKey>>,
     /// Shared with the engine: what error messages are scrubbed of.
     redactor: Redactor,
+    /// How this handle's upstream departs from the generic rules.
+    quirks: Option<Arc<dyn Quirks>>,
+}
+
+/// How an upstream departs from the generic HTTP rules, declared by its
+/// kind (see [`HttpClient::with_quirks`]).
+pub trait Quirks: Send + Sync + std::fmt::Debug {
+    /// Whether this answer asks to slow down although its status does not
+    /// say so (Google: 403 `rateLimitExceeded`): retried with back-off like
+    /// a 429, never taken for rejected credentials.
+    fn rate_limited(&self, status: StatusCode, body: &[u8]) -> bool;
 }
 
 impl HttpClient {
@@ -157,6 +170,23 @@ impl HttpClient {
     pub fn for_source(&self, key: &SourceKey) -> Self {
         Self {
             source: Some(std::sync::Arc::new(key.clone())),
+            ..self.clone()
+        }
+    }
+
+    /// The same client, reading its upstream's answers with `quirks`.
+    pub fn with_quirks(&self, quirks: Arc<dyn Quirks>) -> Self {
+        Self {
+            quirks: Some(quirks),
+            ..self.clone()
+        }
+    }
+
+    /// The same client making one attempt per [`HttpClient::send`], for
+    /// requests retried by their own durable queue (the outbox).
+    pub fn single_attempt(&self) -> Self {
+        Self {
+            max_retries: 0,
             ..self.clone()
         }
     }
@@ -182,6 +212,7 @@ impl HttpClient {
             max_backoff: cfg.max_backoff,
             source: None,
             redactor,
+            quirks: None,
         })
     }
 
@@ -239,18 +270,18 @@ impl HttpClient {
             // request in flight is let finish (bounded by the timeout): a
             // shutdown ends the run after the current page, not inside it.
             let permit = self.permit(req.url(), cancel).await?;
-            let outcome = self.execute(req, &url).await;
+            let mut outcome = self.execute(req, &url).await;
             drop(permit);
+            if let (Ok(resp), Some(quirks)) = (&mut outcome, &self.quirks) {
+                resp.rate_limited = quirks.rate_limited(resp.status, &resp.body);
+            }
             let status = match &outcome {
                 Ok(resp) => Some(resp.status.as_u16()),
                 Err(_) => None,
             };
             crate::metrics::http_call(&host, self.source.as_deref(), status);
             let retry_in = match &outcome {
-                Ok(resp)
-                    if is_retryable_status(resp.status)
-                        || is_rate_limit_403(resp.status, &resp.body) =>
-                {
+                Ok(resp) if is_retryable_status(resp.status) || resp.rate_limited => {
                     let server = server_delay(&resp.headers, std::time::SystemTime::now());
                     tracing::warn!(url = %url, status = resp.status.as_u16(), attempt, "upstream asked to retry");
                     Some(server)
@@ -345,6 +376,7 @@ impl HttpClient {
             body: body.freeze(),
             url: url.to_string(),
             redactor: self.redactor.clone(),
+            rate_limited: false,
         })
     }
 }
@@ -355,34 +387,6 @@ fn is_retryable_status(s: StatusCode) -> bool {
         || s == StatusCode::BAD_GATEWAY
         || s == StatusCode::SERVICE_UNAVAILABLE
         || s == StatusCode::GATEWAY_TIMEOUT
-}
-
-/// Google answers quota exhaustion with 403 and reason `rateLimitExceeded`
-/// or `userRateLimitExceeded`: a reason to back off, not bad credentials.
-fn is_rate_limit_403(status: StatusCode, body: &[u8]) -> bool {
-    if status != StatusCode::FORBIDDEN {
-        return false;
-    }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        error: Inner,
-    }
-    #[derive(serde::Deserialize)]
-    struct Inner {
-        #[serde(default)]
-        errors: Vec<Reason>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Reason {
-        #[serde(default)]
-        reason: String,
-    }
-    serde_json::from_slice::<Body>(body).is_ok_and(|b| {
-        b.error
-            .errors
-            .iter()
-            .any(|e| e.reason == "rateLimitExceeded" || e.reason == "userRateLimitExceeded")
-    })
 }
 
 /// `host:port`, the unit of per-host accounting.

@@ -51,11 +51,20 @@ async fn start(limits: Limits) -> Running {
          endpoint = \"http://127.0.0.1:9/v1\"\ntoken = \"t\"\nwebhook_token = \"{TOKEN}\"\n",
         dir.path().join("t.db").display()
     );
-    let config =
-        crate::config::load_str(&toml, Path::new("t.toml"), &HashMap::new()).expect("test config");
+    let config = crate::config::load_str(
+        &toml,
+        Path::new("t.toml"),
+        &HashMap::new(),
+        &crate::sources::Kinds::builtin(),
+    )
+    .expect("test config");
     let store = Store::open(&config.storage.database).await.expect("store");
     let hooks = Webhooks::default();
-    hooks.install(&config, Triggers::default(), &store);
+    hooks.install(
+        &config,
+        Triggers::default(),
+        &crate::engine::Engine::new(store.clone(), crate::redact::Redactor::default()),
+    );
     let ready = Readiness::default();
     ready.set(true);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -8,8 +8,7 @@ use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
-/// An upstream object as stored.
-pub type Payload = Box<RawValue>;
+pub use crate::model::Payload;
 
 /// The same object without insignificant whitespace, so that an export line
 /// stays one line whatever the upstream's formatting (Google pretty-prints

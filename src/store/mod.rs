@@ -31,7 +31,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::config::SourceKey;
+use crate::model::SourceKey;
 
 pub use cache::{WIDE_CHECKPOINT_PAGES, WIDE_KIB};
 pub use export::ExportRow;
@@ -40,7 +40,6 @@ pub use lease::{Acquired, Holder, Lease, renew_every};
 pub use outbox::PendingReport;
 pub use records::{PageStats, UPSERT_CONFLICT};
 pub use retention::KEEP_LAST_RUNS;
-pub use runs::{RunOutcome, RunRecord};
 pub use status::SourceStatus;
 
 /// Why the store failed. Messages name the database, never a secret.
