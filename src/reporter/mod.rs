@@ -329,4 +329,76 @@ mod tests {
         }
         store.close().await;
     }
+
+    #[tokio::test]
+    async fn import_state_reports_are_counted_as_http_requests() {
+        // The import endpoint takes every report with 202, a status nothing
+        // else in this test answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new().route(
+            "/v1/content/{id}/import",
+            axum::routing::put(|| async { StatusCode::ACCEPTED }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = format!(
+            "[storage]\ndatabase = \"sqlite://{}\"\n[[tenants]]\nid = \"t\"\n\
+             [[tenants.sources]]\nid = \"c\"\nkind = \"content\"\nschedule = \"every 1m\"\n\
+             endpoint = \"http://{addr}/v1\"\ntoken = \"content-token\"\n",
+            dir.path().join("db.sqlite").display()
+        );
+        let config = match crate::config::load_str(
+            &toml,
+            &dir.path().join("synchro.toml"),
+            &Default::default(),
+            &crate::sources::Kinds::builtin(),
+        ) {
+            Ok(c) => c,
+            Err(e) => panic!("{}", e.report()),
+        };
+        let store = Store::open(&config.storage.database).await.expect("store");
+        let cfg = config.sources().next().expect("source");
+        let key = cfg.key();
+        let mut page = crate::model::Page::default();
+        page.reports.push(crate::model::Report {
+            record_id: "42".into(),
+            version_us: None,
+            completed_at: "2026-01-01T00:00:00Z".into(),
+            outcome: crate::model::ReportOutcome::Success,
+        });
+        store
+            .commit_records(&key, "content", page)
+            .await
+            .expect("report queued");
+
+        // This test's own recorder: the runtime is the test's one thread.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let http =
+            HttpClient::new(&config.http, crate::redact::Redactor::default()).expect("client");
+        let reporter = Reporter::for_source(&store, &http, cfg).expect("reporter");
+        let pass = reporter
+            .send_due(&CancellationToken::new())
+            .await
+            .expect("pass");
+        assert_eq!(pass.sent, 1);
+        let text = metrics.render();
+        let counted = text
+            .lines()
+            .find(|l| {
+                l.starts_with("synchro_http_requests_total{")
+                    && l.contains(&format!("host=\"{addr}\""))
+                    && l.contains("status=\"202\"")
+                    && l.contains("tenant=\"t\"")
+                    && l.contains("source=\"c\"")
+            })
+            .unwrap_or_else(|| panic!("no import-state request counted:\n{text}"));
+        assert!(counted.ends_with(" 1"), "{counted}");
+        store.close().await;
+    }
 }
