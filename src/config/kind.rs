@@ -128,7 +128,7 @@ impl<'a> KindKeys<'a> {
     }
 
     /// A string that must be set.
-    pub fn required_string(&mut self, key: &'static str) -> Option<String> {
+    fn required_string(&mut self, key: &'static str) -> Option<String> {
         self.table.required_string(key, self.problems)
     }
 

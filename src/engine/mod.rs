@@ -114,7 +114,7 @@ impl Job {
 }
 
 /// Lease duration when none is configured (`[scheduler] lease_ttl`).
-pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What asking for a run gave.
 #[derive(Debug, Clone)]

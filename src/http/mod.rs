@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::HttpConfig;
 use crate::model::SourceKey;
 use crate::redact::Redactor;
-pub use limit::{HostLimiter, HostPermit, LimitError, origin};
-pub use retry::{backoff_delay, server_delay};
+pub(crate) use limit::origin;
+use limit::{HostLimiter, HostPermit, LimitError};
+use retry::{backoff_delay, server_delay};
 
 /// Why a request did not produce a usable response.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +94,7 @@ pub struct Response {
 }
 
 /// Bodies larger than this are refused rather than buffered.
-pub const MAX_BODY: usize = 64 * 1024 * 1024;
+const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// Redirects followed for one request at most (reqwest's default).
 const MAX_REDIRECTS: usize = 10;
@@ -222,21 +223,14 @@ impl HttpClient {
         &self.redactor
     }
 
-    /// The underlying client, to build requests with. A request sent with it
-    /// directly must hold a [`HttpClient::permit`] for its host meanwhile.
-    pub fn client(&self) -> &reqwest::Client {
-        &self.inner
-    }
-
     /// How many requests `url`'s host may have in flight at once.
     pub fn host_concurrency(&self, url: &url::Url) -> usize {
         self.limits.concurrency(url)
     }
 
     /// Waits for `url`'s host budget (an in-flight slot, then a turn in its
-    /// rate schedule). Keep the permit until the response is read. For
-    /// requests sent outside [`HttpClient::send`], such as import reports.
-    pub async fn permit(
+    /// rate schedule). Keep the permit until the response is read.
+    async fn permit(
         &self,
         url: &url::Url,
         cancel: &CancellationToken,
@@ -399,7 +393,7 @@ fn host_of(u: &url::Url) -> String {
 }
 
 /// Scheme, host, port and path only: query strings may carry tokens.
-pub fn safe_url(u: &url::Url) -> String {
+fn safe_url(u: &url::Url) -> String {
     let mut u = u.clone();
     u.set_query(None);
     u.set_fragment(None);
@@ -411,7 +405,7 @@ pub fn safe_url(u: &url::Url) -> String {
 /// A redirect the client refused (see [`redirect_refusal`]).
 #[derive(Debug, thiserror::Error)]
 #[error("refused redirect to {target}: {reason}")]
-pub struct RefusedRedirect {
+struct RefusedRedirect {
     /// The target's origin (scheme, host, port): never its path or query.
     pub target: String,
     /// Which rule refused it ("another host", "another scheme"...).
@@ -424,7 +418,7 @@ pub struct RefusedRedirect {
 /// Only a redirect on the same origin (scheme, host and port) is followed,
 /// and plain http only to loopback: a source's records come from the host
 /// its configuration names, never from wherever that host points.
-pub fn redirect_refusal(from: &url::Url, to: &url::Url, hops: usize) -> Option<&'static str> {
+fn redirect_refusal(from: &url::Url, to: &url::Url, hops: usize) -> Option<&'static str> {
     if hops > MAX_REDIRECTS {
         return Some("too many redirects");
     }
@@ -463,7 +457,7 @@ fn follow_or_refuse(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirec
 }
 
 /// The refusal behind `e`, if it is one.
-pub fn refused_redirect(e: &reqwest::Error) -> Option<&RefusedRedirect> {
+fn refused_redirect(e: &reqwest::Error) -> Option<&RefusedRedirect> {
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         if let Some(r) = s.downcast_ref::<RefusedRedirect>() {

@@ -74,7 +74,7 @@ impl Reporter {
 
     /// Sends the reports due now, one pass; stops between two reports when
     /// `stop` fires (the one in flight is finished). Returns how many were sent.
-    pub async fn send_due(&self, stop: &CancellationToken) -> Result<Pass, StoreError> {
+    async fn send_due(&self, stop: &CancellationToken) -> Result<Pass, StoreError> {
         let mut pass = Pass::default();
         let mut any = false;
         let mut left = BATCH;

@@ -33,7 +33,7 @@ pub enum SchedulerError {
 
 /// Why a run was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+enum Trigger {
     /// A schedule tick that was due at `due_us` (µs since the epoch): wait a
     /// random jitter first. The run records the due instant, so that its
     /// start lateness is measurable (`runs.scheduled_at`).

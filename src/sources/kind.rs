@@ -159,8 +159,9 @@ pub trait WriteBack: Send + Sync {
     fn judge(&self, answer: Result<Response, HttpError>) -> Delivery;
 }
 
-/// The kinds the daemon knows, by name. [`Kinds::builtin`] lists the three
-/// shipped kinds; tests register more with [`Kinds::register`].
+/// The kinds the daemon knows, by name. [`Kinds::builtin`] lists the
+/// shipped kinds (`shipped_kinds!` in `sources/mod.rs`); tests register
+/// more with [`Kinds::register`].
 #[derive(Clone)]
 pub struct Kinds {
     kinds: Vec<Arc<dyn Erased>>,
@@ -168,16 +169,8 @@ pub struct Kinds {
 
 impl Kinds {
     /// No kind at all.
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Self { kinds: Vec::new() }
-    }
-
-    /// The shipped kinds. Adding a kind: its folder, and one line here.
-    pub fn builtin() -> Self {
-        Self::empty()
-            .register::<super::demarches::DemarchesKind>()
-            .register::<super::calendar::CalendarKind>()
-            .register::<super::content::ContentKind>()
     }
 
     /// Adds kind `K`; a kind of the same name is replaced.

@@ -4,11 +4,30 @@
 //! records; none of them knows SQL. The engine owns the loop, the
 //! transaction and the bookkeeping; [`Kinds`] lists the kinds.
 
-pub mod calendar;
-pub mod content;
-pub mod demarches;
 mod kind;
 pub mod payload;
+
+/// Declares each shipped kind's module and registers its [`Kind`] in
+/// [`Kinds::builtin`], in this order (the order `check` lists them in).
+macro_rules! shipped_kinds {
+    ($($module:ident :: $kind:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
+        impl Kinds {
+            /// The shipped kinds.
+            pub fn builtin() -> Self {
+                Self::empty()$(.register::<$module::$kind>())*
+            }
+        }
+    };
+}
+
+// Adding a kind: its folder, and one line here.
+shipped_kinds! {
+    demarches::DemarchesKind,
+    calendar::CalendarKind,
+    content::ContentKind,
+}
 
 pub use kind::{
     Build, Delivery, Kind, Kinds, Outgoing, Reply, Webhook, WebhookAction, WebhookRoute, WriteBack,
@@ -115,7 +134,7 @@ pub fn same_secret(expected: &Secret, presented: &[u8]) -> bool {
 /// The token of an `Authorization: Bearer <token>` header. The scheme is
 /// case-insensitive (RFC 7235: `bearer`, `BEARER` are the same scheme), the
 /// token is compared as sent.
-pub fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
     let value = headers.get(AUTHORIZATION)?.as_bytes();
     let (scheme, rest) = value.split_at_checked(b"bearer".len())?;
     if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {

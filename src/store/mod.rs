@@ -14,7 +14,6 @@ mod forget;
 mod journal;
 mod lease;
 mod outbox;
-mod progress;
 mod read_only;
 mod records;
 mod retention;
@@ -85,7 +84,7 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the database itself failed (disk full, I/O, a corrupt file),
     /// as opposed to a lock held elsewhere, a lost lease or bad data.
-    pub fn is_database_failure(&self) -> bool {
+    fn is_database_failure(&self) -> bool {
         let StoreError::Sql(e) = self else {
             return false;
         };
@@ -264,7 +263,7 @@ impl Store {
 
     /// Whether the last commit failed on the database itself (a full disk,
     /// an I/O error): the daemon is not ready until one succeeds again.
-    pub fn commits_failing(&self) -> bool {
+    fn commits_failing(&self) -> bool {
         self.failing.load(std::sync::atomic::Ordering::Relaxed)
     }
 

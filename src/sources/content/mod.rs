@@ -68,7 +68,7 @@ fn first_page() -> u32 {
 #[derive(Debug, Deserialize)]
 struct ListResponse {
     /// Kept raw: stored as they came; `check` reads only the keys.
-    requests: Vec<super::payload::Payload>,
+    requests: Vec<crate::model::Payload>,
     #[serde(default)]
     pages: Option<u32>,
 }

@@ -9,7 +9,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::model::{Record, Report, ReportOutcome};
-use crate::sources::payload::{self, Payload};
+use crate::model::Payload;
+use crate::sources::payload;
 
 /// States a request can be in (any to any).
 const STATES: [&str; 5] = ["pending", "confirmed", "completed", "canceled", "failed"];

@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::payload::{self, Payload};
+use super::payload;
+use crate::model::Payload;
 use super::{Source, SourceError, malformed, state_json};
 use crate::config::Secret;
 use crate::http::{HttpClient, HttpError};
