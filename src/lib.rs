@@ -8,9 +8,12 @@
 pub mod commands;
 pub mod config;
 pub mod engine;
+pub mod escape;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod notify;
+pub mod redact;
 pub mod reporter;
 pub mod scheduler;
 pub mod server;

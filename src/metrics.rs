@@ -9,8 +9,8 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::config::SourceKey;
-use crate::store::{RunOutcome, RunRecord};
+use crate::model::SourceKey;
+use crate::model::{RunOutcome, RunRecord};
 
 /// Run durations worth telling apart: sub-second no-change runs to
 /// hour-long full listings.

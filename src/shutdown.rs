@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Exit status used when a second signal cuts the graceful shutdown short.
-pub const FORCED_EXIT: i32 = 130;
+const FORCED_EXIT: i32 = 130;
 
 /// What the signal stream asks of the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use super::{CliError, EX_CONFIG};
 
 pub async fn check(path: &Path) -> Result<ExitCode, CliError> {
-    let config = match crate::config::load(path) {
+    let config = match crate::config::load(path, &crate::sources::Kinds::builtin()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}", e.report());

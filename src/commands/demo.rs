@@ -11,9 +11,11 @@ use synchro_simulator::{
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
-use crate::config::{Config, SourceKey};
-use crate::engine::{Engine, Redactor};
+use crate::config::Config;
+use crate::engine::Engine;
 use crate::http::HttpClient;
+use crate::model::SourceKey;
+use crate::redact::Redactor;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 

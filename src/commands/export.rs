@@ -11,7 +11,8 @@ use std::process::ExitCode;
 
 use super::select::{parse, unknown_source};
 use super::{CliError, load_config_without_secrets, open_store_read_only, select_sources};
-use crate::config::{Config, SourceKey};
+use crate::config::Config;
+use crate::model::SourceKey;
 use crate::store::{Store, StoreError};
 
 /// What to export: the names given, or every configured (or, with `--all`,

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use super::select::{parse, unknown_source};
 use super::{CliError, load_config_without_secrets};
-use crate::config::SourceKey;
+use crate::model::SourceKey;
 use crate::store::Store;
 
 pub async fn forget(path: &Path, names: &[String]) -> Result<ExitCode, CliError> {

@@ -222,7 +222,10 @@ fn without_simulator(command: &str) -> CliError {
 
 /// Loads the config; every problem is reported and maps to exit 78.
 pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, CliError> {
-    Ok(crate::config::load(path)?)
+    Ok(crate::config::load(
+        path,
+        &crate::sources::Kinds::builtin(),
+    )?)
 }
 
 /// Loads the config for commands that need the storage and the list of
@@ -230,7 +233,7 @@ pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, CliError> {
 /// shell cannot get is a warning on stderr, not a refusal; every other
 /// problem still maps to exit 78.
 pub(crate) fn load_config_without_secrets(path: &std::path::Path) -> Result<Config, CliError> {
-    let loaded = crate::config::load_without_secrets(path)?;
+    let loaded = crate::config::load_without_secrets(path, &crate::sources::Kinds::builtin())?;
     for problem in &loaded.unresolved {
         tracing::warn!(
             "{}: {problem} (not needed by this command, which sends no request upstream)",

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tracing::Level;
 
-use crate::config::SourceKey;
 use crate::engine::{PageObserver, RunReport};
-use crate::store::{Holder, RunOutcome};
+use crate::model::RunOutcome;
+use crate::model::SourceKey;
+use crate::store::Holder;
 
 /// How often a plain progress line (or event) is printed per source.
 const LINE_EVERY: Duration = Duration::from_secs(5);

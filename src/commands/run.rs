@@ -8,9 +8,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CliError, load_config, open_store};
 use crate::config::Config;
-use crate::engine::{Engine, Redactor};
+use crate::engine::Engine;
 use crate::http::HttpClient;
 use crate::notify::{self, Watchdog};
+use crate::redact::Redactor;
 use crate::scheduler::Scheduler;
 use crate::server::{Limits, Readiness, Webhooks, router, serve};
 use crate::shutdown::Request;
@@ -56,7 +57,7 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
     let (retention, retention_now) = tokio::sync::watch::channel(config.storage.runs_retention);
     let pruner = tokio::spawn(prune_runs(store.clone(), retention_now));
     let mut scheduler = start(&config, &store, &stop).await?;
-    hooks.install(&config, scheduler.triggers(), &store);
+    hooks.install(&config, scheduler.triggers(), scheduler.engine());
     watchdog.watch(scheduler.liveness());
     ready.set(true);
     notify::ready(&running_status(&config));
@@ -68,7 +69,7 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
             req = requests.recv() => match req {
                 Some(Request::Reload) => {
                     notify::reloading();
-                    match crate::config::load(path) {
+                    match crate::config::load(path, &crate::sources::Kinds::builtin()) {
                         Err(e) => tracing::error!(problems = %e.report(), "SIGHUP: new configuration rejected; keeping the running one"),
                         Ok(new) => {
                             let blocked = needs_restart(&config, &new);
@@ -76,7 +77,7 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
                                 scheduler = reload(scheduler, &config, &new, &store, &stop).await?;
                                 config = new;
                                 retention.send_replace(config.storage.runs_retention);
-                                hooks.install(&config, scheduler.triggers(), &store);
+                                hooks.install(&config, scheduler.triggers(), scheduler.engine());
                                 watchdog.watch(scheduler.liveness());
                             } else {
                                 tracing::error!(

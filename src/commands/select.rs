@@ -2,7 +2,8 @@
 //! command accepts, and an error for an unknown one that stays short with
 //! ten thousand sources (the few closest names and a count, not all).
 
-use crate::config::{Config, SourceKey};
+use crate::config::Config;
+use crate::model::SourceKey;
 
 use super::CliError;
 
@@ -159,9 +160,13 @@ mod tests {
                 ));
             }
         }
-        let config =
-            crate::config::load_str(&toml, std::path::Path::new("t.toml"), &Default::default())
-                .expect("config");
+        let config = crate::config::load_str(
+            &toml,
+            std::path::Path::new("t.toml"),
+            &Default::default(),
+            &crate::sources::Kinds::builtin(),
+        )
+        .expect("config");
         let started = std::time::Instant::now();
         let e = select_sources(&config, &["tenant042/permit17".into()]).expect_err("unknown");
         let elapsed = started.elapsed();

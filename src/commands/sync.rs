@@ -10,12 +10,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{CliError, load_config, open_store, select_sources};
-use crate::config::{Config, SourceKey};
-use crate::engine::{Attempt, Engine, Job, Redactor, RunReport};
+use crate::config::Config;
+use crate::engine::{Attempt, Engine, Job, RunReport};
 use crate::http::HttpClient;
+use crate::model::{RunOutcome, RunRecord, SourceKey};
+use crate::redact::Redactor;
 use crate::reporter::Reporter;
 use crate::sources::Source;
-use crate::store::{Holder, RunOutcome, RunRecord, Store};
+use crate::store::{Holder, Store};
 
 /// Syncs `names` (all if empty) once. A source that another run holds is
 /// waited for up to `wait` (`None`: not at all), then synced.

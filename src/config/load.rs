@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use config::{Environment, FileFormat, Map, Source, Value, ValueKind};
 
+use super::kind::KindCatalog;
 use super::reader::{ENV_ORIGIN, Problems, Table, join};
 use super::sources::{self, Ctx, ID_RULE, valid_id};
 use super::{
@@ -156,8 +157,8 @@ impl ConfigError {
 /// Reads the file at `path`, applies `SYNCHRO__` environment overrides,
 /// resolves secrets and validates everything. The process environment is read
 /// here and nowhere else, so that [`load_str`] stays testable.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    read_and_build(path, Problems::default()).map(|(config, _)| config)
+pub fn load(path: &Path, kinds: &dyn KindCatalog) -> Result<Config, ConfigError> {
+    read_and_build(path, kinds, Problems::default()).map(|(config, _)| config)
 }
 
 /// A config loaded for commands that read or tidy the database but never
@@ -177,8 +178,11 @@ pub struct WithoutSecrets {
 /// Like [`load`], except that a secret whose value is unavailable is a
 /// warning in [`WithoutSecrets::unresolved`] rather than a problem. Every
 /// other problem (unknown keys, a malformed secret reference...) still fails.
-pub fn load_without_secrets(path: &Path) -> Result<WithoutSecrets, ConfigError> {
-    read_and_build(path, Problems::with_optional_secrets())
+pub fn load_without_secrets(
+    path: &Path,
+    kinds: &dyn KindCatalog,
+) -> Result<WithoutSecrets, ConfigError> {
+    read_and_build(path, kinds, Problems::with_optional_secrets())
         .map(|(config, unresolved)| WithoutSecrets { config, unresolved })
 }
 
@@ -188,19 +192,25 @@ pub fn load_str_without_secrets(
     text: &str,
     path: &Path,
     env: &HashMap<String, String>,
+    kinds: &dyn KindCatalog,
 ) -> Result<WithoutSecrets, ConfigError> {
     build(
         text,
         path,
         folder_of(path),
         env,
+        kinds,
         Problems::with_optional_secrets(),
     )
     .map(|(config, unresolved)| WithoutSecrets { config, unresolved })
 }
 
 /// Reads the process environment and the file, then builds.
-fn read_and_build(path: &Path, mut p: Problems) -> Result<(Config, Vec<Problem>), ConfigError> {
+fn read_and_build(
+    path: &Path,
+    kinds: &dyn KindCatalog,
+    mut p: Problems,
+) -> Result<(Config, Vec<Problem>), ConfigError> {
     let mut env = HashMap::new();
     for (key, value) in std::env::vars_os() {
         let Ok(key) = key.into_string() else { continue };
@@ -228,7 +238,7 @@ fn read_and_build(path: &Path, mut p: Problems) -> Result<(Config, Vec<Problem>)
     // later change of working directory cannot move it.
     let folder = folder_of(path);
     let folder = std::path::absolute(&folder).unwrap_or(folder);
-    build(&text, path, folder, &env, p)
+    build(&text, path, folder, &env, kinds, p)
 }
 
 /// The folder of the config file: relative database paths and `{ file = }`
@@ -249,8 +259,9 @@ pub fn load_str(
     text: &str,
     path: &Path,
     env: &HashMap<String, String>,
+    kinds: &dyn KindCatalog,
 ) -> Result<Config, ConfigError> {
-    build(text, path, folder_of(path), env, Problems::default()).map(|(config, _)| config)
+    build(text, path, folder_of(path), env, kinds, Problems::default()).map(|(config, _)| config)
 }
 
 /// Whether `var` is a `SYNCHRO__` override (in any case, as the `config`
@@ -266,6 +277,7 @@ fn build(
     path: &Path,
     base_dir: PathBuf,
     env: &HashMap<String, String>,
+    kinds: &dyn KindCatalog,
     mut p: Problems,
 ) -> Result<(Config, Vec<Problem>), ConfigError> {
     let shown = path.display().to_string();
@@ -294,7 +306,7 @@ fn build(
     let server = server(top.section("server", &mut p), &mut p);
     let scheduler = scheduler(top.section("scheduler", &mut p), &mut p);
     let http = http(top.section("http", &mut p), &mut p);
-    let tenants = tenants(&mut top, &ctx, &mut p);
+    let tenants = tenants(&mut top, &ctx, kinds, &mut p);
     top.finish(&mut p);
 
     if !p.is_empty() {
@@ -686,7 +698,12 @@ fn fmt_duration(d: Duration) -> String {
 }
 
 /// Every tenant and its sources; `None` if any of them is invalid.
-fn tenants(top: &mut Table, ctx: &Ctx<'_>, p: &mut Problems) -> Option<Vec<TenantConfig>> {
+fn tenants(
+    top: &mut Table,
+    ctx: &Ctx<'_>,
+    kinds: &dyn KindCatalog,
+    p: &mut Problems,
+) -> Option<Vec<TenantConfig>> {
     let mut out = Vec::new();
     let mut complete = true;
     let mut tenant_ids: HashMap<String, String> = HashMap::new();
@@ -722,7 +739,7 @@ fn tenants(top: &mut Table, ctx: &Ctx<'_>, p: &mut Problems) -> Option<Vec<Tenan
                     source_ids.insert(sid.to_string(), s.path().to_string());
                 }
             }
-            match sources::source(s, &tenant, ctx, p) {
+            match sources::source(s, &tenant, ctx, kinds, p) {
                 Some(src) => sources.push(src),
                 None => complete = false,
             }

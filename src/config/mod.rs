@@ -3,6 +3,7 @@
 //! reports *every* problem with its key path, and only then builds these types,
 //! so the rest of the daemon never re-checks a value.
 
+mod kind;
 mod load;
 mod reader;
 mod schedule;
@@ -14,12 +15,15 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use kind::{KindCatalog, KindKeys, KindSection, KindSettings};
 pub use load::{
     ConfigError, Problem, WithoutSecrets, load, load_str, load_str_without_secrets,
     load_without_secrets,
 };
 pub use schedule::Schedule;
 pub use secret::{Secret, SecretRef};
+
+use crate::model::SourceKey;
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +128,8 @@ pub struct SourceConfig {
     /// ends its listing (fresh tokens forever, no page count) cannot hold
     /// a sync slot for good.
     pub max_pages_per_run: u64,
-    pub kind: SourceKindConfig,
+    /// The keys of its kind, as the kind read them.
+    pub kind: KindSettings,
 }
 
 impl SourceConfig {
@@ -136,106 +141,9 @@ impl SourceConfig {
         }
     }
 
+    /// The kind's name (`kind = "..."`).
     pub fn kind_name(&self) -> &'static str {
         self.kind.name()
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum SourceKindConfig {
-    Demarches(DemarchesConfig),
-    Calendar(CalendarConfig),
-    Content(ContentConfig),
-}
-
-impl SourceKindConfig {
-    pub fn name(&self) -> &'static str {
-        match self {
-            SourceKindConfig::Demarches(_) => "demarches",
-            SourceKindConfig::Calendar(_) => "calendar",
-            SourceKindConfig::Content(_) => "content",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct DemarchesConfig {
-    pub token: Secret,
-    pub demarche: i64,
-    /// Dossiers per request; the API silently caps `first` at 100.
-    pub page_size: u32,
-    /// Fixed `updatedSince` of the first full listing (RFC 3339).
-    pub updated_since: String,
-    /// How often the listing is restarted from `watermark - 15 min` to catch
-    /// dossiers committed out of order behind the cursor.
-    pub reconcile_every: Duration,
-    /// How far back each deletion scan looks before the previous scan, since
-    /// `dateSupression` can be backdated by weeks.
-    pub deleted_lookback: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CalendarConfig {
-    pub calendar_id: String,
-    pub auth: CalendarAuth,
-    pub max_results: u32,
-    pub single_events: bool,
-    pub show_deleted: bool,
-    /// Lower bound of the full listing only (never sent with a sync token).
-    pub time_min: Option<String>,
-    /// Expected `X-Goog-Channel-Token` of push notifications.
-    pub channel_token: Option<Secret>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum CalendarAuth {
-    AccessToken(Secret),
-    OAuth(OAuthConfig),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct OAuthConfig {
-    pub token_url: url::Url,
-    pub client_id: String,
-    pub client_secret: Secret,
-    pub refresh_token: Secret,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContentConfig {
-    pub token: Secret,
-    pub report_import_state: bool,
-    pub webhook_token: Option<Secret>,
-}
-
-/// Identifies a source across the daemon: `tenant/source`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SourceKey {
-    pub tenant: String,
-    pub source: String,
-}
-
-impl SourceKey {
-    pub fn new(tenant: impl Into<String>, source: impl Into<String>) -> Self {
-        Self {
-            tenant: tenant.into(),
-            source: source.into(),
-        }
-    }
-
-    /// Parses the command-line form `TENANT/SOURCE_ID`.
-    pub fn parse(s: &str) -> Option<Self> {
-        let (t, s) = s.split_once('/')?;
-        if t.is_empty() || s.is_empty() || s.contains('/') {
-            return None;
-        }
-        Some(Self::new(t, s))
-    }
-}
-
-impl std::fmt::Display for SourceKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.tenant, self.source)
     }
 }
 
@@ -260,24 +168,6 @@ impl SourceConfig {
     /// The secrets of this source, so that errors can be scrubbed of them
     /// (also when the source comes with a reloaded configuration).
     pub fn secrets(&self) -> Vec<Secret> {
-        let mut out = Vec::new();
-        match &self.kind {
-            SourceKindConfig::Demarches(d) => out.push(d.token.clone()),
-            SourceKindConfig::Calendar(c) => {
-                match &c.auth {
-                    CalendarAuth::AccessToken(t) => out.push(t.clone()),
-                    CalendarAuth::OAuth(o) => {
-                        out.push(o.client_secret.clone());
-                        out.push(o.refresh_token.clone());
-                    }
-                }
-                out.extend(c.channel_token.clone());
-            }
-            SourceKindConfig::Content(c) => {
-                out.push(c.token.clone());
-                out.extend(c.webhook_token.clone());
-            }
-        }
-        out
+        self.kind.secrets()
     }
 }

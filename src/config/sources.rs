@@ -9,42 +9,17 @@ use std::time::Duration;
 use config::{Value, ValueKind};
 use url::{Host, Url};
 
+use super::kind::{KindCatalog, KindKeys};
 use super::reader::{Problems, Table, duration_error, remember_all_strings, type_name};
-use super::{
-    CalendarAuth, CalendarConfig, ContentConfig, DemarchesConfig, OAuthConfig, Schedule, Secret,
-    SecretRef, SourceConfig, SourceKindConfig,
-};
+use super::{Schedule, Secret, SecretRef, SourceConfig};
 
 /// Secret files are small; a cap keeps a mistaken path (`/dev/zero`, a log)
 /// from stalling the loader.
 const MAX_SECRET_FILE: u64 = 64 * 1024;
 
-/// The source kinds, as written in `kind = "..."`.
-pub(super) const KINDS: [&str; 3] = ["demarches", "calendar", "content"];
-
-/// Defaults of the per-kind keys (see DESIGN.md §2 and §5).
-pub(super) mod defaults {
-    use std::time::Duration;
-
-    pub const DEMARCHES_ENDPOINT: &str = "https://demarche.numerique.gouv.fr/api/v2/graphql";
-    pub const CALENDAR_ENDPOINT: &str = "https://www.googleapis.com/calendar/v3";
-    pub const CONTENT_ENDPOINT: &str = "https://api.contentor.com/v1";
-    pub const PAGE_SIZE: u32 = 100;
-    /// Far above any real listing (a million dossiers are 10,000 DS pages,
-    /// 200,000 Contentor requests about 12,000), far below forever.
-    pub const MAX_PAGES_PER_RUN: u64 = 100_000;
-    pub const UPDATED_SINCE: &str = "2000-01-01T00:00:00Z";
-    pub const RECONCILE_EVERY: Duration = Duration::from_secs(24 * 3600);
-    pub const DELETED_LOOKBACK: Duration = Duration::from_secs(30 * 24 * 3600);
-    pub const MAX_RESULTS: u32 = 250;
-    pub const SINGLE_EVENTS: bool = false;
-    /// Incremental listings always include deletions and reject
-    /// `showDeleted=false`, and both listings must use the same value.
-    pub const SHOW_DELETED: bool = true;
-    /// Reporting import states back is what the content kind is for; it can
-    /// be turned off for a read-only copy.
-    pub const REPORT_IMPORT_STATE: bool = true;
-}
+/// Far above any real listing (a million dossiers are 10,000 DS pages,
+/// 200,000 Contentor requests about 12,000), far below forever.
+const MAX_PAGES_PER_RUN: u64 = 100_000;
 
 /// What secret resolution needs from outside the file.
 pub(super) struct Ctx<'a> {
@@ -72,6 +47,7 @@ pub(super) fn source(
     mut t: Table,
     tenant: &str,
     ctx: &Ctx<'_>,
+    kinds: &dyn KindCatalog,
     p: &mut Problems,
 ) -> Option<SourceConfig> {
     let id = t.required_string("id", p);
@@ -83,15 +59,18 @@ pub(super) fn source(
         ok
     });
     let kind = t.required_string("kind", p);
-    let kind = kind.filter(|k| {
-        let ok = KINDS.contains(&k.as_str());
-        if !ok {
+    let kind = kind.and_then(|k| match kinds.default_endpoint(&k) {
+        Some(endpoint) => Some((k, endpoint)),
+        None => {
             p.add(
                 t.key("kind"),
-                format!("unknown source kind; expected one of: {}", KINDS.join(", ")),
+                format!(
+                    "unknown source kind; expected one of: {}",
+                    kinds.names().join(", ")
+                ),
             );
+            None
         }
-        ok
     });
     let schedule = t
         .required_string("schedule", p)
@@ -105,27 +84,18 @@ pub(super) fn source(
     let endpoint = t.string("endpoint", p);
     let max_pages_per_run = t
         .int_in("max_pages_per_run", 1, i64::MAX, p)
-        .map_or(defaults::MAX_PAGES_PER_RUN, |n| n as u64);
+        .map_or(MAX_PAGES_PER_RUN, |n| n as u64);
 
-    let Some(kind) = kind else {
+    let Some((kind, default_endpoint)) = kind else {
         // Without a kind the other keys cannot be judged; report none of them.
         t.discard(p);
         return None;
-    };
-    let default_endpoint = match kind.as_str() {
-        "demarches" => defaults::DEMARCHES_ENDPOINT,
-        "calendar" => defaults::CALENDAR_ENDPOINT,
-        _ => defaults::CONTENT_ENDPOINT,
     };
     let endpoint = match endpoint {
         Some(e) => check_url(&e).map_err(|r| p.add(t.key("endpoint"), r)).ok(),
         None => Url::parse(default_endpoint).ok(),
     };
-    let kind = match kind.as_str() {
-        "demarches" => demarches(&mut t, ctx, p).map(SourceKindConfig::Demarches),
-        "calendar" => calendar(&mut t, ctx, p).map(SourceKindConfig::Calendar),
-        _ => content(&mut t, ctx, p).map(SourceKindConfig::Content),
-    };
+    let kind = kinds.read(&kind, &mut KindKeys::new(&mut t, ctx, p));
     t.finish(p);
     Some(SourceConfig {
         tenant: tenant.to_string(),
@@ -135,136 +105,6 @@ pub(super) fn source(
         max_pages_per_run,
         kind: kind?,
     })
-}
-
-fn demarches(t: &mut Table, ctx: &Ctx<'_>, p: &mut Problems) -> Option<DemarchesConfig> {
-    let token = secret(t, "token", true, ctx, p);
-    let demarche = if t.require("demarche", p) {
-        t.int_in("demarche", 1, i64::MAX, p)
-    } else {
-        None
-    };
-    let page_size = t
-        .int_in("page_size", 1, 100, p)
-        .map_or(defaults::PAGE_SIZE, |n| n as u32);
-    let updated_since =
-        rfc3339(t, "updated_since", p).unwrap_or_else(|| defaults::UPDATED_SINCE.to_string());
-    let reconcile_every = t
-        .positive_duration("reconcile_every", p)
-        .unwrap_or(defaults::RECONCILE_EVERY);
-    let deleted_lookback = t
-        .duration("deleted_lookback", p)
-        .unwrap_or(defaults::DELETED_LOOKBACK);
-    Some(DemarchesConfig {
-        token: token??,
-        demarche: demarche?,
-        page_size,
-        updated_since,
-        reconcile_every,
-        deleted_lookback,
-    })
-}
-
-fn calendar(t: &mut Table, ctx: &Ctx<'_>, p: &mut Problems) -> Option<CalendarConfig> {
-    let calendar_id = t.required_string("calendar_id", p).filter(|c| {
-        let ok = !c.trim().is_empty();
-        if !ok {
-            p.add(t.key("calendar_id"), "must not be empty");
-        }
-        ok
-    });
-    let has_token = t.contains("access_token");
-    let access_token = secret(t, "access_token", false, ctx, p);
-    let oauth = t.table("oauth", p).map(|o| oauth(o, ctx, p));
-    let auth = match (has_token, oauth) {
-        (true, Some(_)) => {
-            p.add(t.key("oauth"), "set either access_token or oauth, not both");
-            None
-        }
-        (true, None) => access_token.flatten().map(CalendarAuth::AccessToken),
-        (false, Some(o)) => o.map(CalendarAuth::OAuth),
-        (false, None) => {
-            // A mistyped `oauth` was already reported; don't pile on.
-            if !p.has_key(&t.key("oauth")) {
-                p.add(
-                    t.key("access_token"),
-                    "missing: set access_token, or oauth = { token_url, client_id, client_secret, refresh_token }",
-                );
-            }
-            None
-        }
-    };
-    let max_results = t
-        .int_in("max_results", 1, 2500, p)
-        .map_or(defaults::MAX_RESULTS, |n| n as u32);
-    let single_events = t
-        .bool("single_events", p)
-        .unwrap_or(defaults::SINGLE_EVENTS);
-    let show_deleted = t.bool("show_deleted", p).unwrap_or(defaults::SHOW_DELETED);
-    let time_min = rfc3339(t, "time_min", p);
-    let channel_token = secret(t, "channel_token", false, ctx, p);
-    Some(CalendarConfig {
-        calendar_id: calendar_id?,
-        auth: auth?,
-        max_results,
-        single_events,
-        show_deleted,
-        time_min,
-        channel_token: channel_token?,
-    })
-}
-
-fn oauth(mut o: Table, ctx: &Ctx<'_>, p: &mut Problems) -> Option<OAuthConfig> {
-    let token_url = o
-        .required_string("token_url", p)
-        .and_then(|u| check_url(&u).map_err(|r| p.add(o.key("token_url"), r)).ok());
-    let client_id = o.required_string("client_id", p).filter(|c| {
-        let ok = !c.trim().is_empty();
-        if !ok {
-            p.add(o.key("client_id"), "must not be empty");
-        }
-        ok
-    });
-    let client_secret = secret(&mut o, "client_secret", true, ctx, p);
-    let refresh_token = secret(&mut o, "refresh_token", true, ctx, p);
-    o.finish(p);
-    Some(OAuthConfig {
-        token_url: token_url?,
-        client_id: client_id?,
-        client_secret: client_secret??,
-        refresh_token: refresh_token??,
-    })
-}
-
-fn content(t: &mut Table, ctx: &Ctx<'_>, p: &mut Problems) -> Option<ContentConfig> {
-    let token = secret(t, "token", true, ctx, p);
-    let report_import_state = t
-        .bool("report_import_state", p)
-        .unwrap_or(defaults::REPORT_IMPORT_STATE);
-    let webhook_token = secret(t, "webhook_token", false, ctx, p);
-    Some(ContentConfig {
-        token: token??,
-        report_import_state,
-        webhook_token: webhook_token?,
-    })
-}
-
-/// An optional RFC 3339 date-time, kept as written (TOML date-times arrive as
-/// their text form).
-fn rfc3339(t: &mut Table, key: &'static str, p: &mut Problems) -> Option<String> {
-    let s = t.string(key, p)?;
-    match chrono::DateTime::parse_from_rfc3339(s.trim()) {
-        Ok(_) => Some(s.trim().to_string()),
-        Err(e) => {
-            p.add(
-                t.key(key),
-                format!(
-                    "expected an RFC 3339 date-time with offset, e.g. \"2000-01-01T00:00:00Z\" ({e})"
-                ),
-            );
-            None
-        }
-    }
 }
 
 /// An upstream URL: https anywhere, plain http only to a loopback address
@@ -324,7 +164,7 @@ pub(super) fn parse_schedule(s: &str) -> Result<Schedule, String> {
 
 /// Reads and resolves a secret key. `None`: a problem was reported.
 /// `Some(None)`: optional and absent.
-fn secret(
+pub(super) fn secret(
     t: &mut Table,
     key: &'static str,
     required: bool,

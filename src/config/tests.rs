@@ -6,6 +6,24 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use crate::sources::Kinds;
+use crate::sources::calendar::{CalendarAuth, CalendarConfig};
+use crate::sources::content::ContentConfig;
+use crate::sources::demarches::DemarchesConfig;
+
+/// The loader with the shipped kinds.
+fn load_str(text: &str, path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    super::load_str(text, path, env, &Kinds::builtin())
+}
+
+/// The secret-less loader with the shipped kinds.
+fn load_str_without_secrets(
+    text: &str,
+    path: &Path,
+    env: &HashMap<String, String>,
+) -> Result<WithoutSecrets, ConfigError> {
+    super::load_str_without_secrets(text, path, env, &Kinds::builtin())
+}
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -148,7 +166,7 @@ fn full_config_gives_the_typed_values() {
     let ds = c.source(&SourceKey::new("acme", "permits")).unwrap();
     assert_eq!(ds.schedule, Schedule::Cron("0 */5 * * * *".into()));
     assert_eq!(ds.endpoint.host_str(), Some("demarche.numerique.gouv.fr"));
-    let SourceKindConfig::Demarches(d) = &ds.kind else {
+    let Some(d) = ds.kind.get::<DemarchesConfig>() else {
         panic!("{ds:?}")
     };
     assert_eq!(d.token.expose(), "ds-secret");
@@ -161,7 +179,7 @@ fn full_config_gives_the_typed_values() {
 
     let cal = c.source(&SourceKey::new("acme", "team")).unwrap();
     assert_eq!(cal.schedule, Schedule::Every(Duration::from_secs(60)));
-    let SourceKindConfig::Calendar(k) = &cal.kind else {
+    let Some(k) = cal.kind.get::<CalendarConfig>() else {
         panic!("{cal:?}")
     };
     assert_eq!(k.calendar_id, "primary");
@@ -182,7 +200,7 @@ fn full_config_gives_the_typed_values() {
     let ct = c.source(&SourceKey::new("beta", "translations")).unwrap();
     assert_eq!(ct.schedule, Schedule::Cron("30 0 3 * * *".into()));
     assert_eq!(ct.endpoint.as_str(), "http://127.0.0.1:8081/v1");
-    let SourceKindConfig::Content(k) = &ct.kind else {
+    let Some(k) = ct.kind.get::<ContentConfig>() else {
         panic!("{ct:?}")
     };
     assert_eq!(k.token.expose(), "content-literal");
@@ -212,7 +230,7 @@ fn defaults_fill_every_optional_key() {
     assert_eq!(c.http.max_retries, 5);
     assert_eq!(c.http.initial_backoff, Duration::from_millis(500));
     assert_eq!(c.http.max_backoff, Duration::from_secs(60));
-    let SourceKindConfig::Demarches(d) = &c.tenants[0].sources[0].kind else {
+    let Some(d) = c.tenants[0].sources[0].kind.get::<DemarchesConfig>() else {
         panic!()
     };
     assert_eq!(d.page_size, 100);
@@ -244,7 +262,7 @@ token = "ct"
         cal.endpoint.as_str(),
         "https://www.googleapis.com/calendar/v3"
     );
-    let SourceKindConfig::Calendar(k) = &cal.kind else {
+    let Some(k) = cal.kind.get::<CalendarConfig>() else {
         panic!()
     };
     assert!(matches!(k.auth, CalendarAuth::AccessToken(_)));
@@ -254,7 +272,7 @@ token = "ct"
     assert!(k.time_min.is_none() && k.channel_token.is_none());
     let ct = &c.tenants[0].sources[1];
     assert_eq!(ct.endpoint.as_str(), "https://api.contentor.com/v1");
-    let SourceKindConfig::Content(k) = &ct.kind else {
+    let Some(k) = ct.kind.get::<ContentConfig>() else {
         panic!()
     };
     assert!(k.report_import_state);
@@ -291,16 +309,16 @@ fn env_overrides_replace_file_values_with_typed_conversion() {
     assert_eq!(c.server.listen.to_string(), "0.0.0.0:9750");
     assert_eq!(c.scheduler.max_concurrent_syncs, 2);
     assert_eq!(c.http.timeout, Duration::from_secs(60));
-    let SourceKindConfig::Demarches(d) = &c.tenants[0].sources[0].kind else {
+    let Some(d) = c.tenants[0].sources[0].kind.get::<DemarchesConfig>() else {
         panic!()
     };
     assert_eq!(d.page_size, 25);
-    let SourceKindConfig::Calendar(k) = &c.tenants[0].sources[1].kind else {
+    let Some(k) = c.tenants[0].sources[1].kind.get::<CalendarConfig>() else {
         panic!()
     };
     assert!(!k.single_events);
     assert_eq!(k.calendar_id, "007", "string keys stay strings");
-    let SourceKindConfig::Content(k) = &c.tenants[1].sources[0].kind else {
+    let Some(k) = c.tenants[1].sources[0].kind.get::<ContentConfig>() else {
         panic!()
     };
     assert_eq!(k.token.expose(), "other-secret");
@@ -676,7 +694,7 @@ fn file_secrets_are_read_trimmed_and_relative_to_the_config() {
         Err(e) => panic!("{}", e.report()),
     };
     for s in c.sources() {
-        let SourceKindConfig::Content(k) = &s.kind else {
+        let Some(k) = s.kind.get::<ContentConfig>() else {
             panic!()
         };
         assert_eq!(k.token.expose(), "file-secret");
@@ -775,7 +793,7 @@ fn the_example_config_loads_with_its_env_vars_set() {
 
 #[test]
 fn load_reads_the_file_and_reports_a_missing_one() {
-    let e = load(Path::new("/nonexistent/synchro.toml")).unwrap_err();
+    let e = load(Path::new("/nonexistent/synchro.toml"), &Kinds::builtin()).unwrap_err();
     assert_eq!(e.problems.len(), 1);
     assert!(
         e.report()
@@ -785,7 +803,7 @@ fn load_reads_the_file_and_reports_a_missing_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("synchro.toml");
     std::fs::write(&path, "[[tenants]]\nid = \"t\"\n").unwrap();
-    let c = load(&path).unwrap();
+    let c = load(&path, &Kinds::builtin()).unwrap();
     assert_eq!(c.tenants[0].id, "t");
 }
 
@@ -1077,7 +1095,7 @@ fn without_secrets_unavailable_values_are_warnings_and_real_problems_still_fail(
     assert_eq!(c.sources().count(), 3);
     let db = dir.path().join("data/x.db");
     assert_eq!(c.storage.database, format!("sqlite://{}", db.display()));
-    let SourceKindConfig::Demarches(d) = &c.tenants[0].sources[0].kind else {
+    let Some(d) = c.tenants[0].sources[0].kind.get::<DemarchesConfig>() else {
         panic!()
     };
     assert_eq!(d.token.expose(), "", "a placeholder, never a guess");
@@ -1119,7 +1137,7 @@ fn a_relative_database_path_is_taken_from_the_config_folder_like_secret_files() 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("synchro.toml");
     std::fs::write(&path, "[storage]\ndatabase = \"sqlite://var/x.db\"\n").unwrap();
-    let c = load(&path).unwrap();
+    let c = load(&path, &Kinds::builtin()).unwrap();
     let expected = dir.path().join("var/x.db");
     assert_eq!(
         c.storage.database,

@@ -11,7 +11,6 @@
 //! while a group commits: the two sides run on both cores at once.
 
 mod reclaim;
-mod redact;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,11 +20,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::SourceKey;
-use crate::sources::{Page, Source, SourceError};
-use crate::store::{Acquired, Holder, Lease, RunOutcome, RunRecord, Store, StoreError};
+use crate::model::{Page, RunOutcome, RunRecord, SourceKey};
+use crate::redact::Redactor;
+use crate::sources::{Source, SourceError};
+use crate::store::{Acquired, Holder, Lease, PageStats, Store, StoreError};
 pub use reclaim::Activity;
-pub use redact::{Redactor, TokenSlot};
 
 /// Records (a page counts at least one) fetched ahead of the commit: bounds
 /// the memory of a run to a few MB whatever the page size, while the
@@ -115,7 +114,7 @@ impl Job {
 }
 
 /// Lease duration when none is configured (`[scheduler] lease_ttl`).
-pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What asking for a run gave.
 #[derive(Debug, Clone)]
@@ -394,8 +393,7 @@ impl Engine {
         let budget = Arc::new(Semaphore::new(QUEUED_RECORDS));
         let held = budget.clone();
         let store = self.store.clone();
-        let observer = self.observer.clone();
-        let writer_key = key.clone();
+        let engine = self.clone();
         let writer_lease = lease.clone();
         let writer_kind = kind.to_string();
         let writer = async move {
@@ -444,17 +442,18 @@ impl Engine {
                     // The group leaves the queue: its budget goes back to
                     // the fetcher for the duration of the commit.
                     permits.clear();
-                    let stats = store
-                        .commit_pages(&writer_lease, &writer_kind, std::mem::take(&mut group))
+                    let stats = engine
+                        .commit(
+                            Committer::Run(&writer_lease),
+                            &writer_kind,
+                            std::mem::take(&mut group),
+                        )
                         .await?;
                     acc.upserted += stats.upserted;
                     acc.deleted += stats.deleted + stats.removed;
-                    for (received, done) in shapes.iter().copied() {
+                    for &(received, done) in &shapes {
                         acc.pages += 1;
                         tracing::debug!(received, done, "page committed");
-                        if let Some(obs) = &observer {
-                            obs(&writer_key, received);
-                        }
                     }
                     tracing::debug!(
                         pages = shapes.len(),
@@ -578,6 +577,61 @@ impl Engine {
     }
 }
 
+/// Who commits: what the commit is fenced on and whether it saves progress.
+#[derive(Clone, Copy)]
+enum Committer<'a> {
+    /// A run's pages and the progress after them, fenced on its lease.
+    Run(&'a Lease),
+    /// Records and reports that arrived outside a run (webhooks): the
+    /// newer-wins rule makes them safe beside any run; progress untouched.
+    Outside(&'a SourceKey),
+}
+
+impl Engine {
+    /// Commits records and reports that arrived outside a run (a webhook
+    /// call): the same upsert (an older version never replaces a newer
+    /// one) and outbox rules as a run's pages, progress untouched.
+    pub async fn commit_outside_run(
+        &self,
+        key: &SourceKey,
+        kind: &str,
+        page: Page,
+    ) -> Result<PageStats, StoreError> {
+        self.commit(Committer::Outside(key), kind, vec![page]).await
+    }
+
+    /// The one path by which pages become durable, and the page observer
+    /// learns of them.
+    async fn commit(
+        &self,
+        by: Committer<'_>,
+        kind: &str,
+        pages: Vec<Page>,
+    ) -> Result<PageStats, StoreError> {
+        // Sized only for an observer: runs without one allocate nothing more.
+        let sizes: Option<Vec<usize>> = self
+            .observer
+            .as_ref()
+            .map(|_| pages.iter().map(Page::items).collect());
+        let (key, stats) = match by {
+            Committer::Run(lease) => (
+                &lease.key,
+                self.store.commit_pages(lease, kind, pages).await?,
+            ),
+            Committer::Outside(key) => {
+                let page = pages.into_iter().next().unwrap_or_default();
+                (key, self.store.commit_records(key, kind, page).await?)
+            }
+        };
+        if let (Some(obs), Some(sizes)) = (&self.observer, sizes) {
+            for received in sizes {
+                obs(key, received);
+            }
+        }
+        Ok(stats)
+    }
+}
+
 /// Why the fetching side of a run stopped early.
 enum FetchEnd {
     Source(SourceError),
@@ -591,7 +645,7 @@ enum FetchEnd {
 
 /// Where a run stands, for messages: the kind's progress state (page
 /// tokens, cursors, watermarks: positions, not credentials), cut short.
-fn position(progress: &crate::sources::Progress) -> String {
+fn position(progress: &crate::model::Progress) -> String {
     const MAX: usize = 200;
     let text = progress.state.to_string();
     if text.chars().count() <= MAX {
@@ -602,7 +656,7 @@ fn position(progress: &crate::sources::Progress) -> String {
     }
 }
 
-fn progress_hash(progress: &crate::sources::Progress) -> u64 {
+fn progress_hash(progress: &crate::model::Progress) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     progress.phase.as_str().hash(&mut h);
@@ -663,7 +717,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
     use super::*;
-    use crate::sources::{Phase, Progress, Record};
+    use crate::model::{Phase, Progress, Record};
 
     const PAGES: usize = 24;
     const PER_PAGE: usize = 1_000;
@@ -678,7 +732,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Source for Fast {
-        fn start_run(&self, _stored: Option<crate::sources::Progress>) -> Progress {
+        fn start_run(&self, _stored: Option<crate::model::Progress>) -> Progress {
             Progress::default()
         }
 
@@ -737,7 +791,7 @@ mod tests {
             .await
             .ran()
             .expect("the lease is free");
-        assert_eq!(report.outcome, crate::store::RunOutcome::Success);
+        assert_eq!(report.outcome, crate::model::RunOutcome::Success);
         assert_eq!(report.totals.upserted, (PAGES * PER_PAGE) as u64);
         let ahead = source.most_ahead.load(Ordering::SeqCst);
         // The budget, plus the group being committed (its permits go back

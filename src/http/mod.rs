@@ -15,10 +15,12 @@ use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, StatusCode};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HttpConfig, SourceKey};
-use crate::engine::Redactor;
-pub use limit::{HostLimiter, HostPermit, LimitError, origin};
-pub use retry::{backoff_delay, server_delay};
+use crate::config::HttpConfig;
+use crate::model::SourceKey;
+use crate::redact::Redactor;
+pub(crate) use limit::origin;
+use limit::{HostLimiter, HostPermit, LimitError};
+use retry::{backoff_delay, server_delay};
 
 /// Why a request did not produce a usable response.
 #[derive(Debug, thiserror::Error)]
@@ -86,10 +88,13 @@ pub struct Response {
     pub url: String,
     /// The client's redactor, for excerpts of the body.
     redactor: Redactor,
+    /// The upstream said "slow down" in its own way (see [`Quirks`]): not a
+    /// credentials failure whatever the status.
+    rate_limited: bool,
 }
 
 /// Bodies larger than this are refused rather than buffered.
-pub const MAX_BODY: usize = 64 * 1024 * 1024;
+const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// Redirects followed for one request at most (reqwest's default).
 const MAX_REDIRECTS: usize = 10;
@@ -113,9 +118,7 @@ impl Response {
         if s.is_success() {
             return Ok(self);
         }
-        if (s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN)
-            && !is_rate_limit_403(s, &self.body)
-        {
+        if (s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN) && !self.rate_limited {
             return Err(HttpError::Credentials {
                 status: s.as_u16(),
                 url: self.url,
@@ -150,6 +153,17 @@ pub struct HttpClient {
     source: Option<std::sync::Arc<SourceKey>>,
     /// Shared with the engine: what error messages are scrubbed of.
     redactor: Redactor,
+    /// How this handle's upstream departs from the generic rules.
+    quirks: Option<Arc<dyn Quirks>>,
+}
+
+/// How an upstream departs from the generic HTTP rules, declared by its
+/// kind (see [`HttpClient::with_quirks`]).
+pub trait Quirks: Send + Sync + std::fmt::Debug {
+    /// Whether this answer asks to slow down although its status does not
+    /// say so (Google: 403 `rateLimitExceeded`): retried with back-off like
+    /// a 429, never taken for rejected credentials.
+    fn rate_limited(&self, status: StatusCode, body: &[u8]) -> bool;
 }
 
 impl HttpClient {
@@ -157,6 +171,23 @@ impl HttpClient {
     pub fn for_source(&self, key: &SourceKey) -> Self {
         Self {
             source: Some(std::sync::Arc::new(key.clone())),
+            ..self.clone()
+        }
+    }
+
+    /// The same client, reading its upstream's answers with `quirks`.
+    pub fn with_quirks(&self, quirks: Arc<dyn Quirks>) -> Self {
+        Self {
+            quirks: Some(quirks),
+            ..self.clone()
+        }
+    }
+
+    /// The same client making one attempt per [`HttpClient::send`], for
+    /// requests retried by their own durable queue (the outbox).
+    pub fn single_attempt(&self) -> Self {
+        Self {
+            max_retries: 0,
             ..self.clone()
         }
     }
@@ -182,6 +213,7 @@ impl HttpClient {
             max_backoff: cfg.max_backoff,
             source: None,
             redactor,
+            quirks: None,
         })
     }
 
@@ -191,21 +223,14 @@ impl HttpClient {
         &self.redactor
     }
 
-    /// The underlying client, to build requests with. A request sent with it
-    /// directly must hold a [`HttpClient::permit`] for its host meanwhile.
-    pub fn client(&self) -> &reqwest::Client {
-        &self.inner
-    }
-
     /// How many requests `url`'s host may have in flight at once.
     pub fn host_concurrency(&self, url: &url::Url) -> usize {
         self.limits.concurrency(url)
     }
 
     /// Waits for `url`'s host budget (an in-flight slot, then a turn in its
-    /// rate schedule). Keep the permit until the response is read. For
-    /// requests sent outside [`HttpClient::send`], such as import reports.
-    pub async fn permit(
+    /// rate schedule). Keep the permit until the response is read.
+    async fn permit(
         &self,
         url: &url::Url,
         cancel: &CancellationToken,
@@ -239,18 +264,18 @@ impl HttpClient {
             // request in flight is let finish (bounded by the timeout): a
             // shutdown ends the run after the current page, not inside it.
             let permit = self.permit(req.url(), cancel).await?;
-            let outcome = self.execute(req, &url).await;
+            let mut outcome = self.execute(req, &url).await;
             drop(permit);
+            if let (Ok(resp), Some(quirks)) = (&mut outcome, &self.quirks) {
+                resp.rate_limited = quirks.rate_limited(resp.status, &resp.body);
+            }
             let status = match &outcome {
                 Ok(resp) => Some(resp.status.as_u16()),
                 Err(_) => None,
             };
             crate::metrics::http_call(&host, self.source.as_deref(), status);
             let retry_in = match &outcome {
-                Ok(resp)
-                    if is_retryable_status(resp.status)
-                        || is_rate_limit_403(resp.status, &resp.body) =>
-                {
+                Ok(resp) if is_retryable_status(resp.status) || resp.rate_limited => {
                     let server = server_delay(&resp.headers, std::time::SystemTime::now());
                     tracing::warn!(url = %url, status = resp.status.as_u16(), attempt, "upstream asked to retry");
                     Some(server)
@@ -345,6 +370,7 @@ impl HttpClient {
             body: body.freeze(),
             url: url.to_string(),
             redactor: self.redactor.clone(),
+            rate_limited: false,
         })
     }
 }
@@ -357,34 +383,6 @@ fn is_retryable_status(s: StatusCode) -> bool {
         || s == StatusCode::GATEWAY_TIMEOUT
 }
 
-/// Google answers quota exhaustion with 403 and reason `rateLimitExceeded`
-/// or `userRateLimitExceeded`: a reason to back off, not bad credentials.
-fn is_rate_limit_403(status: StatusCode, body: &[u8]) -> bool {
-    if status != StatusCode::FORBIDDEN {
-        return false;
-    }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        error: Inner,
-    }
-    #[derive(serde::Deserialize)]
-    struct Inner {
-        #[serde(default)]
-        errors: Vec<Reason>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Reason {
-        #[serde(default)]
-        reason: String,
-    }
-    serde_json::from_slice::<Body>(body).is_ok_and(|b| {
-        b.error
-            .errors
-            .iter()
-            .any(|e| e.reason == "rateLimitExceeded" || e.reason == "userRateLimitExceeded")
-    })
-}
-
 /// `host:port`, the unit of per-host accounting.
 fn host_of(u: &url::Url) -> String {
     match (u.host_str(), u.port_or_known_default()) {
@@ -395,7 +393,7 @@ fn host_of(u: &url::Url) -> String {
 }
 
 /// Scheme, host, port and path only: query strings may carry tokens.
-pub fn safe_url(u: &url::Url) -> String {
+fn safe_url(u: &url::Url) -> String {
     let mut u = u.clone();
     u.set_query(None);
     u.set_fragment(None);
@@ -407,7 +405,7 @@ pub fn safe_url(u: &url::Url) -> String {
 /// A redirect the client refused (see [`redirect_refusal`]).
 #[derive(Debug, thiserror::Error)]
 #[error("refused redirect to {target}: {reason}")]
-pub struct RefusedRedirect {
+struct RefusedRedirect {
     /// The target's origin (scheme, host, port): never its path or query.
     pub target: String,
     /// Which rule refused it ("another host", "another scheme"...).
@@ -420,7 +418,7 @@ pub struct RefusedRedirect {
 /// Only a redirect on the same origin (scheme, host and port) is followed,
 /// and plain http only to loopback: a source's records come from the host
 /// its configuration names, never from wherever that host points.
-pub fn redirect_refusal(from: &url::Url, to: &url::Url, hops: usize) -> Option<&'static str> {
+fn redirect_refusal(from: &url::Url, to: &url::Url, hops: usize) -> Option<&'static str> {
     if hops > MAX_REDIRECTS {
         return Some("too many redirects");
     }
@@ -459,7 +457,7 @@ fn follow_or_refuse(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirec
 }
 
 /// The refusal behind `e`, if it is one.
-pub fn refused_redirect(e: &reqwest::Error) -> Option<&RefusedRedirect> {
+fn refused_redirect(e: &reqwest::Error) -> Option<&RefusedRedirect> {
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         if let Some(r) = s.downcast_ref::<RefusedRedirect>() {

@@ -1,23 +1,24 @@
-//! Sends Contentor import-state reports from the outbox. It runs beside the
-//! syncs and never blocks or fails them: each report is one short request
-//! (5 s timeout); a transient failure is retried later with back-off, kept
-//! durably in the outbox, so a restart loses nothing; a success is recorded
-//! at once and the report is never sent again.
+//! Sends the outbox's write-backs (Contentor's import-state reports) to
+//! their upstream. It runs beside the syncs and never blocks or fails them:
+//! each report is one attempt through the shared client (its host budget,
+//! metrics and redaction), built and judged by the kind's [`WriteBack`]; a
+//! transient failure is retried later with back-off, kept durably in the
+//! outbox, so a restart loses nothing; a success is recorded at once and
+//! the report is never sent again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{Secret, SourceConfig, SourceKey, SourceKindConfig};
-use crate::http::{HostPermit, HttpClient, HttpError, refused_redirect, safe_url};
+use crate::config::SourceConfig;
+use crate::http::{HttpClient, HttpError};
+use crate::model::SourceKey;
+use crate::sources::{Delivery, Outgoing, WriteBack};
 use crate::store::{PendingReport, Store, StoreError};
 use crate::time::now_us;
-
-/// Longest wait for one report: the upstream must not hold us up.
-const TIMEOUT: Duration = Duration::from_secs(5);
 /// First retry delay, doubled per attempt (with jitter) up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -29,23 +30,22 @@ const IDLE_POLL: Duration = Duration::from_secs(60);
 /// Reports sent per pass at most.
 const BATCH: i64 = 50;
 /// How long a report's claim keeps other processes off it: it covers up to
-/// [`CLAIM_BATCH`] sends ([`TIMEOUT`] each, plus waits for the host's
+/// [`CLAIM_BATCH`] sends (a few seconds each, plus waits for the host's
 /// budget) and their bookkeeping, with a wide margin. Claims not used are
 /// given back at once; a dead claimer's lapse (or, on its machine, at once).
 const CLAIM: Duration = Duration::from_secs(300);
-/// Reports claimed at once: [`CLAIM`] covers their sends at [`TIMEOUT`]
-/// each several times over.
+/// Reports claimed at once: [`CLAIM`] covers their sends several times over.
 const CLAIM_BATCH: i64 = 10;
 
-/// The reporter of one content source.
+/// The reporter of one source whose kind writes back.
 #[derive(Clone)]
 pub struct Reporter {
     store: Store,
-    /// The daemon's shared client: reports count against the host's budget.
+    /// The daemon's shared client, counting for this source, one attempt
+    /// per send: the outbox is what retries.
     http: HttpClient,
     key: SourceKey,
-    base: url::Url,
-    token: Secret,
+    write_back: Arc<dyn WriteBack>,
 }
 
 /// What one pass over the due reports did.
@@ -56,26 +56,16 @@ pub struct Pass {
     pub pause: Option<Duration>,
 }
 
-/// How one attempt went.
-enum Attempt {
-    Sent,
-    Retry(String),
-    Refused(String),
-}
-
 impl Reporter {
-    /// The reporter of `cfg`, if it is a content source that reports.
+    /// The reporter of `cfg`, if its kind writes back.
     pub fn for_source(store: &Store, http: &HttpClient, cfg: &SourceConfig) -> Option<Self> {
-        match &cfg.kind {
-            SourceKindConfig::Content(c) if c.report_import_state => Some(Self {
-                store: store.clone(),
-                http: http.clone(),
-                key: cfg.key(),
-                base: cfg.endpoint.clone(),
-                token: c.token.clone(),
-            }),
-            _ => None,
-        }
+        let write_back = crate::sources::write_back(cfg)?;
+        Some(Self {
+            store: store.clone(),
+            http: http.for_source(&cfg.key()).single_attempt(),
+            key: cfg.key(),
+            write_back,
+        })
     }
 
     pub fn key(&self) -> &SourceKey {
@@ -84,7 +74,7 @@ impl Reporter {
 
     /// Sends the reports due now, one pass; stops between two reports when
     /// `stop` fires (the one in flight is finished). Returns how many were sent.
-    pub async fn send_due(&self, stop: &CancellationToken) -> Result<Pass, StoreError> {
+    async fn send_due(&self, stop: &CancellationToken) -> Result<Pass, StoreError> {
         let mut pass = Pass::default();
         let mut any = false;
         let mut left = BATCH;
@@ -108,28 +98,29 @@ impl Reporter {
             left -= claimed.len() as i64;
             let mut unsent: Vec<i64> = claimed.iter().map(|r| r.id).collect();
             for report in claimed {
-                let permit = match self.http.permit(&self.base, stop).await {
-                    Ok(p) => p,
+                let answer = self.attempt(&report, stop).await;
+                let answer = match answer {
                     Err(HttpError::Cancelled) => {
                         self.store.release_claims(&unsent).await?;
                         break 'pass;
                     }
-                    Err(e) => {
+                    Err(e @ HttpError::Setup(_)) => {
                         tracing::warn!(error = %e, "cannot send import-state reports");
                         pass.pause = Some(FIRST_BACKOFF);
                         self.store.release_claims(&unsent).await?;
                         break 'pass;
                     }
+                    answer => answer,
                 };
                 unsent.retain(|id| *id != report.id);
-                match self.attempt(&report, permit).await {
-                    Attempt::Sent => {
+                match self.write_back.judge(answer) {
+                    Delivery::Sent => {
                         self.store.report_sent(report.id, now_us()).await?;
                         crate::metrics::report_sent(&self.key);
                         pass.sent += 1;
                         tracing::debug!(request = %report.record_id, state = %report.import_state, "import state reported");
                     }
-                    Attempt::Retry(error) => {
+                    Delivery::Retry(error) => {
                         let wait = backoff(report.attempts + 1);
                         tracing::warn!(request = %report.record_id, attempts = report.attempts + 1, retry_in = ?wait, %error, "import-state report failed; will retry");
                         let next = now_us() + wait.as_micros() as i64;
@@ -141,7 +132,7 @@ impl Reporter {
                         self.store.release_claims(&unsent).await?;
                         break 'pass;
                     }
-                    Attempt::Refused(error) => {
+                    Delivery::Refused(error) => {
                         tracing::error!(request = %report.record_id, %error, "import-state report refused by the upstream; not retried");
                         self.store.report_refused(report.id, &error).await?;
                         crate::metrics::report_failed(&self.key, true);
@@ -242,63 +233,19 @@ impl Reporter {
         }
     }
 
-    /// Sends one claimed report; `_permit` (the host's budget) is held until
-    /// the answer is read: reports share the host's in-flight cap.
-    async fn attempt(&self, report: &PendingReport, _permit: HostPermit) -> Attempt {
-        let mut url = self.base.clone();
-        if let Ok(mut s) = url.path_segments_mut() {
-            s.pop_if_empty()
-                .push("content")
-                .push(&report.record_id)
-                .push("import");
-        }
-        let mut body = serde_json::json!({ "importState": report.import_state });
-        if let Some(m) = &report.message {
-            body["message"] = serde_json::Value::String(m.clone());
-        }
-        let shown = safe_url(&url);
-        let sent = self
-            .http
-            .client()
-            .put(url)
-            .bearer_auth(self.token.expose())
-            .timeout(TIMEOUT)
-            .json(&body)
-            .send()
-            .await;
-        let resp = match sent {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => {
-                return Attempt::Retry(format!("{shown}: no answer within {TIMEOUT:?}"));
-            }
-            Err(e) => {
-                // The upstream would redirect the same way next time.
-                return match refused_redirect(&e) {
-                    Some(r) => Attempt::Refused(format!("{shown}: {r}")),
-                    None => Attempt::Retry(format!("{shown}: {}", e.without_url())),
-                };
-            }
+    /// Sends one claimed report, once, through the shared client (which
+    /// waits for the host's budget first, giving way to `stop`).
+    async fn attempt(
+        &self,
+        report: &PendingReport,
+        stop: &CancellationToken,
+    ) -> Result<crate::http::Response, HttpError> {
+        let outgoing = Outgoing {
+            record_id: &report.record_id,
+            state: &report.import_state,
+            message: report.message.as_deref(),
         };
-        let status = resp.status();
-        if status.is_success() {
-            return Attempt::Sent;
-        }
-        let text = resp
-            .bytes()
-            .await
-            .map(|b| self.http.redactor().excerpt(&b))
-            .unwrap_or_default();
-        let error = format!("{shown}: HTTP {}: {text}", status.as_u16());
-        let transient = status.is_server_error()
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || status == StatusCode::REQUEST_TIMEOUT
-            || status == StatusCode::UNAUTHORIZED
-            || status == StatusCode::FORBIDDEN;
-        if transient {
-            Attempt::Retry(error)
-        } else {
-            Attempt::Refused(error)
-        }
+        self.write_back.send(&self.http, outgoing, stop).await
     }
 }
 
@@ -315,6 +262,8 @@ fn backoff(attempts: i64) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
+
     use super::*;
 
     #[test]
@@ -349,13 +298,14 @@ mod tests {
             &toml,
             &dir.path().join("synchro.toml"),
             &Default::default(),
+            &crate::sources::Kinds::builtin(),
         ) {
             Ok(c) => c,
             Err(e) => panic!("{}", e.report()),
         };
         let store = Store::open(&config.storage.database).await.expect("store");
         let http =
-            HttpClient::new(&config.http, crate::engine::Redactor::default()).expect("client");
+            HttpClient::new(&config.http, crate::redact::Redactor::default()).expect("client");
         let cfg = config.sources().next().expect("source");
         let reporter = Reporter::for_source(&store, &http, cfg).expect("reporter");
         let report = PendingReport {
@@ -366,21 +316,90 @@ mod tests {
             message: None,
             attempts: 0,
         };
-        let permit = http
-            .permit(&reporter.base, &CancellationToken::new())
-            .await
-            .expect("permit");
-        match reporter.attempt(&report, permit).await {
-            Attempt::Refused(e) => assert!(
+        let answer = reporter.attempt(&report, &CancellationToken::new()).await;
+        match reporter.write_back.judge(answer) {
+            Delivery::Refused(e) => assert!(
                 e.contains(&format!(
-                    "refused redirect to http://localhost:{}: another host",
+                    "to http://localhost:{}: another host",
                     addr.port()
                 )),
                 "{e}"
             ),
-            Attempt::Retry(e) => panic!("retried: {e}"),
-            Attempt::Sent => panic!("sent"),
+            Delivery::Retry(e) => panic!("retried: {e}"),
+            Delivery::Sent => panic!("sent"),
         }
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn import_state_reports_are_counted_as_http_requests() {
+        // The import endpoint takes every report with 202, a status nothing
+        // else in this test answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new().route(
+            "/v1/content/{id}/import",
+            axum::routing::put(|| async { StatusCode::ACCEPTED }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = format!(
+            "[storage]\ndatabase = \"sqlite://{}\"\n[[tenants]]\nid = \"t\"\n\
+             [[tenants.sources]]\nid = \"c\"\nkind = \"content\"\nschedule = \"every 1m\"\n\
+             endpoint = \"http://{addr}/v1\"\ntoken = \"content-token\"\n",
+            dir.path().join("db.sqlite").display()
+        );
+        let config = match crate::config::load_str(
+            &toml,
+            &dir.path().join("synchro.toml"),
+            &Default::default(),
+            &crate::sources::Kinds::builtin(),
+        ) {
+            Ok(c) => c,
+            Err(e) => panic!("{}", e.report()),
+        };
+        let store = Store::open(&config.storage.database).await.expect("store");
+        let cfg = config.sources().next().expect("source");
+        let key = cfg.key();
+        let mut page = crate::model::Page::default();
+        page.reports.push(crate::model::Report {
+            record_id: "42".into(),
+            version_us: None,
+            completed_at: "2026-01-01T00:00:00Z".into(),
+            outcome: crate::model::ReportOutcome::Success,
+        });
+        store
+            .commit_records(&key, "content", page)
+            .await
+            .expect("report queued");
+
+        // This test's own recorder: the runtime is the test's one thread.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let http =
+            HttpClient::new(&config.http, crate::redact::Redactor::default()).expect("client");
+        let reporter = Reporter::for_source(&store, &http, cfg).expect("reporter");
+        let pass = reporter
+            .send_due(&CancellationToken::new())
+            .await
+            .expect("pass");
+        assert_eq!(pass.sent, 1);
+        let text = metrics.render();
+        let counted = text
+            .lines()
+            .find(|l| {
+                l.starts_with("synchro_http_requests_total{")
+                    && l.contains(&format!("host=\"{addr}\""))
+                    && l.contains("status=\"202\"")
+                    && l.contains("tenant=\"t\"")
+                    && l.contains("source=\"c\"")
+            })
+            .unwrap_or_else(|| panic!("no import-state request counted:\n{text}"));
+        assert!(counted.ends_with(" 1"), "{counted}");
         store.close().await;
     }
 }

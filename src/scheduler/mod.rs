@@ -15,9 +15,10 @@ use tokio::task::JoinHandle;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Schedule, SourceConfig, SourceKey};
+use crate::config::{Config, Schedule, SourceConfig};
 use crate::engine::Engine;
 use crate::http::{HttpClient, origin};
+use crate::model::SourceKey;
 use crate::reporter::Reporter;
 use crate::sources::{self, Source};
 
@@ -32,7 +33,7 @@ pub enum SchedulerError {
 
 /// Why a run was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+enum Trigger {
     /// A schedule tick that was due at `due_us` (µs since the epoch): wait a
     /// random jitter first. The run records the due instant, so that its
     /// start lateness is measurable (`runs.scheduled_at`).
@@ -308,6 +309,11 @@ impl Scheduler {
     /// Returns false for an unknown source.
     pub fn trigger(&self, key: &SourceKey) -> bool {
         self.triggers().now(key)
+    }
+
+    /// The engine runs are made with: webhooks commit through it too.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// A handle that can ask for runs from elsewhere (webhooks), valid

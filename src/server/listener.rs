@@ -40,9 +40,9 @@ pub struct Limits {
 impl Limits {
     /// Time allowed for a request head, and for a kept-alive connection to
     /// start its next request.
-    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     /// Time allowed for a whole request body: 2 MiB at 70 KB/s.
-    pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+    const BODY_TIMEOUT: Duration = Duration::from_secs(30);
     /// Grace for requests in flight at shutdown; added to the scheduler's
     /// drain it stays inside the unit's `TimeoutStopSec`.
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -1,12 +1,12 @@
-//! The daemon's HTTP surface: liveness and readiness for orchestrators, and
-//! the webhooks: push notifications that start a sync at once, and
-//! callbacks that carry a record to store. It faces clients it cannot
-//! trust, so its listener has limits (`listener.rs`), webhook tokens are
-//! checked before a body is read (`body.rs`), and text from a URL is
-//! escaped before it is logged (`escape.rs`).
+//! The daemon's HTTP surface: liveness and readiness for orchestrators,
+//! metrics, and the webhooks, routed to the kind that owns the source:
+//! calls that start a sync at once, and calls that carry records to store.
+//! It faces clients it cannot trust, so its listener has limits
+//! (`listener.rs`), webhook tokens are checked before a body is read
+//! (`body.rs`), and text from a URL is escaped before it is logged
+//! (`crate::escape`).
 
 mod body;
-mod escape;
 mod listener;
 #[cfg(test)]
 mod tests;
@@ -19,7 +19,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::{CONTENT_TYPE, HeaderName};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use body::BodyLimits;
@@ -85,14 +85,7 @@ pub fn router(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
-        .route(
-            "/webhooks/calendar/{tenant}/{source}",
-            post(webhooks::calendar),
-        )
-        .route(
-            "/webhooks/content/{tenant}/{source}",
-            put(webhooks::content),
-        )
+        .route("/webhooks/{kind}/{tenant}/{source}", any(webhooks::call))
         .with_state(AppState {
             ready,
             hooks,

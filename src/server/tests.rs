@@ -51,11 +51,20 @@ async fn start(limits: Limits) -> Running {
          endpoint = \"http://127.0.0.1:9/v1\"\ntoken = \"t\"\nwebhook_token = \"{TOKEN}\"\n",
         dir.path().join("t.db").display()
     );
-    let config =
-        crate::config::load_str(&toml, Path::new("t.toml"), &HashMap::new()).expect("test config");
+    let config = crate::config::load_str(
+        &toml,
+        Path::new("t.toml"),
+        &HashMap::new(),
+        &crate::sources::Kinds::builtin(),
+    )
+    .expect("test config");
     let store = Store::open(&config.storage.database).await.expect("store");
     let hooks = Webhooks::default();
-    hooks.install(&config, Triggers::default(), &store);
+    hooks.install(
+        &config,
+        Triggers::default(),
+        &crate::engine::Engine::new(store.clone(), crate::redact::Redactor::default()),
+    );
     let ready = Readiness::default();
     ready.set(true);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -443,4 +452,72 @@ async fn url_segments_cannot_forge_log_lines_or_send_escape_codes() {
     }
     assert!(text.contains("acme\\n2026-12-04T00:00:00Z ERROR forged"));
     assert!(text.contains("acme\\r\\nforged"));
+}
+
+#[tokio::test]
+async fn a_content_callback_is_committed_through_the_engines_commit_path() {
+    // The engine's observer hears of every page it commits: a callback's
+    // record reaching it shows the callback went through the engine.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = format!(
+        "[storage]\ndatabase = \"sqlite://{}\"\n\n[[tenants]]\nid = \"acme\"\n\n\
+         [[tenants.sources]]\nid = \"translations\"\nkind = \"content\"\nschedule = \"every 1h\"\n\
+         endpoint = \"http://127.0.0.1:9/v1\"\ntoken = \"t\"\nwebhook_token = \"{TOKEN}\"\n",
+        dir.path().join("t.db").display()
+    );
+    let config = crate::config::load_str(
+        &toml,
+        Path::new("t.toml"),
+        &HashMap::new(),
+        &crate::sources::Kinds::builtin(),
+    )
+    .expect("test config");
+    let store = Store::open(&config.storage.database).await.expect("store");
+    let committed: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+    let seen = committed.clone();
+    let engine = crate::engine::Engine::new(store.clone(), crate::redact::Redactor::default())
+        .with_observer(Arc::new(move |key, records| {
+            seen.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((key.to_string(), records));
+        }));
+    let hooks = Webhooks::default();
+    hooks.install(&config, Triggers::default(), &engine);
+    let ready = Readiness::default();
+    ready.set(true);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = CancellationToken::new();
+    let limits = relaxed();
+    let task = tokio::spawn(serve(
+        listener,
+        router(ready, hooks, None, &limits),
+        limits,
+        stop.clone(),
+    ));
+
+    let callback = serde_json::json!({
+        "type": "content-request",
+        "request": {"id": 7, "lastStateChange": "2026-01-01T00:00:00Z", "state": "pending"},
+    });
+    let answer = reqwest::Client::new()
+        .put(format!("http://{addr}{HOOK}"))
+        .bearer_auth(TOKEN)
+        .json(&callback)
+        .send()
+        .await
+        .expect("callback sent");
+    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(answer.text().await.expect("body"), "stored\n");
+    assert_eq!(
+        *committed.lock().unwrap_or_else(|e| e.into_inner()),
+        [("acme/translations".to_string(), 1)]
+    );
+    let key = crate::model::SourceKey::new("acme", "translations");
+    let status = store.source_status(&key, "content").await.expect("status");
+    assert_eq!(status.records, 1);
+
+    stop.cancel();
+    let _ = tokio::time::timeout(PROMPT, task).await;
+    store.close().await;
 }

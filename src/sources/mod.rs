@@ -1,122 +1,49 @@
-//! Upstream kinds. Each one turns "what was stored last time" into the next
-//! page of records; none of them knows SQL. The engine owns the loop, the
-//! transaction and the bookkeeping.
+//! Upstream kinds, one folder each: its config section, its client and
+//! wire types, its webhook and write-back if it has them, its upstream's
+//! quirks. Each turns "what was stored last time" into the next page of
+//! records; none of them knows SQL. The engine owns the loop, the
+//! transaction and the bookkeeping; [`Kinds`] lists the kinds.
 
-pub mod calendar;
-pub mod content;
-pub mod demarches;
+mod kind;
 pub mod payload;
 
+/// Declares each shipped kind's module and registers its [`Kind`] in
+/// [`Kinds::builtin`], in this order (the order `check` lists them in).
+macro_rules! shipped_kinds {
+    ($($module:ident :: $kind:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
+        impl Kinds {
+            /// The shipped kinds.
+            pub fn builtin() -> Self {
+                Self::empty()$(.register::<$module::$kind>())*
+            }
+        }
+    };
+}
+
+// Adding a kind: its folder, and one line here.
+shipped_kinds! {
+    demarches::DemarchesKind,
+    calendar::CalendarKind,
+    content::ContentKind,
+}
+
+pub use kind::{
+    Build, Delivery, Kind, Kinds, Outgoing, Reply, Webhook, WebhookAction, WebhookRoute, WriteBack,
+};
+pub(crate) use kind::{build, webhook, write_back};
+
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
 
 use crate::http::HttpError;
-
-/// Whether a source is still doing its first complete listing or is following
-/// changes. Shown by `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    #[default]
-    Full,
-    Incremental,
-}
-
-impl Phase {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Phase::Full => "full",
-            Phase::Incremental => "incremental",
-        }
-    }
-}
-
-/// What a source remembers between pages and between runs. The `state` is
-/// the kind's own JSON (cursor, token, watermark...); it is committed in the
-/// same transaction as the records of the page it follows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct Progress {
-    pub phase: Phase,
-    pub state: serde_json::Value,
-}
-
-/// One upstream object to upsert.
-#[derive(Debug, Clone)]
-pub struct Record {
-    /// The upstream's own id, as a string (DS: dossier `number`).
-    pub id: String,
-    /// The upstream's modification timestamp as received (export contract).
-    pub updated_at: String,
-    /// The same instant in µs since the epoch, UTC: what "newer" compares.
-    pub updated_us: i64,
-    /// The upstream object as received (compact JSON text).
-    pub data: payload::Payload,
-}
-
-/// One upstream deletion.
-#[derive(Debug, Clone)]
-pub struct Tombstone {
-    pub id: String,
-    /// When the upstream says it was deleted, as received, if it says so.
-    pub deleted_at: Option<String>,
-    /// What to store if the record was never seen alive (the deletion notice).
-    pub data: payload::Payload,
-}
-
-/// One unit of progress: records and deletions plus the progress that follows
-/// them. The engine commits all of it at once or none of it.
-#[derive(Debug, Clone, Default)]
-pub struct Page {
-    pub upserts: Vec<Record>,
-    pub deletes: Vec<Tombstone>,
-    pub next_progress: Progress,
-    /// No more pages in this run.
-    pub done: bool,
-    /// Set while a full listing must leave the source holding exactly what
-    /// it returned (clear-and-resync): see [`Listing`].
-    pub listing: Option<Listing>,
-    /// Import-state reports to queue in the outbox, in the same transaction.
-    pub reports: Vec<Report>,
-}
-
-impl Page {
-    /// Records and deletions it carries: what group commits are sized by.
-    pub fn items(&self) -> usize {
-        self.upserts.len() + self.deletes.len()
-    }
-}
-
-/// An import-state report owed to the upstream (Contentor). Queued in the
-/// outbox once per (record, completion date), whatever happens later.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
-    pub record_id: String,
-    /// Queue it only if the record stored after the commit is this version
-    /// (µs), i.e. the completed version was really stored and not refused as
-    /// older. `None` for reports about records that could not be stored.
-    pub version_us: Option<i64>,
-    pub completed_at: String,
-    pub outcome: ReportOutcome,
-}
-
-/// What the report says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReportOutcome {
-    /// The completed request is stored.
-    Success,
-    /// It could not be stored or processed, and why.
-    Fail(String),
-}
-
-/// A full listing that replaces the source's records: every record of each
-/// page is marked with `generation`; the page with `complete` also removes the
-/// source's records without that mark, in the same transaction. Until then the
-/// previous records stay readable, and a crash only delays the sweep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Listing {
-    pub generation: i64,
-    pub complete: bool,
-}
+use crate::model::{Page, Phase, Progress};
 
 /// Why fetching a page failed. Nothing of the page is stored.
 #[derive(Debug, thiserror::Error)]
@@ -198,38 +125,23 @@ pub trait Source: Send + Sync {
     async fn fetch(&self, progress: &Progress) -> Result<Page, SourceError>;
 }
 
-/// Builds the source for a configured entry and registers its secrets with
-/// the redactor. Every kind the config accepts has a connector, so this
-/// never returns `Err`.
-pub fn build(
-    cfg: &crate::config::SourceConfig,
-    http: &crate::http::HttpClient,
-    stop: &tokio_util::sync::CancellationToken,
-) -> Result<Box<dyn Source>, String> {
-    use crate::config::SourceKindConfig;
-    let http = &http.for_source(&cfg.key());
-    // A source added by a reload brings secrets the redactor was not built with.
-    http.redactor().register_all(cfg.secrets());
-    match &cfg.kind {
-        SourceKindConfig::Demarches(d) => Ok(Box::new(demarches::Demarches::new(
-            http.clone(),
-            cfg.endpoint.clone(),
-            d.clone(),
-            stop.clone(),
-        ))),
-        SourceKindConfig::Calendar(c) => Ok(Box::new(calendar::Calendar::new(
-            http.clone(),
-            cfg.endpoint.clone(),
-            c.clone(),
-            stop.clone(),
-        ))),
-        SourceKindConfig::Content(c) => Ok(Box::new(content::Content::new(
-            http.clone(),
-            cfg.endpoint.clone(),
-            c.clone(),
-            stop.clone(),
-        ))),
+/// Whether a presented token is the configured one, compared in constant
+/// time (webhooks).
+pub fn same_secret(expected: &Secret, presented: &[u8]) -> bool {
+    bool::from(expected.expose().as_bytes().ct_eq(presented))
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// case-insensitive (RFC 7235: `bearer`, `BEARER` are the same scheme), the
+/// token is compared as sent.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(b"bearer".len())?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+        return None;
     }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]
@@ -237,8 +149,8 @@ mod tests {
     use std::collections::HashMap;
     use std::path::Path;
 
-    use crate::engine::Redactor;
     use crate::http::HttpClient;
+    use crate::redact::Redactor;
 
     #[tokio::test]
     async fn a_built_source_registers_its_secrets_for_redaction() {
@@ -246,10 +158,12 @@ mod tests {
         let toml = "[[tenants]]\nid = \"t\"\n[[tenants.sources]]\nid = \"a\"\nkind = \"content\"\n\
                     schedule = \"every 1m\"\nendpoint = \"https://api.contentor.com/v1\"\n\
                     token = \"token-added-by-a-reload\"\n";
-        let config = match crate::config::load_str(toml, Path::new("t.toml"), &HashMap::new()) {
-            Ok(c) => c,
-            Err(e) => panic!("{}", e.report()),
-        };
+        let kinds = super::Kinds::builtin();
+        let config =
+            match crate::config::load_str(toml, Path::new("t.toml"), &HashMap::new(), &kinds) {
+                Ok(c) => c,
+                Err(e) => panic!("{}", e.report()),
+            };
         let redactor = Redactor::default();
         let http = HttpClient::new(&config.http, redactor.clone()).expect("client");
         let stop = tokio_util::sync::CancellationToken::new();

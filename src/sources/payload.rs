@@ -8,13 +8,12 @@ use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
-/// An upstream object as stored.
-pub type Payload = Box<RawValue>;
+use crate::model::Payload;
 
 /// The same object without insignificant whitespace, so that an export line
 /// stays one line whatever the upstream's formatting (Google pretty-prints
 /// its answers). Already compact text, the common case, is returned as is.
-pub fn compact(raw: Payload) -> Payload {
+pub(crate) fn compact(raw: Payload) -> Payload {
     match compact_text(raw.get()) {
         Cow::Borrowed(_) => raw,
         // Removing ASCII whitespace outside strings keeps valid JSON valid.
@@ -84,7 +83,7 @@ fn compact_text(text: &str) -> Cow<'_, str> {
 /// wanted top-level members, and whether the text has whitespace outside
 /// strings (so [`compact`] has work to do).
 #[derive(Debug, PartialEq, Eq)]
-pub struct Scan<'a, const N: usize> {
+pub(crate) struct Scan<'a, const N: usize> {
     pub values: [Option<&'a str>; N],
     pub spaced: bool,
 }
@@ -95,7 +94,7 @@ pub struct Scan<'a, const N: usize> {
 /// `None` when it is not an object, or when a decoder could read it
 /// differently (an escaped key, a wanted key twice): callers then decode
 /// with serde, which has the last word on such text.
-pub fn scan<'a, const N: usize>(text: &'a str, keys: [&str; N]) -> Option<Scan<'a, N>> {
+pub(crate) fn scan<'a, const N: usize>(text: &'a str, keys: [&str; N]) -> Option<Scan<'a, N>> {
     let bytes = text.as_bytes();
     let mut values: [Option<&'a str>; N] = [None; N];
     let mut spaced = false;
@@ -194,7 +193,7 @@ fn string_end(bytes: &[u8], start: usize) -> usize {
 /// The text of a JSON string value found by [`scan`] (quotes included, as
 /// the scan returns it): borrowed when it holds no escape, decoded by serde
 /// when it does. `None` when the value is not a string.
-pub fn str_value(raw: &str) -> Option<Cow<'_, str>> {
+pub(crate) fn str_value(raw: &str) -> Option<Cow<'_, str>> {
     let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
     if inner.contains('\\') {
         serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
@@ -204,7 +203,7 @@ pub fn str_value(raw: &str) -> Option<Cow<'_, str>> {
 }
 
 /// [`compact`] when a [`scan`] said the text has whitespace to remove.
-pub fn compact_scanned(raw: Payload, spaced: bool) -> Payload {
+pub(crate) fn compact_scanned(raw: Payload, spaced: bool) -> Payload {
     if spaced { compact(raw) } else { raw }
 }
 

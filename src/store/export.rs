@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::records::raw;
 use super::{Store, StoreError};
-use crate::config::SourceKey;
+use crate::model::SourceKey;
 
 /// One export line (contract, DESIGN.md §1). `data` is the stored payload,
 /// passed through without re-encoding.

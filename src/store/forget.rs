@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 use super::{Store, StoreError};
-use crate::config::SourceKey;
+use crate::model::SourceKey;
 
 /// What `forget` deletes, table by table, in [`Forgotten`]'s field order.
 const FORGET: [&str; 4] = [
@@ -129,8 +129,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::{Page, Phase, Progress, Record, ReportOutcome};
-    use crate::store::RunOutcome;
+    use crate::model::RunOutcome;
+    use crate::model::{Page, Phase, Progress, Record, ReportOutcome};
 
     fn record(id: &str) -> Record {
         let data = serde_json::json!({ "id": id, "state": "completed", "completed": "2024-01-02T00:00:00Z" });
@@ -161,7 +161,7 @@ mod tests {
     async fn fill(store: &Store, key: &SourceKey, report: bool) {
         let mut p = page(&["1", "2"]);
         if report {
-            p.reports.push(crate::sources::Report {
+            p.reports.push(crate::model::Report {
                 record_id: "1".into(),
                 version_us: Some(p.upserts[0].updated_us),
                 completed_at: "2024-01-02T00:00:00Z".into(),

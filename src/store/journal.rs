@@ -167,7 +167,7 @@ async fn write_one(writer: &SqlitePool, entry: &Entry) -> Result<(), StoreError>
             );
             if q.execute(writer).await?.rows_affected() != 1 {
                 return Err(StoreError::LeaseLost {
-                    key: crate::config::SourceKey::new(tenant, source),
+                    key: crate::model::SourceKey::new(tenant, source),
                     epoch: *epoch,
                 });
             }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{Store, StoreError, now_us};
-use crate::config::SourceKey;
+use crate::model::SourceKey;
 
 /// The process that holds a lease, as other processes see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -379,7 +379,7 @@ pub fn renew_every(ttl: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::{Page, Phase, Progress, Record};
+    use crate::model::{Page, Phase, Progress, Record};
 
     async fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -458,7 +458,7 @@ mod tests {
             .finish_run(
                 &key,
                 "run-a",
-                crate::store::RunOutcome::Success,
+                crate::model::RunOutcome::Success,
                 &Default::default(),
             )
             .await
@@ -522,7 +522,7 @@ mod tests {
             .finish_run(
                 &key,
                 "stale",
-                crate::store::RunOutcome::Failed,
+                crate::model::RunOutcome::Failed,
                 &Default::default(),
             )
             .await

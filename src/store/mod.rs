@@ -14,7 +14,6 @@ mod forget;
 mod journal;
 mod lease;
 mod outbox;
-mod progress;
 mod read_only;
 mod records;
 mod retention;
@@ -31,7 +30,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::config::SourceKey;
+use crate::model::SourceKey;
 
 pub use export::ExportRow;
 pub use forget::Forgotten;
@@ -39,7 +38,6 @@ pub use lease::{Acquired, Holder, Lease, renew_every};
 pub use outbox::PendingReport;
 pub use records::PageStats;
 pub use retention::KEEP_LAST_RUNS;
-pub use runs::{RunOutcome, RunRecord};
 pub use status::SourceStatus;
 
 /// Why the store failed. Messages name the database, never a secret.
@@ -85,7 +83,7 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the database itself failed (disk full, I/O, a corrupt file),
     /// as opposed to a lock held elsewhere, a lost lease or bad data.
-    pub fn is_database_failure(&self) -> bool {
+    fn is_database_failure(&self) -> bool {
         let StoreError::Sql(e) = self else {
             return false;
         };
@@ -264,7 +262,7 @@ impl Store {
 
     /// Whether the last commit failed on the database itself (a full disk,
     /// an I/O error): the daemon is not ready until one succeeds again.
-    pub fn commits_failing(&self) -> bool {
+    fn commits_failing(&self) -> bool {
         self.failing.load(std::sync::atomic::Ordering::Relaxed)
     }
 

@@ -7,7 +7,7 @@
 //! while a sync page or a webhook waits to commit.
 
 use super::{Store, StoreError};
-use crate::config::SourceKey;
+use crate::model::SourceKey;
 
 /// One report waiting to be sent.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

@@ -167,7 +167,7 @@ async fn check_migrations(pool: &SqlitePool, path: &Path) -> Result<(), StoreErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SourceKey;
+    use crate::model::SourceKey;
 
     fn url(path: &Path) -> String {
         format!("sqlite://{}", path.display())

@@ -12,8 +12,8 @@ use serde_json::value::RawValue;
 use super::journal::{self, Entry};
 use super::lease::{self, Lease};
 use super::{Store, StoreError, now_us};
-use crate::config::SourceKey;
-use crate::sources::{Listing, Page, Progress, Record, Report, ReportOutcome, Tombstone};
+use crate::model::SourceKey;
+use crate::model::{Listing, Page, Progress, Record, Report, ReportOutcome, Tombstone};
 
 /// What a committed page (or group of pages) changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

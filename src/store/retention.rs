@@ -140,7 +140,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SourceKey;
+    use crate::model::SourceKey;
 
     const DAY_US: i64 = 86_400_000_000;
 

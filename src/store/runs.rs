@@ -3,34 +3,7 @@
 
 use super::journal::Entry;
 use super::{Store, StoreError, now_us};
-use crate::config::SourceKey;
-
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunOutcome {
-    Success,
-    Failed,
-    Cancelled,
-}
-
-impl RunOutcome {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RunOutcome::Success => "success",
-            RunOutcome::Failed => "failed",
-            RunOutcome::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// Totals of a finished run.
-#[derive(Debug, Clone, Default)]
-pub struct RunRecord {
-    pub pages: u64,
-    pub upserted: u64,
-    pub deleted: u64,
-    pub error: Option<String>,
-}
+use crate::model::{RunOutcome, RunRecord, SourceKey};
 
 impl Store {
     /// Records the start of a run. Runs of the same source left `running` by

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::{Store, StoreError};
-use crate::config::SourceKey;
+use crate::model::SourceKey;
 
 /// The stored view of one source.
 #[derive(Debug, Clone, Serialize, Default)]

@@ -3,10 +3,10 @@
 use serde_json::json;
 
 use super::Store;
-use crate::config::SourceKey;
-use crate::sources::{Listing, Page, Phase, Progress, Record, Tombstone};
+use crate::model::SourceKey;
+use crate::model::{Listing, Page, Phase, Progress, Record, Tombstone};
 
-fn raw(value: serde_json::Value) -> crate::sources::payload::Payload {
+fn raw(value: serde_json::Value) -> crate::model::Payload {
     crate::sources::payload::from_value(&value).expect("encodable")
 }
 
@@ -406,7 +406,7 @@ async fn a_completed_full_listing_removes_only_what_it_did_not_return() {
 
 #[tokio::test]
 async fn reports_are_queued_once_per_completion_and_only_for_stored_versions() {
-    use crate::sources::{Report, ReportOutcome};
+    use crate::model::{Report, ReportOutcome};
     let (_d, store) = open().await;
     let key = SourceKey::new("t", "content");
     let owed = |r: &Record, completed: &str| Report {
@@ -574,7 +574,7 @@ async fn records_survive_the_move_to_a_rowid_table() {
 
 #[tokio::test]
 async fn outbox_queries_answer_while_a_commit_holds_the_writer() {
-    use crate::sources::{Report, ReportOutcome};
+    use crate::model::{Report, ReportOutcome};
     let (_d, store) = open().await;
     let key = SourceKey::new("t", "content");
     let done = rec("9", "2024-01-02T10:00:00Z", 1);
@@ -680,7 +680,7 @@ async fn a_progress_only_page_saves_the_progress() {
 
 #[tokio::test]
 async fn a_run_start_closes_the_runs_of_its_source_a_killed_process_left_running() {
-    use crate::store::{RunOutcome, RunRecord};
+    use crate::model::{RunOutcome, RunRecord};
     let (_d, store) = open().await;
     let key = SourceKey::new("t", "a");
     let other = SourceKey::new("t", "b");
@@ -753,7 +753,7 @@ async fn closing_stale_runs_does_not_walk_the_run_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_starting_and_ending_together_are_group_committed_and_each_recorded() {
-    use crate::store::{RunOutcome, RunRecord};
+    use crate::model::{RunOutcome, RunRecord};
     let (_d, store) = open().await;
     const N: usize = 300;
     // Half the sources have a run a killed process left open.
@@ -941,7 +941,7 @@ async fn table(store: &Store) -> Vec<(String, String, i64, bool, String, Option<
 /// stored at their own page.
 #[tokio::test]
 async fn a_group_commit_ends_as_page_by_page_commits() {
-    use crate::sources::{Report, ReportOutcome};
+    use crate::model::{Report, ReportOutcome};
     let key = SourceKey::new("t", "s");
     let owed = |r: &Record| Report {
         record_id: r.id.clone(),

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CalendarAuth, OAuthConfig, Secret, SecretRef};
-use crate::engine::TokenSlot;
+use super::config::{CalendarAuth, OAuthConfig};
+use crate::config::{Secret, SecretRef};
 use crate::http::HttpClient;
+use crate::redact::TokenSlot;
 use crate::sources::SourceError;
 
 /// How long before its expiry a token is replaced (at most half its life).

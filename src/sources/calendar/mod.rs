@@ -13,6 +13,9 @@
 //! records until then.
 
 mod auth;
+mod config;
+mod quirks;
+mod webhook;
 mod wire;
 
 use async_trait::async_trait;
@@ -21,12 +24,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::payload;
-use super::{
-    Listing, Page, Phase, Progress, Record, Source, SourceError, Tombstone, malformed, state_json,
-};
-use crate::config::CalendarConfig;
+use super::{Source, SourceError, malformed, state_json};
 use crate::http::{HttpClient, Response};
+use crate::model::{Listing, Page, Phase, Progress, Record, Tombstone};
 use auth::Auth;
+pub use config::{CalendarAuth, CalendarConfig, CalendarKind, OAuthConfig};
 use wire::{ErrorBody, EventKey, EventsPage};
 
 /// What this kind stores as progress.
@@ -69,6 +71,7 @@ impl Calendar {
         cfg: CalendarConfig,
         stop: CancellationToken,
     ) -> Self {
+        let http = http.with_quirks(std::sync::Arc::new(quirks::GoogleQuirks));
         let auth = Auth::new(&cfg.auth, &http, &stop);
         Self {
             url: events_url(&endpoint, &cfg.calendar_id),

@@ -3,7 +3,8 @@
 
 use serde::Deserialize;
 
-use crate::sources::payload::{self, Payload};
+use crate::model::Payload;
+use crate::sources::payload;
 
 /// One page of `events.list`.
 #[derive(Debug, Deserialize)]

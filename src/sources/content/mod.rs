@@ -22,17 +22,22 @@
 //! changed: the page is stored (harmless repeats later) and the run goes on
 //! with the ascending walk from the watermark, as above.
 
+mod config;
+mod report;
 mod request;
+mod webhook;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Page, Phase, Progress, Source, SourceError, state_json};
-use crate::config::{ContentConfig, Secret};
+use super::{Source, SourceError, state_json};
+use crate::config::Secret;
 use crate::http::HttpClient;
-pub use request::{Checked, check};
+use crate::model::{Page, Phase, Progress};
+pub use config::{ContentConfig, ContentKind};
+use request::{Checked, check};
 
 /// What this kind stores as progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -63,7 +68,7 @@ fn first_page() -> u32 {
 #[derive(Debug, Deserialize)]
 struct ListResponse {
     /// Kept raw: stored as they came; `check` reads only the keys.
-    requests: Vec<super::payload::Payload>,
+    requests: Vec<crate::model::Payload>,
     #[serde(default)]
     pages: Option<u32>,
 }

@@ -8,8 +8,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::sources::payload::{self, Payload};
-use crate::sources::{Record, Report, ReportOutcome};
+use crate::model::{Record, Report, ReportOutcome};
+use crate::model::Payload;
+use crate::sources::payload;
 
 /// States a request can be in (any to any).
 const STATES: [&str; 5] = ["pending", "confirmed", "completed", "canceled", "failed"];

@@ -17,6 +17,7 @@
 //! (`getDemarche`, then `getPendingDeletedDossiers` / `getDeletedDossiers`
 //! from the cursor the first page returned).
 
+mod config;
 mod wire;
 
 use std::time::Duration;
@@ -26,10 +27,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::payload::{self, Payload};
-use super::{Page, Phase, Progress, Record, Source, SourceError, Tombstone, malformed, state_json};
-use crate::config::{DemarchesConfig, Secret};
+use super::payload;
+use crate::model::Payload;
+use super::{Source, SourceError, malformed, state_json};
+use crate::config::Secret;
 use crate::http::{HttpClient, HttpError};
+use crate::model::{Page, Phase, Progress, Record, Tombstone};
+pub use config::{DemarchesConfig, DemarchesKind};
 use wire::{Connection, GraphqlResponse};
 
 /// The GraphQL document sent to the API (also used by the simulator's

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::model::Payload;
 use crate::sources::SourceError;
-use crate::sources::payload::Payload;
 
 /// `{ data, errors }` as the API answers with HTTP 200.
 #[derive(Debug, Deserialize)]
