@@ -5,9 +5,8 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 
 use super::CliError;
 use super::assemble::Parts;

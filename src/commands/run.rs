@@ -3,10 +3,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-use anyhow::Context;
 
 use super::assemble::Parts;
 use super::{CliError, load_config, open_store};

@@ -3,9 +3,8 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use tokio_util::sync::CancellationToken;
-
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 
 use super::CliError;
 use crate::simulate::Simulator;

@@ -5,11 +5,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-
-use anyhow::Context;
 
 use super::assemble::Parts;
 use super::{CliError, load_config, open_store, select_sources};
