@@ -21,7 +21,7 @@ const DURATION_BUCKETS: [f64; 12] = [
 /// Why the recorder could not be installed.
 #[derive(Debug, thiserror::Error)]
 #[error("metrics: {0}")]
-pub struct MetricsError(String);
+pub struct MetricsError(#[from] metrics_exporter_prometheus::BuildError);
 
 /// Installs the global recorder and keeps its histograms trimmed; the
 /// handle renders `/metrics`.
@@ -30,10 +30,8 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         .set_buckets_for_metric(
             Matcher::Full("synchro_sync_duration_seconds".into()),
             &DURATION_BUCKETS,
-        )
-        .map_err(|e| MetricsError(e.to_string()))?
-        .install_recorder()
-        .map_err(|e| MetricsError(e.to_string()))?;
+        )?
+        .install_recorder()?;
     describe();
     let upkeep = handle.clone();
     tokio::spawn(async move {

@@ -5,18 +5,16 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use synchro_simulator::{
     DEFAULT_CALENDAR_TOKEN, DEFAULT_CONTENT_TOKEN, DEFAULT_DS_TOKEN, Simulator,
 };
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
+use super::assemble::Parts;
 use crate::config::Config;
-use crate::engine::Engine;
-use crate::http::HttpClient;
 use crate::model::SourceKey;
-use crate::redact::Redactor;
-use crate::scheduler::Scheduler;
 use crate::store::Store;
 
 /// (tenant, source, démarche, dossiers) of the demo data set.
@@ -35,10 +33,10 @@ const CONTENT: (&str, &str, usize, usize) = ("globex", "translations", 600, 25);
 const WAIT: Duration = Duration::from_secs(60);
 
 pub async fn demo(linger: Duration) -> Result<ExitCode, CliError> {
-    let dir = tempfile::tempdir().map_err(|e| anyhow::anyhow!("temporary folder: {e}"))?;
+    let dir = tempfile::tempdir().context("temporary folder")?;
     let sim = Simulator::start(([127, 0, 0, 1], 0).into())
         .await
-        .map_err(|e| anyhow::anyhow!("starting the simulator: {e}"))?;
+        .context("starting the simulator")?;
     for (_, _, demarche, n) in SOURCES {
         sim.ds().seed(demarche, n);
     }
@@ -46,7 +44,7 @@ pub async fn demo(linger: Duration) -> Result<ExitCode, CliError> {
     sim.content().seed(CONTENT.2, CONTENT.3);
     let config_path = dir.path().join("synchro.toml");
     std::fs::write(&config_path, demo_config(&sim, dir.path()))
-        .map_err(|e| anyhow::anyhow!("writing the demo config: {e}"))?;
+        .context("writing the demo config")?;
     let config = super::load_config(&config_path)?;
     println!(
         "synchro demo — simulated Démarches Simplifiées at {}",
@@ -54,15 +52,10 @@ pub async fn demo(linger: Duration) -> Result<ExitCode, CliError> {
     );
     println!("config:   {}", config_path.display());
 
-    let store = super::open_store(&config).await?;
+    let parts = Parts::open(&config).await?;
+    let store = parts.store.clone();
     let stop = CancellationToken::new();
-    let redactor = Redactor::new(config.secrets());
-    let http =
-        HttpClient::new(&config.http, redactor.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let engine = Engine::new(store.clone(), redactor).with_lease_ttl(config.scheduler.lease_ttl);
-    let scheduler = Scheduler::start(&config, engine, http, stop.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let scheduler = parts.schedule(&config, stop.clone()).await?;
 
     println!("\n1. first sync (full listing of every source)...");
     let first = wait_for_success(&store, &config, 1).await?;
@@ -138,8 +131,7 @@ pub async fn demo(linger: Duration) -> Result<ExitCode, CliError> {
             }
             Ok(())
         })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .await?;
     if let Some(line) = sample.first() {
         let shown: String = line.chars().take(400).collect();
         println!("\n   one export line (`synchro export`), cut at 400 chars:\n   {shown}…");
@@ -203,10 +195,7 @@ async fn compare(
     upstream_live: usize,
     upstream_deleted: usize,
 ) -> Result<(), CliError> {
-    let st = store
-        .source_status(&key, kind)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let st = store.source_status(&key, kind).await?;
     let ok =
         st.records as usize == upstream_live && st.deleted_records as usize == upstream_deleted;
     println!(
@@ -243,10 +232,7 @@ fn mutate_content(sim: &Simulator) {
 async fn wait_for_reports(store: &Store, key: &SourceKey) -> Result<(), CliError> {
     let deadline = Instant::now() + WAIT;
     loop {
-        let pending = store
-            .pending_report_count(key)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pending = store.pending_report_count(key).await?;
         if pending == 0 {
             return Ok(());
         }
@@ -302,10 +288,7 @@ async fn wait_for_success(store: &Store, config: &Config, runs: usize) -> Result
     loop {
         let mut least = usize::MAX;
         for s in config.sources() {
-            let n = store
-                .successful_runs(&s.key())
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let n = store.successful_runs(&s.key()).await?;
             least = least.min(n);
         }
         if least >= runs {
@@ -324,12 +307,7 @@ async fn wait_for_success(store: &Store, config: &Config, runs: usize) -> Result
 async fn print_status(store: &Store, config: &Config) -> Result<(), CliError> {
     let mut rows = Vec::new();
     for s in config.sources() {
-        rows.push(
-            store
-                .source_status(&s.key(), s.kind_name())
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        );
+        rows.push(store.source_status(&s.key(), s.kind_name()).await?);
     }
     for line in super::status::table(&rows).lines() {
         println!("   {line}");

@@ -79,8 +79,8 @@ pub async fn export(
             Ok(ExitCode::SUCCESS)
         }
         (_, Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        (Err(e), _) => Err(anyhow::anyhow!("{e}").into()),
-        (_, Err(e)) => Err(anyhow::anyhow!("writing export: {e}").into()),
+        (Err(e), _) => Err(e.into()),
+        (_, Err(e)) => Err(anyhow::Error::new(e).context("writing export").into()),
     }
 }
 
@@ -107,10 +107,9 @@ async fn all_stored(
     store: &Store,
     unconfigured: &[SourceKey],
 ) -> Result<(), CliError> {
-    let failed = |e: StoreError| CliError::Other(anyhow::anyhow!("{e}"));
     for key in unconfigured {
-        if !store.is_stored(key).await.map_err(failed)? {
-            let mut known = store.stored_sources().await.map_err(failed)?;
+        if !store.is_stored(key).await? {
+            let mut known = store.stored_sources().await?;
             known.extend(config.sources().map(|s| s.key()));
             known.sort();
             known.dedup();

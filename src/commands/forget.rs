@@ -27,9 +27,7 @@ pub async fn forget(path: &Path, names: &[String]) -> Result<ExitCode, CliError>
             keys.push(key);
         }
     }
-    let store = Store::open_existing(&config.storage.database, config.storage.busy_timeout)
-        .await
-        .map_err(|e| CliError::Other(anyhow::anyhow!("{e}")))?;
+    let store = Store::open_existing(&config.storage.database, config.storage.busy_timeout).await?;
     let result = forget_in(&store, &config, &keys).await;
     store.close().await;
     result
@@ -40,20 +38,18 @@ async fn forget_in(
     config: &crate::config::Config,
     keys: &[SourceKey],
 ) -> Result<ExitCode, CliError> {
-    let failed = |e| CliError::Other(anyhow::anyhow!("{e}"));
     for key in keys {
-        if !store.is_stored(key).await.map_err(failed)? {
+        if !store.is_stored(key).await? {
             let removed: Vec<SourceKey> = store
                 .stored_sources()
-                .await
-                .map_err(failed)?
+                .await?
                 .into_iter()
                 .filter(|k| config.source(k).is_none())
                 .collect();
             return Err(unknown_source(key, &removed, "stored but not configured"));
         }
     }
-    for (key, gone) in store.forget_sources(keys).await.map_err(failed)? {
+    for (key, gone) in store.forget_sources(keys).await? {
         println!(
             "{key}: forgotten ({} records, {} runs, {} import reports{})",
             gone.records,

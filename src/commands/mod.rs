@@ -1,6 +1,7 @@
 //! The command line (DESIGN.md §1). Each command is its own module; this one
 //! parses arguments, sets up logging and maps errors to exit codes.
 
+mod assemble;
 mod check;
 #[cfg(feature = "simulator")]
 mod demo;
@@ -135,8 +136,30 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Usage(String),
-    #[error("{0:#}")]
+    #[error("{}", chain(.0))]
     Other(#[from] anyhow::Error),
+}
+
+/// A store error ends the command with exit 1, its causes kept.
+impl From<crate::store::StoreError> for CliError {
+    fn from(e: crate::store::StoreError) -> Self {
+        CliError::Other(e.into())
+    }
+}
+
+/// The error and each of its causes, `: `-separated, like anyhow's `{:#}`,
+/// but without a cause whose text an outer message already quotes (many
+/// messages end in `: {source}`), so that no cause is printed twice.
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 impl CliError {
@@ -247,14 +270,45 @@ pub(crate) fn load_config_without_secrets(path: &std::path::Path) -> Result<Conf
 /// `export`): never creates, migrates or writes it; a missing file fails
 /// (exit 1) with a message naming the path.
 pub(crate) async fn open_store_read_only(config: &Config) -> Result<crate::store::Store, CliError> {
-    crate::store::Store::open_read_only(&config.storage.database)
-        .await
-        .map_err(|e| CliError::Other(anyhow::anyhow!("{e}")))
+    Ok(crate::store::Store::open_read_only(&config.storage.database).await?)
 }
 
 /// Opens the store named by the config, with a message that names it.
 pub(crate) async fn open_store(config: &Config) -> Result<crate::store::Store, CliError> {
-    crate::store::Store::open_with(&config.storage.database, config.storage.busy_timeout)
-        .await
-        .map_err(|e| CliError::Other(anyhow::anyhow!("{e}")))
+    Ok(
+        crate::store::Store::open_with(&config.storage.database, config.storage.busy_timeout)
+            .await?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open the database x.db: {source}")]
+    struct Quoting {
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open the database x.db")]
+    struct Silent {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn an_error_line_shows_each_cause_once() {
+        let io = || std::io::Error::other("permission denied");
+        let quoting = CliError::from(anyhow::Error::new(Quoting { source: io() }));
+        assert_eq!(
+            quoting.to_string(),
+            "cannot open the database x.db: permission denied"
+        );
+        let silent = CliError::from(anyhow::Error::new(Silent { source: io() }));
+        assert_eq!(silent.to_string(), quoting.to_string());
+        let context = CliError::from(anyhow::Error::new(io()).context("writing export"));
+        assert_eq!(context.to_string(), "writing export: permission denied");
+    }
 }

@@ -10,10 +10,7 @@ pub async fn reset(path: &Path, names: &[String]) -> Result<ExitCode, CliError> 
     let keys = select_sources(&config, names)?;
     let store = open_store(&config).await?;
     for key in &keys {
-        let had = store
-            .reset_progress(key)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let had = store.reset_progress(key).await?;
         if had {
             println!(
                 "{key}: progress forgotten; the next sync is a full resync (records are kept until it replaces them)"

@@ -3,15 +3,14 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::assemble::Parts;
 use super::{CliError, load_config, open_store};
 use crate::config::Config;
-use crate::engine::Engine;
-use crate::http::HttpClient;
 use crate::notify::{self, Watchdog};
-use crate::redact::Redactor;
 use crate::scheduler::Scheduler;
 use crate::server::{Limits, Readiness, Webhooks, router, serve};
 use crate::shutdown::Request;
@@ -23,17 +22,14 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
         tracing::warn!(key = %w.key, "{}", w.reason);
     }
     let stop = CancellationToken::new();
-    let mut requests = crate::shutdown::install(stop.clone())
-        .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
+    let mut requests =
+        crate::shutdown::install(stop.clone()).context("cannot install signal handlers")?;
     let store = open_store(&config).await?;
     let watchdog = Watchdog::start(store.clone());
 
-    let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
-        anyhow::anyhow!(
-            "server.listen: cannot listen on {}: {e}",
-            config.server.listen
-        )
-    })?;
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
     let metrics = match crate::metrics::install() {
         Ok(h) => Some(h),
         Err(e) => {
@@ -56,7 +52,9 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
 
     let (retention, retention_now) = tokio::sync::watch::channel(config.storage.runs_retention);
     let pruner = tokio::spawn(prune_runs(store.clone(), retention_now));
-    let mut scheduler = start(&config, &store, &stop).await?;
+    let mut scheduler = Parts::new(&config, store.clone())?
+        .schedule(&config, stop.child_token())
+        .await?;
     hooks.install(&config, scheduler.triggers(), scheduler.engine());
     watchdog.watch(scheduler.liveness());
     ready.set(true);
@@ -166,21 +164,9 @@ async fn reload(
     }
     tracing::info!("SIGHUP: global settings changed; restarting every source");
     scheduler.shutdown(new.scheduler.shutdown_timeout).await;
-    start(new, store, stop).await
-}
-
-async fn start(
-    config: &Config,
-    store: &Store,
-    stop: &CancellationToken,
-) -> Result<Scheduler, CliError> {
-    let redactor = Redactor::new(config.secrets());
-    let http =
-        HttpClient::new(&config.http, redactor.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let engine = Engine::new(store.clone(), redactor).with_lease_ttl(config.scheduler.lease_ttl);
-    Scheduler::start(config, engine, http, stop.child_token())
+    Parts::new(new, store.clone())?
+        .schedule(new, stop.child_token())
         .await
-        .map_err(|e| CliError::Other(anyhow::anyhow!("{e}")))
 }
 
 /// How often the daemon prunes the run history (and once at start).

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use synchro_simulator::Simulator;
 use tokio_util::sync::CancellationToken;
 
@@ -20,11 +21,11 @@ const DEFAULT_CONTENT_BATCH: usize = 25;
 
 pub async fn simulate(listen: SocketAddr) -> Result<ExitCode, CliError> {
     let stop = CancellationToken::new();
-    let _reloads = crate::shutdown::install(stop.clone())
-        .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
+    let _reloads =
+        crate::shutdown::install(stop.clone()).context("cannot install signal handlers")?;
     let sim = Simulator::start(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     sim.ds().seed(DEFAULT_DEMARCHE, DEFAULT_DOSSIERS);
     println!("demarches endpoint: {}", sim.ds_endpoint());
     println!(

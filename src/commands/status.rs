@@ -4,6 +4,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use super::{CliError, load_config_without_secrets, open_store_read_only};
 use crate::store::SourceStatus;
 
@@ -12,21 +14,17 @@ pub async fn status(path: &Path, json: bool) -> Result<ExitCode, CliError> {
     let store = open_store_read_only(&config).await?;
     let mut rows = Vec::new();
     for s in config.sources() {
-        let st = store
-            .source_status(&s.key(), s.kind_name())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let st = store.source_status(&s.key(), s.kind_name()).await?;
         rows.push(st);
     }
     store.close().await;
     let text = if json {
-        let text = serde_json::to_string_pretty(&rows).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let text = serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?;
         format!("{text}\n")
     } else {
         table(&rows)
     };
-    write_out(&mut std::io::stdout().lock(), &text)
-        .map_err(|e| anyhow::anyhow!("cannot write the status: {e}"))?;
+    write_out(&mut std::io::stdout().lock(), &text).context("cannot write the status")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,16 +5,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::assemble::Parts;
 use super::{CliError, load_config, open_store, select_sources};
 use crate::config::Config;
 use crate::engine::{Attempt, Engine, Job, RunReport};
 use crate::http::HttpClient;
 use crate::model::{RunOutcome, RunRecord, SourceKey};
-use crate::redact::Redactor;
 use crate::reporter::Reporter;
 use crate::sources::Source;
 use crate::store::{Holder, Store};
@@ -30,15 +31,12 @@ pub async fn sync(
     let keys = select_sources(&config, names)?;
     let store = open_store(&config).await?;
     let stop = CancellationToken::new();
-    let _reloads = crate::shutdown::install(stop.clone())
-        .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
+    let _reloads =
+        crate::shutdown::install(stop.clone()).context("cannot install signal handlers")?;
     let progress = super::progress::Progress::new(&keys);
-    let redactor = Redactor::new(config.secrets());
-    let engine = Engine::new(store.clone(), redactor.clone())
-        .with_lease_ttl(config.scheduler.lease_ttl)
-        .with_observer(progress.observer());
     // One client for the runs and the reports: one budget per host.
-    let http = HttpClient::new(&config.http, redactor).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Parts { http, engine, .. } = Parts::new(&config, store.clone())?;
+    let engine = engine.with_observer(progress.observer());
     let results = sync_once(&config, &keys, &engine, &http, &stop, wait).await?;
     progress.finish();
     send_reports(&config, &keys, &store, &http, &stop).await;

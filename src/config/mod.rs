@@ -20,7 +20,7 @@ pub use load::{
     ConfigError, Problem, WithoutSecrets, load, load_str, load_str_without_secrets,
     load_without_secrets,
 };
-pub use schedule::Schedule;
+pub use schedule::{CronSchedule, Schedule};
 pub use secret::{Secret, SecretRef};
 
 use crate::model::SourceKey;

@@ -4,13 +4,12 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use config::{Value, ValueKind};
 use url::{Host, Url};
 
 use super::kind::{KindCatalog, KindKeys};
-use super::reader::{Problems, Table, duration_error, remember_all_strings, type_name};
+use super::reader::{Problems, Table, remember_all_strings, type_name};
 use super::{Schedule, Secret, SecretRef, SourceConfig};
 
 /// Secret files are small; a cap keeps a mistaken path (`/dev/zero`, a log)
@@ -74,10 +73,10 @@ pub(super) fn source(
     });
     let schedule = t
         .required_string("schedule", p)
-        .and_then(|s| match parse_schedule(&s) {
+        .and_then(|s| match Schedule::parse(&s) {
             Ok(s) => Some(s),
             Err(e) => {
-                p.add(t.key("schedule"), e);
+                p.add(t.key("schedule"), e.to_string());
                 None
             }
         });
@@ -130,36 +129,6 @@ pub(super) fn check_url(s: &str) -> Result<Url, String> {
         ),
         _ => Err("the scheme must be https (or http to a loopback address)".into()),
     }
-}
-
-/// `every <duration>` or a 5/6-field cron expression. Built on
-/// [`Schedule::parse`], with messages that do not quote the value.
-pub(super) fn parse_schedule(s: &str) -> Result<Schedule, String> {
-    let trimmed = s.trim();
-    if let Some(rest) = trimmed.strip_prefix("every ") {
-        let d = humantime::parse_duration(rest.trim())
-            .map_err(|e| format!("\"every <duration>\": {}", duration_error(&e)))?;
-        if d < Duration::from_secs(1) {
-            return Err("\"every <duration>\": the interval must be at least 1s".into());
-        }
-    } else {
-        let fields = trimmed.split_whitespace().count();
-        let six = match fields {
-            5 => format!("0 {trimmed}"),
-            6 => trimmed.to_string(),
-            n => {
-                return Err(format!(
-                    "expected \"every <duration>\" or a cron expression of 5 or 6 fields, found {n} field(s)"
-                ));
-            }
-        };
-        croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Required)
-            .build()
-            .parse(&six)
-            .map_err(|e| format!("invalid cron expression: {e}"))?;
-    }
-    Schedule::parse(trimmed).map_err(|_| "invalid schedule".to_string())
 }
 
 /// Reads and resolves a secret key. `None`: a problem was reported.

@@ -164,7 +164,7 @@ fn full_config_gives_the_typed_values() {
     assert_eq!(keys, ["acme/permits", "acme/team", "beta/translations"]);
 
     let ds = c.source(&SourceKey::new("acme", "permits")).unwrap();
-    assert_eq!(ds.schedule, Schedule::Cron("0 */5 * * * *".into()));
+    assert_eq!(ds.schedule, Schedule::parse("0 */5 * * * *").expect("cron"));
     assert_eq!(ds.endpoint.host_str(), Some("demarche.numerique.gouv.fr"));
     let Some(d) = ds.kind.get::<DemarchesConfig>() else {
         panic!("{ds:?}")
@@ -198,7 +198,7 @@ fn full_config_gives_the_typed_values() {
     assert_eq!(k.channel_token.as_ref().map(|s| s.expose()), Some("chan"));
 
     let ct = c.source(&SourceKey::new("beta", "translations")).unwrap();
-    assert_eq!(ct.schedule, Schedule::Cron("30 0 3 * * *".into()));
+    assert_eq!(ct.schedule, Schedule::parse("30 0 3 * * *").expect("cron"));
     assert_eq!(ct.endpoint.as_str(), "http://127.0.0.1:8081/v1");
     let Some(k) = ct.kind.get::<ContentConfig>() else {
         panic!("{ct:?}")

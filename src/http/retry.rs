@@ -22,7 +22,8 @@ pub fn backoff_delay(attempt: u32, initial: Duration, max: Duration) -> Duration
     low + Duration::from_millis(jitter)
 }
 
-/// The wait the server asked for: `Retry-After` (seconds or HTTP date) or
+/// The wait the server asked for: `Retry-After` (seconds or an HTTP date,
+/// in any of the three forms RFC 9110 names) or
 /// `RateLimit-Reset` (Démarches Simplifiées: an absolute Unix epoch; a small
 /// number is read as seconds from now, as in the IETF draft).
 ///
@@ -38,7 +39,8 @@ pub fn server_delay(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         if let Some(secs) = seconds(v) {
             return Some(secs);
         }
-        if let Some(at) = httpdate_parse(v) {
+        if let Ok(at) = httpdate::parse_http_date(v) {
+            let at = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
             return Some(at.saturating_sub(since_epoch));
         }
     }
@@ -64,13 +66,6 @@ fn seconds(v: &str) -> Option<Duration> {
         return None;
     }
     Some(v.parse::<u64>().map_or(Duration::MAX, Duration::from_secs))
-}
-
-/// An HTTP date as the time since the epoch (a date before it: zero).
-fn httpdate_parse(s: &str) -> Option<Duration> {
-    chrono::DateTime::parse_from_rfc2822(s)
-        .ok()
-        .map(|d| Duration::from_secs(u64::try_from(d.timestamp()).unwrap_or(0)))
 }
 
 #[cfg(test)]
@@ -106,6 +101,19 @@ mod tests {
             HeaderValue::from_static("Tue, 14 Nov 2023 22:13:50 GMT"),
         );
         assert_eq!(server_delay(&h, now), Some(Duration::from_secs(30)));
+        // The obsolete forms a recipient must still read (RFC 9110 §5.6.7).
+        for old_form in [
+            "Tuesday, 14-Nov-23 22:13:50 GMT",
+            "Tue Nov 14 22:13:50 2023",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("retry-after", HeaderValue::from_static(old_form));
+            assert_eq!(
+                server_delay(&h, now),
+                Some(Duration::from_secs(30)),
+                "{old_form}"
+            );
+        }
 
         let mut h = HeaderMap::new();
         h.insert("ratelimit-reset", HeaderValue::from_static("1700000012"));
@@ -160,10 +168,13 @@ mod tests {
             assert_eq!(delay("retry-after", v), None, "Retry-After: {v}");
             assert_eq!(delay("ratelimit-reset", v), None, "RateLimit-Reset: {v}");
         }
-        // A date before the epoch is not an overflow either.
-        assert_eq!(
-            delay("retry-after", "Mon, 01 Jan 1900 00:00:00 GMT"),
-            Some(Duration::ZERO)
-        );
+        // Not HTTP dates: before 1970, a wrong weekday, an offset.
+        for v in [
+            "Mon, 01 Jan 1900 00:00:00 GMT",
+            "Mon, 14 Nov 2023 22:13:50 GMT",
+            "Tue, 14 Nov 2023 22:13:50 +0000",
+        ] {
+            assert_eq!(delay("retry-after", v), None, "Retry-After: {v}");
+        }
     }
 }

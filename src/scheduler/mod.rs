@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Schedule, SourceConfig};
+use crate::config::{Config, CronSchedule, Schedule, SourceConfig};
 use crate::engine::Engine;
 use crate::http::{HttpClient, origin};
 use crate::model::SourceKey;
@@ -405,7 +405,7 @@ fn tick_job(
     };
     let mut job = match schedule {
         Schedule::Every(d) => Job::new_repeated_async(*d, send)?,
-        Schedule::Cron(expr) => Job::new_async(expr.as_str(), send)?,
+        Schedule::Cron(cron) => Job::new_async(cron.expr(), send)?,
     };
     if let Some(first) = first_fire_s {
         // A repeated job's next tick is its previous one plus the interval,
@@ -443,8 +443,7 @@ fn phase_s(key: &SourceKey, every_s: u64) -> u64 {
 /// at its first poll (every 500 ms) at or after that instant.
 enum Grid {
     Every { phase_us: i64, every_us: i64 },
-    Cron(Box<croner::Cron>),
-    Unknown,
+    Cron(CronSchedule),
 }
 
 impl Grid {
@@ -459,15 +458,7 @@ impl Grid {
                         .saturating_mul(1_000_000),
                 }
             }
-            Schedule::Cron(expr) => match croner::parser::CronParser::builder()
-                .seconds(croner::parser::Seconds::Required)
-                .build()
-                .parse(expr)
-            {
-                Ok(cron) => Grid::Cron(Box::new(cron)),
-                // Validated when the config was loaded; the crate refuses it too.
-                Err(_) => Grid::Unknown,
-            },
+            Schedule::Cron(cron) => Grid::Cron(cron.clone()),
         }
     }
 
@@ -480,13 +471,7 @@ impl Grid {
                 }
                 Some(now_us - (now_us - phase_us).rem_euclid(*every_us))
             }
-            Grid::Cron(cron) => {
-                let now = chrono::DateTime::from_timestamp_micros(now_us)?;
-                cron.find_previous_occurrence(&now, true)
-                    .ok()
-                    .map(|t| t.timestamp_micros())
-            }
-            Grid::Unknown => None,
+            Grid::Cron(cron) => cron.latest_at_or_before(now_us),
         }
     }
 
@@ -667,7 +652,7 @@ mod tests {
                 assert_eq!(grid.due_at_or_before(first), Some(first), "on the grid");
             }
         }
-        let cron = Schedule::Cron("0 * * * * *".into());
+        let cron = Schedule::parse("0 * * * * *").expect("cron");
         assert_eq!(
             Grid::of(&key("a", "b"), &cron).first_due_after_start(0),
             None
@@ -699,12 +684,10 @@ mod tests {
 
     #[test]
     fn a_cron_tick_answers_the_latest_occurrence_at_or_before_now() {
-        let cron = croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Required)
-            .build()
-            .parse("0 */5 * * * *")
-            .expect("cron");
-        let grid = Grid::Cron(Box::new(cron));
+        let grid = Grid::of(
+            &key("a", "b"),
+            &Schedule::parse("*/5 * * * *").expect("cron"),
+        );
         // 2026-01-01T00:07:30Z → due 00:05:00; exactly 00:10:00 → itself.
         let t0 = 1_767_225_600_000_000;
         let s = 1_000_000;

@@ -243,7 +243,8 @@ async fn sigkill_during_full_and_incremental_listings_loses_and_duplicates_nothi
     // The first half interrupts the full listing (40+ pages, at most 4 per
     // trial), the second half incremental listings of 3+ pages of new events.
     // No event changes once listed, so a lost page could not heal.
-    let mut rng = rand::rng();
+    let mut rng =
+        seeded_rng("sigkill_during_full_and_incremental_listings_loses_and_duplicates_nothing");
     let mut killed = 0;
     for trial in 0..TRIALS {
         if trial >= TRIALS / 2 {

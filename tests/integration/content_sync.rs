@@ -232,7 +232,8 @@ async fn sigkill_between_storing_and_reporting_loses_no_report_and_doubles_none(
         synchro_simulator::Fault::Slow(Duration::from_millis(50)),
         100_000,
     );
-    let mut rng = rand::rng();
+    let mut rng =
+        seeded_rng("sigkill_between_storing_and_reporting_loses_no_report_and_doubles_none");
     let mut killed = 0;
     for trial in 0..TRIALS {
         // Reports cannot succeed while we kill: stored completions wait in

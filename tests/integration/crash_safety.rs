@@ -23,7 +23,7 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
 
     // No dossier changes once listed, so nothing is listed twice: a page
     // lost to a crash would stay lost, and the final comparison catches it.
-    let mut rng = rand::rng();
+    let mut rng = seeded_rng("sigkill_at_random_points_loses_and_duplicates_nothing");
     let mut killed_mid_run = 0;
     for trial in 0..TRIALS {
         // The first half interrupts the full listing (30 pages, at most 4

@@ -82,7 +82,7 @@ async fn fifty_rounds_of_random_faults_and_kills_always_converge() {
     setup.edit_config("max_retries = 4", "max_retries = 8");
     setup.edit_config("max_backoff = \"2s\"", "max_backoff = \"100ms\"");
 
-    let mut rng = rand::rng();
+    let mut rng = seeded_rng("fifty_rounds_of_random_faults_and_kills_always_converge");
     let mut hidden = BTreeSet::new();
     let started = Instant::now();
     let (mut kills, mut failed_syncs) = (0, 0);

@@ -200,13 +200,13 @@ async fn a_thousand_sources_of_a_hundred_tenants_keep_to_the_host_budget() {
     let child = spawn_daemon(dir.path(), &config);
     let took = wait_for_successes(dir.path(), "s", 1_000, Duration::from_secs(55)).await;
     let requests = sim.traffic().total();
+    let elapsed = started.elapsed();
     let max_rps = sim.max_requests_per_second();
     let max_in_flight = sim.max_in_flight();
     stop_daemon(child);
     eprintln!(
-        "1000 sources synced in {took:?} ({:?} since spawn): {requests} requests, \
-         max {max_rps}/s (limit {RATE}), max in flight {max_in_flight} (cap {CONCURRENCY})",
-        started.elapsed()
+        "1000 sources synced in {took:?} ({elapsed:?} since spawn): {requests} requests, \
+         max {max_rps}/s (limit {RATE}), max in flight {max_in_flight} (cap {CONCURRENCY})"
     );
 
     assert_eq!(
@@ -220,9 +220,14 @@ async fn a_thousand_sources_of_a_hundred_tenants_keep_to_the_host_budget() {
         max_rps <= RATE + RATE_EPSILON,
         "the host saw {max_rps} requests in one second; limit {RATE}"
     );
+    // Every request goes to one host, spaced at least 1/RATE apart: so many
+    // requests cannot fit in less time, however fast or slow the machine.
+    // (How close the daemon runs to the limit is a throughput figure: the
+    // bench's to measure, not an assertion here.)
+    let floor = Duration::from_secs_f64(requests.saturating_sub(RATE) as f64 / RATE as f64);
     assert!(
-        max_rps >= RATE / 2,
-        "the limit was not approached ({max_rps}/s): the test proves nothing"
+        elapsed >= floor,
+        "{requests} requests in {elapsed:?}: faster than {RATE}/s allows ({floor:?})"
     );
     assert!(
         max_in_flight <= CONCURRENCY,

@@ -576,3 +576,23 @@ pub fn successes(sim: &synchro_simulator::ContentSim) -> Vec<(i64, String)> {
     out.sort();
     out
 }
+
+/// The environment variable that replays a random test: set it to the seed a
+/// failed run printed.
+pub const SEED_VAR: &str = "SYNCHRO_TEST_SEED";
+
+/// A random generator for `test`, seeded from `SYNCHRO_TEST_SEED` when set,
+/// otherwise from entropy; the seed goes to stderr, which the harness shows
+/// when the test fails, so that any failure can be replayed.
+pub fn seeded_rng(test: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed = match std::env::var(SEED_VAR) {
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .unwrap_or_else(|e| panic!("{SEED_VAR}={v:?} is not a u64: {e}")),
+        Err(_) => rand::random(),
+    };
+    eprintln!("{test}: random seed {seed} (replay with {SEED_VAR}={seed})");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}

@@ -1,0 +1,58 @@
+//! The daemon's parts, assembled in one place for `run`, `demo` and `sync`:
+//! the store, one HTTP client (one budget per host for the runs and the
+//! import-state reports) and the engine that commits pages through the
+//! store, both knowing the configuration's secrets through one redactor.
+//! `run` and `demo` hand them to a scheduler; `sync` runs the engine itself.
+
+use tokio_util::sync::CancellationToken;
+
+use super::CliError;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::http::HttpClient;
+use crate::redact::Redactor;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+
+/// What a syncing command runs on, built from one configuration.
+pub(crate) struct Parts {
+    pub store: Store,
+    pub http: HttpClient,
+    pub engine: Engine,
+}
+
+impl Parts {
+    /// Builds the HTTP client and the engine over an open `store`. One
+    /// redactor serves both, so that a token the client obtains at run time
+    /// is scrubbed from what the engine records.
+    pub fn new(config: &Config, store: Store) -> Result<Self, CliError> {
+        let redactor = Redactor::new(config.secrets());
+        let http = HttpClient::new(&config.http, redactor.clone()).map_err(anyhow::Error::from)?;
+        let engine =
+            Engine::new(store.clone(), redactor).with_lease_ttl(config.scheduler.lease_ttl);
+        Ok(Parts {
+            store,
+            http,
+            engine,
+        })
+    }
+
+    /// Opens the configured store (see [`super::open_store`]), then as
+    /// [`Parts::new`].
+    pub async fn open(config: &Config) -> Result<Self, CliError> {
+        let store = super::open_store(config).await?;
+        Self::new(config, store)
+    }
+
+    /// Starts a scheduler that runs every configured source on these parts
+    /// until `stop`.
+    pub async fn schedule(
+        self,
+        config: &Config,
+        stop: CancellationToken,
+    ) -> Result<Scheduler, CliError> {
+        Ok(Scheduler::start(config, self.engine, self.http, stop)
+            .await
+            .map_err(anyhow::Error::from)?)
+    }
+}
