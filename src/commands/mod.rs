@@ -172,6 +172,9 @@ impl CliError {
     }
 }
 
+/// How long the runtime's leftover tasks get to stop once a command is done.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = parse::parse();
@@ -187,7 +190,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let outcome = runtime.block_on(dispatch(cli));
+    // The command's work is done: a task stuck in a dependency (seen once:
+    // sqlx's pool maintenance spinning at exit) must not hold the process.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("synchro: {e}");
