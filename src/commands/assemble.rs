@@ -16,7 +16,6 @@ use crate::store::Store;
 
 /// What a syncing command runs on, built from one configuration.
 pub(crate) struct Parts {
-    pub store: Store,
     pub http: HttpClient,
     pub engine: Engine,
 }
@@ -28,20 +27,8 @@ impl Parts {
     pub fn new(config: &Config, store: Store) -> Result<Self, CliError> {
         let redactor = Redactor::new(config.secrets());
         let http = HttpClient::new(&config.http, redactor.clone()).map_err(anyhow::Error::from)?;
-        let engine =
-            Engine::new(store.clone(), redactor).with_lease_ttl(config.scheduler.lease_ttl);
-        Ok(Parts {
-            store,
-            http,
-            engine,
-        })
-    }
-
-    /// Opens the configured store (see [`super::open_store`]), then as
-    /// [`Parts::new`].
-    pub async fn open(config: &Config) -> Result<Self, CliError> {
-        let store = super::open_store(config).await?;
-        Self::new(config, store)
+        let engine = Engine::new(store, redactor).with_lease_ttl(config.scheduler.lease_ttl);
+        Ok(Parts { http, engine })
     }
 
     /// Starts a scheduler that runs every configured source on these parts

@@ -52,8 +52,8 @@ pub async fn demo(linger: Duration) -> Result<ExitCode, CliError> {
     );
     println!("config:   {}", config_path.display());
 
-    let parts = Parts::open(&config).await?;
-    let store = parts.store.clone();
+    let store = super::open_store(&config).await?;
+    let parts = Parts::new(&config, store.clone())?;
     let stop = CancellationToken::new();
     let scheduler = parts.schedule(&config, stop.clone()).await?;
 
