@@ -62,7 +62,7 @@ pub enum SyncError {
     /// The task committing the pages panicked (a bug): nothing after the
     /// last committed page was stored.
     #[error("the page writer failed: {0}")]
-    Writer(String),
+    Writer(#[source] tokio::task::JoinError),
     /// Another run took the source's lease over (this process was paused
     /// or cut off from the database past the lease's expiry).
     #[error(
@@ -545,7 +545,7 @@ impl Engine {
         // commits the pages already queued, then ends.
         let writer = tokio::spawn(writer.instrument(tracing::Span::current()));
         let fetched = fetcher.await;
-        let (acc, written) = writer.await.map_err(|e| SyncError::Writer(e.to_string()))?;
+        let (acc, written) = writer.await.map_err(SyncError::Writer)?;
         totals.pages = acc.pages;
         totals.upserted = acc.upserted;
         totals.deleted = acc.deleted;

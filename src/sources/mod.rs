@@ -62,7 +62,7 @@ pub enum SourceError {
     Auth(String),
     /// Stored progress that this kind cannot read (e.g. after a manual edit).
     #[error("stored progress is unreadable: {0}")]
-    BadProgress(String),
+    BadProgress(#[source] serde_json::Error),
 }
 
 impl SourceError {
@@ -97,13 +97,12 @@ pub(crate) fn read_stored<S: serde::de::DeserializeOwned + Default>(
 pub(crate) fn read_state<S: serde::de::DeserializeOwned>(
     progress: &Progress,
 ) -> Result<S, SourceError> {
-    serde_json::from_value(progress.state.clone())
-        .map_err(|e| SourceError::BadProgress(e.to_string()))
+    serde_json::from_value(progress.state.clone()).map_err(SourceError::BadProgress)
 }
 
 /// The kind's state as stored progress.
 pub(crate) fn state_json<S: Serialize>(state: &S) -> Result<serde_json::Value, SourceError> {
-    serde_json::to_value(state).map_err(|e| SourceError::BadProgress(e.to_string()))
+    serde_json::to_value(state).map_err(SourceError::BadProgress)
 }
 
 /// A response that parsed but lacks what the protocol promises.
