@@ -41,23 +41,29 @@ struct Running {
     _dir: tempfile::TempDir,
 }
 
-/// The real router and listener, with one content source accepting
-/// callbacks with [`TOKEN`], and a real (temporary) database behind it.
-async fn start(limits: Limits) -> Running {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// One content source, `acme/translations`, accepting callbacks with
+/// [`TOKEN`], its database in `dir`.
+fn content_source_config(dir: &Path) -> crate::config::Config {
     let toml = format!(
         "[storage]\ndatabase = \"sqlite://{}\"\n\n[[tenants]]\nid = \"acme\"\n\n\
          [[tenants.sources]]\nid = \"translations\"\nkind = \"content\"\nschedule = \"every 1h\"\n\
          endpoint = \"http://127.0.0.1:9/v1\"\ntoken = \"t\"\nwebhook_token = \"{TOKEN}\"\n",
-        dir.path().join("t.db").display()
+        dir.join("t.db").display()
     );
-    let config = crate::config::load_str(
+    crate::config::load_str(
         &toml,
         Path::new("t.toml"),
         &HashMap::new(),
         &crate::sources::Kinds::builtin(),
     )
-    .expect("test config");
+    .expect("test config")
+}
+
+/// The real router and listener, with one content source accepting
+/// callbacks with [`TOKEN`], and a real (temporary) database behind it.
+async fn start(limits: Limits) -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = content_source_config(dir.path());
     let store = Store::open(&config.storage.database).await.expect("store");
     let hooks = Webhooks::default();
     hooks.install(
@@ -459,19 +465,7 @@ async fn a_content_callback_is_committed_through_the_engines_commit_path() {
     // The engine's observer hears of every page it commits: a callback's
     // record reaching it shows the callback went through the engine.
     let dir = tempfile::tempdir().expect("tempdir");
-    let toml = format!(
-        "[storage]\ndatabase = \"sqlite://{}\"\n\n[[tenants]]\nid = \"acme\"\n\n\
-         [[tenants.sources]]\nid = \"translations\"\nkind = \"content\"\nschedule = \"every 1h\"\n\
-         endpoint = \"http://127.0.0.1:9/v1\"\ntoken = \"t\"\nwebhook_token = \"{TOKEN}\"\n",
-        dir.path().join("t.db").display()
-    );
-    let config = crate::config::load_str(
-        &toml,
-        Path::new("t.toml"),
-        &HashMap::new(),
-        &crate::sources::Kinds::builtin(),
-    )
-    .expect("test config");
+    let config = content_source_config(dir.path());
     let store = Store::open(&config.storage.database).await.expect("store");
     let committed: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
     let seen = committed.clone();

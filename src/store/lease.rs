@@ -603,10 +603,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_report_is_claimed_by_one_process_until_sent_or_its_claim_lapses() {
-        let (_d, store) = open().await;
-        let key = SourceKey::new("t", "s");
+    /// Queues one due report, `r1` of source `t/s`.
+    async fn queue_report(store: &Store) {
         sqlx::query(
             "INSERT INTO outbox (tenant, source, record_id, completed_at, import_state, created_at) \
              VALUES ('t', 's', 'r1', 'c', 'success', 0)",
@@ -614,6 +612,13 @@ mod tests {
         .execute(&store.writer)
         .await
         .expect("queue");
+    }
+
+    #[tokio::test]
+    async fn a_report_is_claimed_by_one_process_until_sent_or_its_claim_lapses() {
+        let (_d, store) = open().await;
+        let key = SourceKey::new("t", "s");
+        queue_report(&store).await;
         let now = now_us();
         let first = store
             .claim_report(&key, now, now + 1_000)
@@ -670,13 +675,7 @@ mod tests {
     async fn a_claimer_whose_claim_lapsed_cannot_end_the_live_claim_of_another() {
         let (_d, store) = open().await;
         let key = SourceKey::new("t", "s");
-        sqlx::query(
-            "INSERT INTO outbox (tenant, source, record_id, completed_at, import_state, created_at) \
-             VALUES ('t', 's', 'r1', 'c', 'success', 0)",
-        )
-        .execute(&store.writer)
-        .await
-        .expect("queue");
+        queue_report(&store).await;
         let t = now_us();
         let a = store
             .claim_report(&key, t, t + 1_000)
