@@ -1,6 +1,6 @@
-//! The daemon's parts, assembled in one place for `run`, `demo` and `sync`:
-//! the store, one HTTP client (one budget per host for the runs and the
-//! import-state reports) and the engine that commits pages through the
+//! The daemon's parts over an open store, assembled in one place for `run`,
+//! `demo` and `sync`: one HTTP client (one budget per host for the runs and
+//! the import-state reports) and the engine that commits pages through the
 //! store, both knowing the configuration's secrets through one redactor.
 //! `run` and `demo` hand them to a scheduler; `sync` runs the engine itself.
 
