@@ -30,7 +30,7 @@ pub(crate) use select::select_sources;
 /// sysexits.h EX_CONFIG: the configuration is invalid.
 pub const EX_CONFIG: u8 = 78;
 /// Bad usage, e.g. an unknown source on the command line.
-pub const EX_USAGE: u8 = 2;
+pub(crate) const EX_USAGE: u8 = 2;
 /// sysexits.h EX_TEMPFAIL: a source was busy (another run held it).
 pub const EX_TEMPFAIL: u8 = 75;
 

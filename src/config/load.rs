@@ -54,41 +54,42 @@ mod defaults {
     use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
     use std::time::Duration;
 
-    pub const DATABASE: &str = "sqlite://var/synchro.db";
+    pub(crate) const DATABASE: &str = "sqlite://var/synchro.db";
     /// How long a write waits for a lock held by another process (a backup,
     /// an operator's sqlite3 shell) before the run fails.
     pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
     /// A month of run history: enough to look back at last month's
     /// incident, bounded for a source that runs every minute.
-    pub const RUNS_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+    pub(crate) const RUNS_RETENTION: Duration = Duration::from_secs(30 * 86_400);
     /// Shorter is a typo ("30s" for "30d"): a run would be pruned before
     /// anyone could look at it.
-    pub const RUNS_RETENTION_MIN: Duration = Duration::from_secs(3_600);
+    pub(crate) const RUNS_RETENTION_MIN: Duration = Duration::from_secs(3_600);
     /// "100years" as humantime counts them (365.25 days each): keep-all.
-    pub const RUNS_RETENTION_MAX: Duration = Duration::from_secs(3_155_760_000);
-    pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9750));
+    pub(crate) const RUNS_RETENTION_MAX: Duration = Duration::from_secs(3_155_760_000);
+    pub(crate) const LISTEN: SocketAddr =
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9750));
     /// Half of the usual 1024 soft file limit: even where `LimitNOFILE` is
     /// not raised, idle clients cannot take the descriptors syncs need.
-    pub const MAX_CONNECTIONS: usize = 512;
+    pub(crate) const MAX_CONNECTIONS: usize = 512;
     /// A Contentor callback carries one request; 2 MiB leaves room for long
     /// texts in its `fields`.
-    pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
-    pub const MAX_CONCURRENT_SYNCS: usize = 8;
-    pub const JITTER: Duration = Duration::from_secs(10);
-    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub(crate) const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+    pub(crate) const MAX_CONCURRENT_SYNCS: usize = 8;
+    pub(crate) const JITTER: Duration = Duration::from_secs(10);
+    pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
     /// A run's lease: long enough that a busy disk never loses it (renewed
     /// every 10 s), short enough that a crashed holder on another host is
     /// taken over soon (on the same host a dead pid is taken over at once).
-    pub const LEASE_TTL: Duration = Duration::from_secs(30);
-    pub const LEASE_TTL_MIN: Duration = Duration::from_secs(1);
-    pub const LEASE_TTL_MAX: Duration = Duration::from_secs(3600);
+    pub(crate) const LEASE_TTL: Duration = Duration::from_secs(30);
+    pub(crate) const LEASE_TTL_MIN: Duration = Duration::from_secs(1);
+    pub(crate) const LEASE_TTL_MAX: Duration = Duration::from_secs(3600);
     pub const TIMEOUT: Duration = Duration::from_secs(30);
-    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-    pub const MAX_RETRIES: u32 = 5;
-    pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+    pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub(crate) const MAX_RETRIES: u32 = 5;
+    pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
     pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
-    pub const PER_HOST_REQUESTS_PER_SECOND: f64 = 10.0;
-    pub const PER_HOST_CONCURRENCY: usize = 4;
+    pub(crate) const PER_HOST_REQUESTS_PER_SECOND: f64 = 10.0;
+    pub(crate) const PER_HOST_CONCURRENCY: usize = 4;
 }
 
 /// Highest accepted request rate: above it the spacing between two requests

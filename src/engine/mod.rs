@@ -52,7 +52,7 @@ const GROUP_RECORDS: usize = 4_000;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
-pub enum SyncError {
+pub(crate) enum SyncError {
     #[error("credentials rejected for {key}: {source}")]
     Credentials { key: SourceKey, source: SourceError },
     #[error("{0}")]

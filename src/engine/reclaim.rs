@@ -17,7 +17,7 @@ use crate::store::Store;
 /// How long no run must have been active before memory is handed back:
 /// long enough that back-to-back runs never pay for it, short enough that
 /// an idle daemon is small soon after its burst.
-pub const RECLAIM_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const RECLAIM_AFTER: Duration = Duration::from_secs(1);
 
 /// Runs in progress, shared by every run of an engine.
 #[derive(Default)]
@@ -41,7 +41,8 @@ impl Activity {
     }
 
     /// How many times memory was handed back.
-    pub fn reclaims(&self) -> u64 {
+    #[cfg(test)]
+    fn reclaims(&self) -> u64 {
         self.reclaims.load(Ordering::SeqCst)
     }
 

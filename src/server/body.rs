@@ -12,7 +12,7 @@ use futures::StreamExt;
 
 /// Why a body was not read whole.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("the body is larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("the body did not arrive within {0:?}")]

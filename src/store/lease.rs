@@ -70,7 +70,7 @@ pub enum Acquired {
 
 /// This process, as lease rows and outbox claims name it.
 #[derive(Debug)]
-pub struct Me {
+pub(crate) struct Me {
     pub host: String,
     /// Kernel boot and pid namespace: pids are comparable only within one.
     pub node: String,

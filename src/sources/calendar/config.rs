@@ -13,11 +13,11 @@ use crate::sources::{Build, Kind, Source, Webhook, WebhookRoute};
 /// Defaults of the kind's keys (DESIGN.md §2).
 mod defaults {
     pub const ENDPOINT: &str = "https://www.googleapis.com/calendar/v3";
-    pub const MAX_RESULTS: u32 = 250;
-    pub const SINGLE_EVENTS: bool = false;
+    pub(crate) const MAX_RESULTS: u32 = 250;
+    pub(crate) const SINGLE_EVENTS: bool = false;
     /// Incremental listings always include deletions and reject
     /// `showDeleted=false`, and both listings must use the same value.
-    pub const SHOW_DELETED: bool = true;
+    pub(crate) const SHOW_DELETED: bool = true;
 }
 
 /// A calendar's keys.

@@ -58,7 +58,7 @@ pub struct ErrorBody {
 }
 
 #[derive(Debug, Deserialize, Default)]
-pub struct ErrorInner {
+pub(crate) struct ErrorInner {
     #[serde(default)]
     pub message: String,
     #[serde(default)]
@@ -66,7 +66,7 @@ pub struct ErrorInner {
 }
 
 #[derive(Debug, Deserialize, Default)]
-pub struct ErrorItem {
+pub(crate) struct ErrorItem {
     #[serde(default)]
     pub reason: String,
     #[serde(default)]

@@ -16,7 +16,7 @@ mod defaults {
     pub const ENDPOINT: &str = "https://api.contentor.com/v1";
     /// Reporting import states back is what the content kind is for; it can
     /// be turned off for a read-only copy.
-    pub const REPORT_IMPORT_STATE: bool = true;
+    pub(crate) const REPORT_IMPORT_STATE: bool = true;
 }
 
 /// A Contentor account's keys.

@@ -11,10 +11,10 @@ mod defaults {
     use std::time::Duration;
 
     pub const ENDPOINT: &str = "https://demarche.numerique.gouv.fr/api/v2/graphql";
-    pub const PAGE_SIZE: u32 = 100;
-    pub const UPDATED_SINCE: &str = "2000-01-01T00:00:00Z";
-    pub const RECONCILE_EVERY: Duration = Duration::from_secs(24 * 3600);
-    pub const DELETED_LOOKBACK: Duration = Duration::from_secs(30 * 24 * 3600);
+    pub(crate) const PAGE_SIZE: u32 = 100;
+    pub(crate) const UPDATED_SINCE: &str = "2000-01-01T00:00:00Z";
+    pub(crate) const RECONCILE_EVERY: Duration = Duration::from_secs(24 * 3600);
+    pub(crate) const DELETED_LOOKBACK: Duration = Duration::from_secs(30 * 24 * 3600);
 }
 
 /// A démarche's keys.
