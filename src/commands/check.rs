@@ -24,7 +24,7 @@ pub async fn check(path: &Path) -> Result<ExitCode, CliError> {
                 eprintln!("{}: storage.database: {e}", path.display());
                 return Ok(ExitCode::from(EX_CONFIG));
             }
-            store.path().to_path_buf()
+            store.location()
         }
         Err(e) => {
             eprintln!("{}: storage.database: {e}", path.display());
@@ -40,7 +40,7 @@ pub async fn check(path: &Path) -> Result<ExitCode, CliError> {
         path.display(),
         config.tenants.len(),
         sources,
-        database.display()
+        database
     );
     Ok(ExitCode::SUCCESS)
 }

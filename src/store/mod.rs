@@ -1,161 +1,60 @@
-//! Durable state in SQLite: records, per-source progress, run history and
-//! the import-report outbox.
+//! Durable state: records, per-source progress, run history, leases and
+//! the import-report outbox, behind one interface with one implementation
+//! per database: [`sqlite`] (the embedded default, one machine) and, by
+//! the URL's scheme, others beside it.
 //!
-//! One writer connection (WAL, `BEGIN IMMEDIATE`) so that two writers never
-//! deadlock on a lock upgrade; a small pool of readers for `status`, `export`,
-//! the HTTP surface and the reporter's outbox queries, so that reads never
-//! queue in front of a commit (a webhook answers only after its commit).
-//! `busy_timeout` absorbs a second process (a manual `synchro sync` next to
-//! the daemon).
+//! Each backend has its own SQL and migrations (`migrations/<backend>/`):
+//! no lowest-common-denominator layer. The interface is the list in
+//! [`interface!`] below: every backend implements each of its methods
+//! with the same signature, and [`Store`] forwards to the one it holds.
 
-mod cache;
-mod export;
-mod forget;
-mod journal;
-mod lease;
-mod outbox;
-mod read_only;
-mod records;
-mod retention;
-mod runs;
-mod status;
-#[cfg(test)]
-mod tests;
+mod error;
+mod identity;
+mod sqlite;
+mod types;
 
-use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+use crate::model::{Page, Progress, RunOutcome, RunRecord, SourceKey};
+
+pub use error::StoreError;
+pub use identity::pid_alive;
+pub use types::{
+    Acquired, ExportRow, Forgotten, Holder, KEEP_LAST_RUNS, Lease, PageStats, PendingReport,
+    SourceStatus, renew_every,
 };
-
-use crate::model::SourceKey;
-
-pub use export::ExportRow;
-pub use forget::Forgotten;
-pub use lease::{Acquired, Holder, Lease, renew_every};
-pub use outbox::PendingReport;
-pub use records::PageStats;
-pub use retention::KEEP_LAST_RUNS;
-pub use status::SourceStatus;
-
-/// Why the store failed. Messages name the database, never a secret.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("bad database URL {0:?}: expected sqlite://PATH")]
-    BadUrl(String),
-    /// The database file is absent and the command must not create it.
-    #[error(
-        "the database {path} does not exist: check storage.database (a relative path is taken \
-         from the config file's folder) and --config; this command never creates it"
-    )]
-    Missing { path: String },
-    /// A read-only open found migrations that differ from this binary's.
-    #[error("cannot read the database {path}: {reason}")]
-    Schema { path: String, reason: String },
-    #[error("cannot create the database folder {path}: {source}")]
-    CreateDir {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot open the database {path}: {source}")]
-    Open { path: String, source: sqlx::Error },
-    #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("database error: {}", describe_sql(.0))]
-    Sql(#[from] sqlx::Error),
-    #[error("writing output failed: {0}")]
-    Write(std::io::Error),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    #[error("the database is closed")]
-    Closed,
-    /// The run's lease moved to another run (this one was paused or cut off
-    /// past its expiry): the commit was rolled back, nothing of it stored.
-    /// A run holds the source: the operation would race with it.
-    #[error("{0}")]
-    Busy(String),
-    #[error("lost the lease of {key} (epoch {epoch}) to another run; this commit was rolled back")]
-    LeaseLost { key: SourceKey, epoch: i64 },
-}
-
-impl StoreError {
-    /// Whether the database itself failed (disk full, I/O, a corrupt file),
-    /// as opposed to a lock held elsewhere, a lost lease or bad data.
-    fn is_database_failure(&self) -> bool {
-        let StoreError::Sql(e) = self else {
-            return false;
-        };
-        match e {
-            // I/O error, corrupt image, disk full, not a database: what
-            // leaves a connection's transaction state in doubt.
-            sqlx::Error::Database(d) => d
-                .code()
-                .and_then(|c| c.parse::<i32>().ok())
-                .is_some_and(|c| matches!(c & 0xff, 10 | 11 | 13 | 26)),
-            sqlx::Error::Io(_) => true,
-            // sqlx's own view of a transaction SQLite already ended.
-            other => other.to_string().contains("transaction depth"),
-        }
-    }
-}
-
-/// Adds what an operator should check to the SQLite errors that mean
-/// "the machine, not synchro": a full disk or file-size limit, a lock held
-/// by another process, a read-only file.
-fn describe_sql(e: &sqlx::Error) -> String {
-    let code = match e {
-        sqlx::Error::Database(d) => d.code().and_then(|c| c.parse::<i32>().ok()),
-        _ => None,
-    };
-    // Primary result code: the low byte of the extended one.
-    let hint = match code.map(|c| c & 0xff) {
-        Some(13) => Some("the disk is full"),
-        Some(10) => Some("a write failed: disk full, quota or file-size limit?"),
-        Some(5) | Some(6) => Some("the database is locked by another process"),
-        Some(8) => Some("the database file or its folder is read-only"),
-        _ => None,
-    };
-    match hint {
-        Some(h) => format!("{h} ({e})"),
-        None => e.to_string(),
-    }
-}
-
-/// How long an unused reader connection stays open.
-const READER_IDLE: Duration = Duration::from_secs(10);
-
-/// Handle to the database. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Store {
-    writer: SqlitePool,
-    reader: SqlitePool,
-    path: PathBuf,
-    /// Per source, bumped after each commit that queued import-state
-    /// reports, so that its idle reporter waits for it instead of polling
-    /// the outbox.
-    queued: std::sync::Arc<std::sync::Mutex<QueuedSignals>>,
-    /// Large syncs running with a widened writer cache (see `cache.rs`).
-    wide: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    /// Run starts, ends and progress-only pages, group-committed.
-    journal: journal::Journal,
-    /// Set when a commit failed on the database itself (a full disk, an
-    /// I/O error), cleared by the next commit that succeeds: `/readyz`
-    /// answers 503 meanwhile.
-    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// When [`Store::still_failing`] last tried a write.
-    probed: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
-}
-
-/// The [`Store::outbox_queued`] signals, by source.
-type QueuedSignals = std::collections::BTreeMap<SourceKey, tokio::sync::watch::Sender<u64>>;
 
 /// How long a statement waits for a lock held by another connection or
 /// process, unless the config says otherwise.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Handle to the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Backend,
+    /// Per source, bumped after each commit that queued import-state
+    /// reports, so that its idle reporter waits for it instead of polling
+    /// the outbox.
+    queued: std::sync::Arc<std::sync::Mutex<QueuedSignals>>,
+}
+
+/// The database behind a [`Store`].
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(sqlite::SqliteStore),
+}
+
+/// The [`Store::outbox_queued`] signals, by source.
+type QueuedSignals = std::collections::BTreeMap<SourceKey, tokio::sync::watch::Sender<u64>>;
+
 impl Store {
+    fn with(backend: Backend) -> Self {
+        Self {
+            backend,
+            queued: Default::default(),
+        }
+    }
+
     /// Opens (creating file and folder if missing) and migrates the database.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         Self::open_with(url, BUSY_TIMEOUT).await
@@ -163,73 +62,50 @@ impl Store {
 
     /// Same, waiting at most `busy_timeout` for another process's lock.
     pub async fn open_with(url: &str, busy_timeout: Duration) -> Result<Self, StoreError> {
-        let path = path_of(url)?;
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
-                path: parent.display().to_string(),
-                source,
-            })?;
-        }
-        let base = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|_| StoreError::BadUrl(url.to_string()))?
-            .filename(&path)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(busy_timeout)
-            .foreign_keys(true);
-        let open_err = |source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        };
-        // Two processes opening a fresh database at once would both run the
-        // migrations ("table records already exists", a duplicate version
-        // row, or SQLITE_BUSY on the switch to WAL): whoever opens first
-        // holds an exclusive lock on the file until its migrations ran.
-        let _migrating = MigrationLock::take(&path).await?;
-        // No `test_before_acquire`: its ping is a round trip to the
-        // connection's worker thread on every acquire (it shows under each
-        // commit in a webhook profile), and a local SQLite file cannot go
-        // stale like a network connection; a failure still surfaces on the
-        // statement itself.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(0)
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(
-                base.clone()
-                    .create_if_missing(true)
-                    .pragma("journal_size_limit", cache::WAL_SIZE_LIMIT.to_string()),
-            )
-            .await
-            .map_err(open_err)?;
-        sqlx::migrate!("./migrations").run(&writer).await?;
-        // Readers close after a short idle spell: each holds up to 2 MB of
-        // page cache, most of an idle daemon's heap, and reopening a local
-        // file costs well under a millisecond.
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(0)
-            .idle_timeout(READER_IDLE)
-            .test_before_acquire(false)
-            .connect_with(base.read_only(true))
-            .await
-            .map_err(open_err)?;
-        Ok(Self {
-            journal: journal::Journal::start(writer.clone()),
-            writer,
-            reader,
-            path,
-            queued: Default::default(),
-            wide: Default::default(),
-            failing: Default::default(),
-            probed: Default::default(),
-        })
+        Ok(Self::with(Backend::Sqlite(
+            sqlite::SqliteStore::open_with(url, busy_timeout).await?,
+        )))
     }
 
-    /// The database file, for messages.
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
+    /// Opens an existing database for reading only (`status`, `export`):
+    /// never creates, migrates or writes it. A missing database is
+    /// [`StoreError::Missing`]; one whose migrations differ from this
+    /// binary's is [`StoreError::Schema`].
+    pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
+        Ok(Self::with(Backend::Sqlite(
+            sqlite::SqliteStore::open_read_only(url).await?,
+        )))
+    }
+
+    /// Opens an existing database for writing like [`Store::open_with`]
+    /// (migrating it), but never creates it: a missing one is
+    /// [`StoreError::Missing`].
+    pub async fn open_existing(url: &str, busy_timeout: Duration) -> Result<Self, StoreError> {
+        Ok(Self::with(Backend::Sqlite(
+            sqlite::SqliteStore::open_existing(url, busy_timeout).await?,
+        )))
+    }
+
+    /// The SQLite backend, for its own tests of its internals.
+    #[cfg(test)]
+    pub(crate) fn sqlite(&self) -> &sqlite::SqliteStore {
+        match &self.backend {
+            Backend::Sqlite(s) => s,
+        }
+    }
+
+    /// Where the data lives, for messages (never a password).
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(s) => s.path().display().to_string(),
+        }
+    }
+
+    /// Flushes what the backend buffers and closes every connection.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite(s) => s.close().await,
+        }
     }
 
     /// Changes after every commit of this process that queued import-state
@@ -244,154 +120,189 @@ impl Store {
     }
 
     /// Wakes the reporter of `key`, if one listens.
-    pub(crate) fn reports_queued(&self, key: &SourceKey) {
+    fn reports_queued(&self, key: &SourceKey) {
         let map = self.queued.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(signal) = map.get(key) {
             signal.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
-    /// Flushes the WAL into the main file and closes every connection.
-    pub async fn close(&self) {
-        let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&self.writer)
-            .await;
-        self.reader.close().await;
-        self.writer.close().await;
-    }
-
-    /// Whether the last commit failed on the database itself (a full disk,
-    /// an I/O error): the daemon is not ready until one succeeds again.
-    fn commits_failing(&self) -> bool {
-        self.failing.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Records how a commit on the writer went; a failure of the database
-    /// itself also replaces the writer connection (see [`reset_writer`]).
-    pub(crate) async fn commit_result<T>(
+    /// Commits consecutive pages of one run and the progress that follows
+    /// the last one, in ONE transaction (a group commit): the atomicity rule
+    /// holds for the group as it does for a page, and a crash at worst
+    /// refetches the group. The transaction first checks that `lease` is
+    /// still the run's (the fence) and writes nothing if it was taken over
+    /// ([`StoreError::LeaseLost`]). Returns what the pages changed together.
+    /// Takes the pages by value: their payloads move into the statements
+    /// uncopied.
+    pub async fn commit_pages(
         &self,
-        result: Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        match &result {
-            Ok(_) => self
-                .failing
-                .store(false, std::sync::atomic::Ordering::Relaxed),
-            Err(e) if e.is_database_failure() => {
-                self.failing
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                reset_writer(&self.writer).await;
-            }
-            Err(_) => {}
+        lease: &Lease,
+        kind: &str,
+        pages: Vec<Page>,
+    ) -> Result<PageStats, StoreError> {
+        let stats = match &self.backend {
+            Backend::Sqlite(s) => s.commit_pages(lease, kind, pages).await?,
+        };
+        if stats.reports > 0 {
+            self.reports_queued(&lease.key);
         }
-        result
+        Ok(stats)
     }
 
+    /// Commits records and reports that arrived outside a sync (webhooks):
+    /// same upsert and outbox rules, progress untouched.
+    pub async fn commit_records(
+        &self,
+        key: &SourceKey,
+        kind: &str,
+        page: Page,
+    ) -> Result<PageStats, StoreError> {
+        let stats = match &self.backend {
+            Backend::Sqlite(s) => s.commit_records(key, kind, page).await?,
+        };
+        if stats.reports > 0 {
+            self.reports_queued(key);
+        }
+        Ok(stats)
+    }
+}
+
+/// The store's interface: for each method, a [`Store`] method that forwards
+/// to the backend's method of the same name and signature (a backend
+/// missing one, or with another signature, does not compile).
+macro_rules! interface {
+    ($(
+        $(#[$attr:meta])*
+        $vis:vis async fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;
+    )*) => {
+        impl Store {
+            $(
+                $(#[$attr])*
+                $vis async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    match &self.backend {
+                        Backend::Sqlite(s) => s.$name($($arg),*).await,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+interface! {
+    /// A large sync starts: widen the writer's page cache (once for all the
+    /// large syncs running at the same time).
+    pub async fn widen_cache(&self) -> Result<(), StoreError>;
+    /// A large sync that widened the cache ended: the last one narrows it and
+    /// frees what SQLite no longer needs.
+    pub async fn narrow_cache(&self) -> Result<(), StoreError>;
+    /// Frees the writer's page cache (the daemon went idle): pages are read
+    /// back from the OS cache when the next run needs them.
+    pub async fn release_memory(&self) -> Result<(), StoreError>;
+    /// The writer's automatic checkpoint threshold in pages (tests).
+    pub async fn checkpoint_pages(&self) -> Result<i64, StoreError>;
+    /// The writer's cache size in KiB (tests).
+    pub async fn cache_kib(&self) -> Result<i64, StoreError>;
+    /// Streams the records of `sources` (every stored source if empty) to
+    /// `sink`, in order.
+    pub async fn export(&self, sources: &[SourceKey], include_deleted: bool, sink: impl FnMut(ExportRow) -> std::io::Result<()>) -> Result<u64, StoreError>;
+    /// Every source with something stored (records, progress, runs or
+    /// import reports), in name order. Scans the tables' key indexes: for
+    /// listings and error messages, not for every command.
+    pub async fn stored_sources(&self) -> Result<Vec<SourceKey>, StoreError>;
+    /// Whether anything is stored for `key` (one index probe per table).
+    pub async fn is_stored(&self, key: &SourceKey) -> Result<bool, StoreError>;
+    /// Deletes the records (tombstones included), progress, runs and
+    /// import reports of `sources`, all in one transaction: either every
+    /// source is forgotten or nothing is. Says what went, per source.
+    pub async fn forget_sources(&self, sources: &[SourceKey]) -> Result<Vec<(SourceKey, Forgotten)>, StoreError>;
+    /// Asks for `key`'s lease for the run `run_id`, for `ttl`.
+    pub async fn acquire_lease(&self, key: &SourceKey, run_id: &str, ttl: Duration) -> Result<Acquired, StoreError>;
+    /// Extends a held lease by its ttl from now. `Ok(false)`: the lease is
+    /// no longer ours (taken over): the run must stop.
+    pub async fn renew_lease(&self, lease: &Lease) -> Result<bool, StoreError>;
+    /// Frees a lease this run holds (a no-op if it was taken over). Runs end
+    /// through the journal, which frees theirs in the same statement as the
+    /// end of the run; this is for a run that never started.
+    pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Who holds `key`'s lease now, if anyone (an expired lease is free).
+    pub async fn lease_holder(&self, key: &SourceKey) -> Result<Option<Holder>, StoreError>;
     /// While commits are failing, tries a 1 MiB write (at most once a
     /// second): whether the database takes writes again, e.g. once a full
     /// disk has space. Returns whether commits are still failing.
-    pub async fn still_failing(&self) -> bool {
-        if !self.commits_failing() {
-            return false;
-        }
-        {
-            let mut last = self.probed.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                return true;
-            }
-            *last = Some(std::time::Instant::now());
-        }
-        // 1 MiB: a disk with a few KB free (a small write fits in space the
-        // WAL already has) is not "space back"; a page group of records is.
-        let write = sqlx::query(
-            "INSERT INTO write_probe (id, written_at, pad) VALUES (1, ?1, zeroblob(1048576)) \
-             ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at, pad = excluded.pad",
-        )
-        .bind(now_us())
-        .execute(&self.writer);
-        // A readiness check answers promptly: a writer busy for longer
-        // counts as still failing.
-        let probe = match tokio::time::timeout(Duration::from_secs(2), write).await {
-            Ok(done) => done.map(|_| ()).map_err(StoreError::from),
-            Err(_) => return true,
-        };
-        let failing = self.commit_result(probe).await.is_err();
-        if !failing {
-            let _ = sqlx::query("UPDATE write_probe SET pad = NULL WHERE id = 1")
-                .execute(&self.writer)
-                .await;
-        }
-        failing
-    }
-
+    pub async fn still_failing(&self) -> bool;
     /// A cheap read that proves the database answers (`check`, `/readyz`).
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
-    }
-}
-
-/// An exclusive advisory lock (`flock`) on the database's folder, held
-/// while a process opens and migrates the database, released when dropped
-/// or when the process dies. The folder, not the file: closing any
-/// descriptor of the database file would drop the POSIX record locks
-/// SQLite holds on it in this process, and a sidecar lock file would be
-/// one more file for operators to wonder about. Other databases in the
-/// same folder wait for the few milliseconds an open takes.
-struct MigrationLock(#[allow(dead_code)] std::fs::File);
-
-impl MigrationLock {
-    async fn take(path: &std::path::Path) -> Result<Self, StoreError> {
-        let folder = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let shown = folder.display().to_string();
-        let lock = tokio::task::spawn_blocking(move || {
-            let dir = std::fs::File::open(&folder)?;
-            dir.lock()?;
-            Ok::<_, std::io::Error>(dir)
-        })
-        .await
-        .map_err(|e| StoreError::Corrupt(format!("the migration lock task failed: {e}")))?;
-        lock.map(Self).map_err(|source| StoreError::CreateDir {
-            path: format!("{shown} (locking it for the migrations)"),
-            source,
-        })
-    }
-}
-
-/// Closes the writer pool's connection after a failed write, so that the
-/// next one starts on a fresh connection (the pool opens it on the next
-/// acquire). After SQLITE_FULL or an I/O error during COMMIT, SQLite may
-/// have rolled the transaction back itself while sqlx still counts it open
-/// ("begin_with at non-zero transaction depth" on every later commit, until
-/// a restart). A fresh connection costs well under a millisecond; failures
-/// are rare.
-pub(crate) async fn reset_writer(writer: &SqlitePool) {
-    match tokio::time::timeout(Duration::from_secs(5), writer.acquire()).await {
-        Ok(Ok(conn)) => {
-            let _ = sqlx::Connection::close(conn.detach()).await;
-            tracing::warn!("replaced the database writer connection after a failed write");
-        }
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not reset the writer connection"),
-        Err(_) => tracing::warn!("the writer connection stayed busy; not reset"),
-    }
-}
-
-/// `sqlite://var/x.db`, `sqlite:var/x.db` or `sqlite:///abs/x.db` → path.
-fn path_of(url: &str) -> Result<PathBuf, StoreError> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .ok_or_else(|| StoreError::BadUrl(url.to_string()))?;
-    let rest = rest.split('?').next().unwrap_or_default();
-    if rest.is_empty() || rest == ":memory:" {
-        return Err(StoreError::BadUrl(url.to_string()));
-    }
-    Ok(PathBuf::from(rest))
-}
-
-/// Now in µs since the epoch, as stored in the bookkeeping columns.
-pub(crate) fn now_us() -> i64 {
-    crate::time::now_us()
+    pub async fn ping(&self) -> Result<(), StoreError>;
+    /// Pending reports of a source whose next attempt is due at `now_us`,
+    /// oldest first, claimed or not (store tests; the reporter claims them,
+    /// see [`Store::claim_reports`]).
+    #[cfg(test)]
+    pub(crate) async fn due_reports(&self, key: &SourceKey, now_us: i64, limit: i64) -> Result<Vec<PendingReport>, StoreError>;
+    /// The oldest claimable report, as [`Store::claim_reports`] with a
+    /// limit of one (store tests).
+    #[cfg(test)]
+    pub(crate) async fn claim_report(&self, key: &SourceKey, now_us: i64, until_us: i64) -> Result<Option<PendingReport>, StoreError>;
+    /// Claims up to `limit` reports of a source (oldest first) that are due
+    /// at `now_us` and that no live claim holds, for this process until
+    /// `until_us`, in one write: two processes (the daemon and a `synchro
+    /// sync`, or replicas) never send the same report. Sending one ends its
+    /// claim ([`Store::report_sent`], [`Store::report_retry`],
+    /// [`Store::report_refused`]), not sending it gives the claim back
+    /// ([`Store::release_claims`]); the claim of a process that died first
+    /// lapses at `until_us`.
+    pub async fn claim_reports(&self, key: &SourceKey, now_us: i64, until_us: i64, limit: i64) -> Result<Vec<PendingReport>, StoreError>;
+    /// Gives back claims of this process on reports it did not send (it
+    /// stopped, or the endpoint failed): they are due again at once for
+    /// whoever comes next, instead of after the claim's lapse.
+    pub async fn release_claims(&self, ids: &[i64]) -> Result<(), StoreError>;
+    /// Whether a report of the source is due at `now_us`, claimed or not
+    /// (a claim may be a dead process's, which [`Store::claim_report`]
+    /// releases). Read on the reader pool: an idle reporter's check costs
+    /// the writer nothing.
+    pub async fn reports_due(&self, key: &SourceKey, now_us: i64) -> Result<bool, StoreError>;
+    /// Pending reports of a source, due or not.
+    pub async fn pending_report_count(&self, key: &SourceKey) -> Result<i64, StoreError>;
+    /// When the earliest pending report of a source is due (µs), if any: a
+    /// report another process claimed is due when its claim lapses.
+    pub async fn next_report_due(&self, key: &SourceKey) -> Result<Option<i64>, StoreError>;
+    /// The upstream accepted the report: never send it again.
+    pub async fn report_sent(&self, id: i64, now_us: i64) -> Result<(), StoreError>;
+    /// A transient failure: try again at `next_at_us`. Only while this
+    /// process still holds the claim: one whose claim lapsed (another may be
+    /// sending the report now) changes nothing.
+    pub async fn report_retry(&self, id: i64, error: &str, next_at_us: i64) -> Result<(), StoreError>;
+    /// The upstream refused the report for good (e.g. unknown request):
+    /// keep it, visible in `status`, but stop sending it. Only while this
+    /// process still holds the claim.
+    pub async fn report_refused(&self, id: i64, error: &str) -> Result<(), StoreError>;
+    /// Commits a page and the progress that follows it, atomically (store
+    /// tests; runs commit through [`Store::commit_pages`]).
+    #[cfg(test)]
+    pub(crate) async fn commit_page(&self, key: &SourceKey, kind: &str, page: &Page) -> Result<PageStats, StoreError>;
+    /// Consecutive pages, unfenced (store tests).
+    #[cfg(test)]
+    pub(crate) async fn commit_pages_unfenced(&self, key: &SourceKey, kind: &str, pages: Vec<Page>) -> Result<PageStats, StoreError>;
+    /// The progress stored for a source, if any. Read through the reader
+    /// pool: a statement outside a transaction sees every committed page,
+    /// and the one writer connection stays free for commits (with thousands
+    /// of runs due at once, its round trips bound scheduling lateness).
+    pub async fn load_progress(&self, key: &SourceKey) -> Result<Option<Progress>, StoreError>;
+    /// Forgets a source's progress: the next sync is a full resync. Records
+    /// stay until that resync replaces them; reports already sent stay sent.
+    pub async fn reset_progress(&self, key: &SourceKey) -> Result<bool, StoreError>;
+    /// Deletes the runs that started more than `max_age` ago, keeping per
+    /// source the newest `keep_last`, the latest success and every
+    /// `running` run. Returns how many were deleted.
+    pub async fn prune_runs(&self, max_age: Duration, keep_last: usize) -> Result<u64, StoreError>;
+    /// Records the start of a run. Runs of the same source left `running` by
+    /// a killed process are closed as failed ("interrupted"). `scheduled_at`
+    /// is the instant a scheduled run was due (µs), `None` for a run nobody
+    /// scheduled: `started_at - scheduled_at` is its start lateness.
+    pub async fn start_run(&self, key: &SourceKey, kind: &str, run_id: &str, scheduled_at: Option<i64>) -> Result<(), StoreError>;
+    /// Records how a run ended, and frees its lease if it still holds it.
+    pub async fn finish_run(&self, key: &SourceKey, run_id: &str, outcome: RunOutcome, totals: &RunRecord) -> Result<(), StoreError>;
+    /// How many runs of `key` succeeded (demo and tests wait on it).
+    pub async fn successful_runs(&self, key: &SourceKey) -> Result<usize, StoreError>;
+    /// The status of one source (defaults where nothing is stored yet).
+    pub async fn source_status(&self, key: &SourceKey, kind: &str) -> Result<SourceStatus, StoreError>;
 }

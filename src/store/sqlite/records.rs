@@ -10,32 +10,11 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::journal::{self, Entry};
-use super::lease::{self, Lease};
-use super::{Store, StoreError, now_us};
+use super::lease;
+use super::{SqliteStore, StoreError, now_us};
 use crate::model::SourceKey;
 use crate::model::{Listing, Page, Progress, Record, Report, ReportOutcome, Tombstone};
-
-/// What a committed page (or group of pages) changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PageStats {
-    /// Records inserted or replaced by a newer version.
-    pub upserted: u64,
-    /// Live records turned into tombstones (or tombstones first seen).
-    pub deleted: u64,
-    /// Records removed because a completed full listing did not return them.
-    pub removed: u64,
-    /// Import-state reports newly queued in the outbox.
-    pub reports: u64,
-}
-
-impl PageStats {
-    pub(super) fn add(&mut self, other: PageStats) {
-        self.upserted += other.upserted;
-        self.deleted += other.deleted;
-        self.removed += other.removed;
-        self.reports += other.reports;
-    }
-}
+use crate::store::{Lease, PageStats};
 
 /// Upsert rule: a version replaces the stored one only if it is newer by the
 /// upstream's own clock, or equally new but different (DS exposes dates to
@@ -375,9 +354,9 @@ enum Committer<'a> {
     Unfenced,
 }
 
-impl Store {
+impl SqliteStore {
     /// Commits a page and the progress that follows it, atomically (store
-    /// tests; runs commit through [`Store::commit_pages`]).
+    /// tests; runs commit through [`SqliteStore::commit_pages`]).
     #[cfg(test)]
     pub(crate) async fn commit_page(
         &self,
@@ -491,11 +470,7 @@ impl Store {
             Ok::<_, StoreError>(stats)
         }
         .await;
-        let stats = self.commit_result(written).await?;
-        if stats.reports > 0 {
-            self.reports_queued(key);
-        }
-        Ok(stats)
+        self.commit_result(written).await
     }
 
     /// The progress stored for a source, if any. Read through the reader

@@ -1,7 +1,7 @@
 //! A bounded run history. Every run adds a row to `runs` (a source on
 //! "every 1m" adds 525,600 a year), so the daemon prunes it: runs that
 //! started longer ago than `[storage] runs_retention` go, except, per
-//! source, the newest [`KEEP_LAST_RUNS`] whatever their age, the latest
+//! source, the newest [`KEEP_LAST_RUNS`](crate::store::KEEP_LAST_RUNS) whatever their age, the latest
 //! success (what `status` shows as "last success") and any run still
 //! `running`.
 //!
@@ -16,17 +16,12 @@
 
 use std::time::Duration;
 
-use super::{Store, StoreError, now_us};
-
-/// Runs of each source kept whatever their age: a source that runs once a
-/// week keeps two years of history, one that fails every minute keeps the
-/// last hour and a half to look at.
-pub const KEEP_LAST_RUNS: usize = 100;
+use super::{SqliteStore, StoreError, now_us};
 
 /// Rows deleted by one statement (one short write transaction).
 const PRUNE_BATCH: i64 = 500;
 
-impl Store {
+impl SqliteStore {
     /// Deletes the runs that started more than `max_age` ago, keeping per
     /// source the newest `keep_last`, the latest success and every
     /// `running` run. Returns how many were deleted.
@@ -141,6 +136,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::model::SourceKey;
+    use crate::store::{KEEP_LAST_RUNS, Store};
 
     const DAY_US: i64 = 86_400_000_000;
 
@@ -165,7 +161,7 @@ mod tests {
         .bind(started)
         .bind(finished)
         .bind(outcome)
-        .execute(&store.writer)
+        .execute(&store.sqlite().writer)
         .await
         .expect("insert run");
     }
@@ -175,7 +171,7 @@ mod tests {
             sqlx::query_as("SELECT run_id FROM runs WHERE tenant = ?1 AND source = ?2 ORDER BY id")
                 .bind(&key.tenant)
                 .bind(&key.source)
-                .fetch_all(&store.reader)
+                .fetch_all(&store.sqlite().reader)
                 .await
                 .expect("runs");
         rows.into_iter().map(|(id,)| id).collect()

@@ -13,146 +13,12 @@
 //! namespace) with a pid that is gone is taken over at once, with a
 //! compare-and-set on the epoch it saw, rather than after its expiry.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use serde::Serialize;
-
-use super::{Store, StoreError, now_us};
+use super::{SqliteStore, StoreError, now_us};
 use crate::model::SourceKey;
-
-/// The process that holds a lease, as other processes see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Holder {
-    pub host: String,
-    pub pid: i64,
-    pub run_id: String,
-    /// When the holder took the lease (µs since the epoch).
-    pub since_us: i64,
-    /// When the lease lapses unless renewed (µs since the epoch).
-    pub expires_us: i64,
-}
-
-impl std::fmt::Display for Holder {
-    /// `pid 1234 on host-a since 12:03:01 UTC`: what an operator needs to
-    /// find the process.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let since = chrono::DateTime::from_timestamp_micros(self.since_us)
-            .map(|t| t.format("%H:%M:%S UTC").to_string())
-            .unwrap_or_else(|| "?".into());
-        write!(f, "pid {} on {} since {since}", self.pid, self.host)
-    }
-}
-
-/// A held lease: the fencing token every commit of the run carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub key: SourceKey,
-    pub epoch: i64,
-    pub run_id: String,
-    /// How long each renewal (and each fenced commit) extends the lease.
-    pub ttl: Duration,
-}
-
-impl Lease {
-    fn ttl_us(&self) -> i64 {
-        i64::try_from(self.ttl.as_micros()).unwrap_or(i64::MAX / 4)
-    }
-}
-
-/// What asking for a lease gave.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Acquired {
-    Taken(Lease),
-    /// Another live run holds it.
-    Held(Holder),
-}
-
-/// This process, as lease rows and outbox claims name it.
-#[derive(Debug)]
-pub(crate) struct Me {
-    pub host: String,
-    /// Kernel boot and pid namespace: pids are comparable only within one.
-    pub node: String,
-    pub pid: i64,
-    /// Unique per process start (a pid is reused after a restart).
-    pub instance: String,
-}
-
-/// This process's identity, computed once.
-pub fn me() -> &'static Me {
-    static ME: OnceLock<Me> = OnceLock::new();
-    ME.get_or_init(|| {
-        let instance = uuid::Uuid::new_v4().simple().to_string();
-        let host = hostname().unwrap_or_else(|| "unknown-host".into());
-        let node = node_id().unwrap_or_else(|| format!("unknown:{instance}"));
-        Me {
-            host,
-            node,
-            pid: i64::from(std::process::id()),
-            instance,
-        }
-    })
-}
-
-fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most
-    // that many bytes and we read up to the first NUL.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
-    (!name.is_empty()).then_some(name)
-}
-
-/// `machine / pid namespace`: two processes with the same node id see the
-/// same pids. Only what a hardened unit still shows is read
-/// (`ProcSubset=pid` hides `/proc/sys`, so no boot id): the machine id
-/// (`/etc/machine-id`, else the host name) and the pid namespace of this
-/// process (`/proc/self`). A holder from before a reboot is dead whatever
-/// its pid says now, so a reused namespace id costs nothing but a wait.
-/// `None` where the namespace cannot be read: then no holder is ever judged
-/// dead by its pid, only by its expiry (safe, slower).
-fn node_id() -> Option<String> {
-    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
-    let machine = std::fs::read_to_string("/etc/machine-id")
-        .ok()
-        .map(|m| m.trim().to_string())
-        .filter(|m| !m.is_empty())
-        .or_else(hostname)?;
-    Some(format!("{machine}/{}", ns.display()))
-}
-
-/// Whether `pid` names a live process on this node. The kernel decides
-/// (`kill(pid, 0)`: ESRCH is gone, EPERM is another user's live process),
-/// not `/proc`, which hides other users' processes on hardened hosts
-/// (`hidepid`, systemd's `ProtectProc=invisible`). A zombie (killed, not
-/// yet reaped by its parent) is dead: it will never write again; `/proc`
-/// tells that where it shows the process.
-pub fn pid_alive(pid: i64) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 sends nothing; it only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the first field after the parenthesised command.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_none_or(|state| state != "Z" && state != "X"),
-        Err(_) => true,
-    }
-}
+use crate::store::identity::{me, pid_alive};
+use crate::store::{Acquired, Holder, Lease};
 
 /// Takes a free or expired lease, bumping the epoch; no row when another
 /// run holds it.
@@ -187,7 +53,7 @@ WHERE tenant = ?1 AND source = ?2 AND epoch = ?3 AND run_id = ?4
 /// run_id, host, pid, acquired_at, expires_at of a held lease.
 type HeldRow = (String, Option<String>, Option<i64>, Option<i64>, i64);
 
-/// A lease row as [`Store::acquire_lease`] reads it.
+/// A lease row as [`SqliteStore::acquire_lease`] reads it.
 type HolderRow = (
     i64,
     Option<String>,
@@ -198,7 +64,7 @@ type HolderRow = (
     i64,
 );
 
-impl Store {
+impl SqliteStore {
     /// Asks for `key`'s lease for the run `run_id`, for `ttl`.
     pub async fn acquire_lease(
         &self,
@@ -370,16 +236,11 @@ pub(super) async fn check_fence(
     }
 }
 
-/// Sleeps between two renewals: a third of the ttl, so that two renewals
-/// in a row can fail (a busy disk) before the lease lapses.
-pub fn renew_every(ttl: Duration) -> Duration {
-    (ttl / 3).max(Duration::from_millis(100))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{Page, Phase, Progress, Record};
+    use crate::store::Store;
 
     async fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -538,7 +399,7 @@ mod tests {
 
         assert_eq!(cursor(&store, &key).await, Some(serde_json::json!("c2")));
         let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM records")
-            .fetch_one(&store.reader)
+            .fetch_one(&store.sqlite().reader)
             .await
             .expect("count");
         assert_eq!(n, 2, "record 3 of the stale run was not stored");
@@ -566,7 +427,7 @@ mod tests {
             .bind(node)
             .bind(dead)
             .bind(far)
-            .execute(&store.writer)
+            .execute(&store.sqlite().writer)
             .await
             .expect("insert");
             let got = store
@@ -609,7 +470,7 @@ mod tests {
             "INSERT INTO outbox (tenant, source, record_id, completed_at, import_state, created_at) \
              VALUES ('t', 's', 'r1', 'c', 'success', 0)",
         )
-        .execute(&store.writer)
+        .execute(&store.sqlite().writer)
         .await
         .expect("queue");
     }
@@ -651,7 +512,7 @@ mod tests {
             sqlx::query("UPDATE outbox SET claimed_by = ?1, claim_expires_at = ?2")
                 .bind(format!("{}|{pid}|another-instance", me().node))
                 .bind(far)
-                .execute(&store.writer)
+                .execute(&store.sqlite().writer)
                 .await
                 .expect("claim");
             let got = store
@@ -685,7 +546,7 @@ mod tests {
         // A's claim lapses; B (another process) claims and is sending.
         sqlx::query("UPDATE outbox SET claimed_by = 'other-node|1|b', claim_expires_at = ?1")
             .bind(t + 100_000_000)
-            .execute(&store.writer)
+            .execute(&store.sqlite().writer)
             .await
             .expect("b claims");
         // A's late answer changes nothing: the report stays B's.
@@ -710,7 +571,7 @@ mod tests {
         store.report_sent(a.id, t + 5_000).await.expect("sent");
         store.report_refused(a.id, "late").await.expect("refused");
         let (status,): (String,) = sqlx::query_as("SELECT status FROM outbox")
-            .fetch_one(&store.reader)
+            .fetch_one(&store.sqlite().reader)
             .await
             .expect("status");
         assert_eq!(status, "sent");

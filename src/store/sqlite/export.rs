@@ -1,28 +1,14 @@
 //! `synchro export`: records as JSON Lines, ordered by tenant, source, id.
 
 use futures::TryStreamExt;
-use serde::Serialize;
-use serde_json::value::RawValue;
 use sqlx::Row;
 
 use super::records::raw;
-use super::{Store, StoreError};
+use super::{SqliteStore, StoreError};
 use crate::model::SourceKey;
+use crate::store::ExportRow;
 
-/// One export line (contract, DESIGN.md §1). `data` is the stored payload,
-/// passed through without re-encoding.
-#[derive(Debug, Serialize)]
-pub struct ExportRow {
-    pub tenant: String,
-    pub source: String,
-    pub kind: String,
-    pub id: String,
-    pub deleted: bool,
-    pub updated_at: String,
-    pub data: Box<RawValue>,
-}
-
-impl Store {
+impl SqliteStore {
     /// Streams the records of `sources` (every stored source if empty) to
     /// `sink`, in order.
     pub async fn export(

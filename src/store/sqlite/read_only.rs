@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
-use super::{BUSY_TIMEOUT, READER_IDLE, Store, StoreError, journal, path_of};
+use super::{BUSY_TIMEOUT, READER_IDLE, SqliteStore, StoreError, journal, path_of};
 
-impl Store {
+impl SqliteStore {
     /// Opens an existing database without writing to it: no file, folder or
     /// migration is created, every connection is `mode=ro`. A missing file
     /// is [`StoreError::Missing`]; a database whose migrations differ from
@@ -53,14 +53,13 @@ impl Store {
             writer: pool.clone(),
             reader: pool,
             path,
-            queued: Default::default(),
             wide: Default::default(),
             failing: Default::default(),
             probed: Default::default(),
         })
     }
 
-    /// Opens the database for writing like [`Store::open_with`] (migrating
+    /// Opens the database for writing like [`SqliteStore::open_with`] (migrating
     /// it), but only if the file exists: for commands that change what is
     /// stored about sources (`forget`), where a mistyped path must fail
     /// instead of creating an empty database.
@@ -140,7 +139,7 @@ async fn check_migrations(pool: &SqlitePool, path: &Path) -> Result<(), StoreErr
             .fetch_all(pool)
             .await?;
     let applied: Vec<i64> = applied.into_iter().map(|(v,)| v).collect();
-    let migrator = sqlx::migrate!("./migrations");
+    let migrator = sqlx::migrate!("./migrations/sqlite");
     let known: Vec<(i64, &str)> = migrator
         .iter()
         .filter(|m| !m.migration_type.is_down_migration())
@@ -168,6 +167,7 @@ async fn check_migrations(pool: &SqlitePool, path: &Path) -> Result<(), StoreErr
 mod tests {
     use super::*;
     use crate::model::SourceKey;
+    use crate::store::Store;
 
     fn url(path: &Path) -> String {
         format!("sqlite://{}", path.display())

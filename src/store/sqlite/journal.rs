@@ -448,7 +448,7 @@ mod tests {
     async fn a_batch_of_every_kind_of_entry_is_one_transaction_that_succeeds() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store =
-            super::super::Store::open(&format!("sqlite://{}", dir.path().join("j.db").display()))
+            crate::store::Store::open(&format!("sqlite://{}", dir.path().join("j.db").display()))
                 .await
                 .expect("store");
         let start = |i: usize| Entry::Start {
@@ -463,7 +463,9 @@ mod tests {
         // them (closing them) and for others, progress, ends.
         let dead: Vec<Entry> = (0..3).map(start).collect();
         let dead_refs: Vec<&Entry> = dead.iter().collect();
-        write_batch(&store.writer, &dead_refs).await.expect("batch");
+        write_batch(&store.sqlite().writer, &dead_refs)
+            .await
+            .expect("batch");
         let mut batch: Vec<Entry> = (3..70).map(start).collect();
         batch.extend((0..3).map(|i| Entry::Start {
             tenant: "t".into(),
@@ -494,10 +496,12 @@ mod tests {
             deleted: 0,
         }));
         let refs: Vec<&Entry> = batch.iter().collect();
-        write_batch(&store.writer, &refs).await.expect("batch");
+        write_batch(&store.sqlite().writer, &refs)
+            .await
+            .expect("batch");
 
         let count = |sql: &'static str| {
-            let pool = store.reader.clone();
+            let pool = store.sqlite().reader.clone();
             async move {
                 let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await.expect("count");
                 n

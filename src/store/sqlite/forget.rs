@@ -7,10 +7,9 @@
 //! complete: a source half forgotten (records gone, progress kept) would
 //! resume incrementally into an empty copy if it came back.
 
-use serde::Serialize;
-
-use super::{Store, StoreError};
+use super::{SqliteStore, StoreError};
 use crate::model::SourceKey;
+use crate::store::Forgotten;
 
 /// What `forget` deletes, table by table, in [`Forgotten`]'s field order.
 const FORGET: [&str; 4] = [
@@ -20,16 +19,7 @@ const FORGET: [&str; 4] = [
     "DELETE FROM outbox WHERE tenant = ?1 AND source = ?2",
 ];
 
-/// What [`Store::forget_sources`] deleted for one source.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Forgotten {
-    pub records: u64,
-    pub progress: u64,
-    pub runs: u64,
-    pub reports: u64,
-}
-
-impl Store {
+impl SqliteStore {
     /// Every source with something stored (records, progress, runs or
     /// import reports), in name order. Scans the tables' key indexes: for
     /// listings and error messages, not for every command.
@@ -131,6 +121,7 @@ mod tests {
     use super::*;
     use crate::model::RunOutcome;
     use crate::model::{Page, Phase, Progress, Record, ReportOutcome};
+    use crate::store::Store;
 
     fn record(id: &str) -> Record {
         let data = serde_json::json!({ "id": id, "state": "completed", "completed": "2024-01-02T00:00:00Z" });

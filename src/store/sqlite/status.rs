@@ -1,33 +1,10 @@
 //! What `synchro status` shows for each source.
 
-use serde::Serialize;
-
-use super::{Store, StoreError};
+use super::{SqliteStore, StoreError};
 use crate::model::SourceKey;
+use crate::store::SourceStatus;
 
-/// The stored view of one source.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct SourceStatus {
-    pub tenant: String,
-    pub source: String,
-    pub kind: String,
-    /// `full` until a first complete listing, then `incremental`.
-    pub phase: String,
-    /// RFC 3339 end of the last successful run.
-    pub last_success: Option<String>,
-    /// Error of the most recent run, if it failed.
-    pub last_error: Option<String>,
-    /// Outcome of the most recent run.
-    pub last_outcome: Option<String>,
-    pub records: i64,
-    pub deleted_records: i64,
-    pub pending_reports: i64,
-    pub failed_reports: i64,
-    /// The run syncing the source right now, in this process or another.
-    pub lease_holder: Option<super::Holder>,
-}
-
-impl Store {
+impl SqliteStore {
     /// The status of one source (defaults where nothing is stored yet).
     pub async fn source_status(
         &self,

@@ -2,10 +2,10 @@
 //! so that a crash leaves a visible "interrupted" trace.
 
 use super::journal::Entry;
-use super::{Store, StoreError, now_us};
+use super::{SqliteStore, StoreError, now_us};
 use crate::model::{RunOutcome, RunRecord, SourceKey};
 
-impl Store {
+impl SqliteStore {
     /// Records the start of a run. Runs of the same source left `running` by
     /// a killed process are closed as failed ("interrupted"). `scheduled_at`
     /// is the instant a scheduled run was due (µs), `None` for a run nobody
@@ -55,7 +55,7 @@ impl Store {
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// How many runs of `key` succeeded (demo and tests wait on it).
     pub async fn successful_runs(&self, key: &SourceKey) -> Result<usize, StoreError> {
         let (n,): (i64,) = sqlx::query_as(

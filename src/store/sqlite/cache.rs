@@ -19,7 +19,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Store, StoreError};
+use super::{SqliteStore, StoreError};
 
 /// The cache while at least one large sync runs, in KiB (SQLite's negative
 /// unit).
@@ -39,7 +39,7 @@ const NARROW_CHECKPOINT_PAGES: i64 = 1000;
 /// after a checkpoint, so that a large sync's WAL does not stay on disk.
 pub(super) const WAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
 
-impl Store {
+impl SqliteStore {
     /// A large sync starts: widen the writer's page cache (once for all the
     /// large syncs running at the same time).
     pub async fn widen_cache(&self) -> Result<(), StoreError> {

@@ -6,24 +6,14 @@
 //! committed row) so that they never hold the single writer connection
 //! while a sync page or a webhook waits to commit.
 
-use super::{Store, StoreError};
+use super::{SqliteStore, StoreError};
 use crate::model::SourceKey;
+use crate::store::PendingReport;
 
-/// One report waiting to be sent.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct PendingReport {
-    pub id: i64,
-    pub record_id: String,
-    pub completed_at: String,
-    pub import_state: String,
-    pub message: Option<String>,
-    pub attempts: i64,
-}
-
-impl Store {
+impl SqliteStore {
     /// Pending reports of a source whose next attempt is due at `now_us`,
     /// oldest first, claimed or not (store tests; the reporter claims them,
-    /// see [`Store::claim_reports`]).
+    /// see [`SqliteStore::claim_reports`]).
     #[cfg(test)]
     pub(crate) async fn due_reports(
         &self,
@@ -44,7 +34,7 @@ impl Store {
         .await?)
     }
 
-    /// The oldest claimable report, as [`Store::claim_reports`] with a
+    /// The oldest claimable report, as [`SqliteStore::claim_reports`] with a
     /// limit of one (store tests).
     #[cfg(test)]
     pub(crate) async fn claim_report(
@@ -64,9 +54,9 @@ impl Store {
     /// at `now_us` and that no live claim holds, for this process until
     /// `until_us`, in one write: two processes (the daemon and a `synchro
     /// sync`, or replicas) never send the same report. Sending one ends its
-    /// claim ([`Store::report_sent`], [`Store::report_retry`],
-    /// [`Store::report_refused`]), not sending it gives the claim back
-    /// ([`Store::release_claims`]); the claim of a process that died first
+    /// claim ([`SqliteStore::report_sent`], [`SqliteStore::report_retry`],
+    /// [`SqliteStore::report_refused`]), not sending it gives the claim back
+    /// ([`SqliteStore::release_claims`]); the claim of a process that died first
     /// lapses at `until_us`.
     pub async fn claim_reports(
         &self,
@@ -169,7 +159,7 @@ impl Store {
     }
 
     /// Whether a report of the source is due at `now_us`, claimed or not
-    /// (a claim may be a dead process's, which [`Store::claim_report`]
+    /// (a claim may be a dead process's, which [`SqliteStore::claim_report`]
     /// releases). Read on the reader pool: an idle reporter's check costs
     /// the writer nothing.
     pub async fn reports_due(&self, key: &SourceKey, now_us: i64) -> Result<bool, StoreError> {
@@ -269,13 +259,13 @@ impl Store {
 /// How this process signs its claims: `node|pid|instance`, so that
 /// another process of the same node can tell a dead claimer.
 fn claimer() -> String {
-    let me = super::lease::me();
+    let me = crate::store::identity::me();
     format!("{}|{}|{}", me.node, me.pid, me.instance)
 }
 
 /// Whether a claim was made by a process of this node that is gone.
 fn claimer_is_dead(claimed_by: &str) -> bool {
-    let me = super::lease::me();
+    let me = crate::store::identity::me();
     let mut parts = claimed_by.rsplitn(3, '|');
     let (Some(instance), Some(pid), Some(node)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
@@ -283,5 +273,5 @@ fn claimer_is_dead(claimed_by: &str) -> bool {
     let Ok(pid) = pid.parse::<i64>() else {
         return false;
     };
-    node == me.node && instance != me.instance && !super::lease::pid_alive(pid)
+    node == me.node && instance != me.instance && !crate::store::identity::pid_alive(pid)
 }

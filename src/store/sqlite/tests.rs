@@ -2,9 +2,9 @@
 
 use serde_json::json;
 
-use super::Store;
 use crate::model::SourceKey;
 use crate::model::{Listing, Page, Phase, Progress, Record, Tombstone};
+use crate::store::Store;
 
 fn raw(value: serde_json::Value) -> crate::model::Payload {
     crate::sources::payload::from_value(&value).expect("encodable")
@@ -218,7 +218,7 @@ async fn a_failed_commit_stores_neither_records_nor_progress() {
         "CREATE TRIGGER boom BEFORE INSERT ON records WHEN NEW.id = 'boom' \
          BEGIN SELECT RAISE(ABORT, 'disk on fire'); END",
     )
-    .execute(&store.writer)
+    .execute(&store.sqlite().writer)
     .await
     .expect("trigger");
     let bad = page(
@@ -283,7 +283,7 @@ async fn a_group_commit_stores_every_page_or_none() {
         "CREATE TRIGGER boom BEFORE INSERT ON records WHEN NEW.id = 'boom' \
          BEGIN SELECT RAISE(ABORT, 'disk on fire'); END",
     )
-    .execute(&store.writer)
+    .execute(&store.sqlite().writer)
     .await
     .expect("trigger");
     let failing = vec![
@@ -529,7 +529,7 @@ async fn records_survive_the_move_to_a_rowid_table() {
             .filename(&path)
             .create_if_missing(true);
         let pool = sqlx::SqlitePool::connect_with(opts).await.expect("pool");
-        let mut old = sqlx::migrate!("./migrations");
+        let mut old = sqlx::migrate!("./migrations/sqlite");
         let before: Vec<_> = old
             .migrations
             .iter()
@@ -556,7 +556,7 @@ async fn records_survive_the_move_to_a_rowid_table() {
     assert_eq!((all[1].0.as_str(), all[1].1), ("b", true));
     assert_eq!(all[1].3, json!({"v": 2}));
     let listing: Option<i64> = sqlx::query_scalar("SELECT listing FROM records WHERE id = 'a'")
-        .fetch_one(&store.writer)
+        .fetch_one(&store.sqlite().writer)
         .await
         .expect("listing");
     assert_eq!(listing, Some(7));
@@ -594,6 +594,7 @@ async fn outbox_queries_answer_while_a_commit_holds_the_writer() {
     // only writer connection: the reporter's reads must not queue behind it,
     // and they see what was committed before it.
     let tx = store
+        .sqlite()
         .writer
         .begin_with("BEGIN IMMEDIATE")
         .await
@@ -644,7 +645,7 @@ async fn the_writer_cache_is_wide_only_while_a_large_sync_runs() {
     assert_eq!(store.cache_kib().await.expect("size"), 2000);
     assert_eq!(store.checkpoint_pages().await.expect("pages"), 1000);
     let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit")
-        .fetch_one(&store.writer)
+        .fetch_one(&store.sqlite().writer)
         .await
         .expect("limit");
     assert_eq!(limit, 4 * 1024 * 1024, "the WAL file shrinks back");
@@ -668,7 +669,7 @@ async fn a_progress_only_page_saves_the_progress() {
         .commit_page(&key, "k", &page(vec![], vec![], "two"))
         .await
         .expect("progress only");
-    assert_eq!(stats, super::PageStats::default());
+    assert_eq!(stats, crate::store::PageStats::default());
     let p = store
         .load_progress(&key)
         .await
@@ -701,7 +702,7 @@ async fn a_run_start_closes_the_runs_of_its_source_a_killed_process_left_running
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT run_id, outcome, error, scheduled_at, finished_at FROM runs ORDER BY id",
     )
-    .fetch_all(&store.reader)
+    .fetch_all(&store.sqlite().reader)
     .await
     .expect("runs");
     assert_eq!(rows.len(), 3, "{rows:?}");
@@ -729,7 +730,7 @@ async fn a_run_start_closes_the_runs_of_its_source_a_killed_process_left_running
         .await
         .expect("finish");
     let (outcome,): (String,) = sqlx::query_as("SELECT outcome FROM runs WHERE run_id = 'next'")
-        .fetch_one(&store.reader)
+        .fetch_one(&store.sqlite().reader)
         .await
         .expect("run");
     assert_eq!(outcome, "success");
@@ -742,7 +743,7 @@ async fn closing_stale_runs_does_not_walk_the_run_history() {
         "EXPLAIN QUERY PLAN UPDATE runs SET outcome = 'failed' \
          WHERE tenant = 't' AND source = 's' AND outcome = 'running'",
     )
-    .fetch_all(&store.reader)
+    .fetch_all(&store.sqlite().reader)
     .await
     .expect("plan");
     assert!(
@@ -810,7 +811,10 @@ async fn runs_starting_and_ending_together_are_group_committed_and_each_recorded
     for t in tasks {
         t.await.expect("task");
     }
-    assert!(store.journal.batched() > 0, "some entries were batched");
+    assert!(
+        store.sqlite().journal.batched() > 0,
+        "some entries were batched"
+    );
 
     type Row = (
         String,
@@ -824,7 +828,7 @@ async fn runs_starting_and_ending_together_are_group_committed_and_each_recorded
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT run_id, source, outcome, error, pages, upserted, scheduled_at FROM runs ORDER BY id",
     )
-    .fetch_all(&store.reader)
+    .fetch_all(&store.sqlite().reader)
     .await
     .expect("runs");
     assert_eq!(rows.len(), N + N / 2);
@@ -874,7 +878,7 @@ async fn the_sweep_visits_the_table_in_rowid_order() {
     .bind("t")
     .bind("s")
     .bind(1_i64)
-    .fetch_all(&store.writer)
+    .fetch_all(&store.sqlite().writer)
     .await
     .expect("plan");
     let text = rows
@@ -928,7 +932,7 @@ async fn table(store: &Store) -> Vec<(String, String, i64, bool, String, Option<
     sqlx::query_as(
         "SELECT id, updated_at, updated_us, deleted, data, listing FROM records ORDER BY id",
     )
-    .fetch_all(&store.writer)
+    .fetch_all(&store.sqlite().writer)
     .await
     .expect("records")
 }
@@ -1025,7 +1029,7 @@ async fn a_group_commit_ends_as_page_by_page_commits() {
             sqlx::query_as::<_, (String, String)>(
                 "SELECT record_id, completed_at FROM outbox ORDER BY record_id",
             )
-            .fetch_all(&store.writer)
+            .fetch_all(&store.sqlite().writer)
             .await
             .expect("outbox")
         }
@@ -1055,14 +1059,14 @@ async fn the_writer_recovers_by_itself_once_a_full_disk_has_space_again() {
         .await
         .expect("first commit");
     let (pages,): (i64,) = sqlx::query_as("PRAGMA page_count")
-        .fetch_one(&store.writer)
+        .fetch_one(&store.sqlite().writer)
         .await
         .expect("page_count");
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "PRAGMA max_page_count = {}",
         pages + 2
     )))
-    .execute(&store.writer)
+    .execute(&store.sqlite().writer)
     .await
     .expect("limit");
     let big: Vec<Record> = (1..400)
@@ -1078,7 +1082,10 @@ async fn the_writer_recovers_by_itself_once_a_full_disk_has_space_again() {
         .await
         .expect_err("the disk is full");
     assert!(full.to_string().contains("full"), "{full}");
-    assert!(store.commits_failing(), "readiness sees the failure");
+    assert!(
+        store.sqlite().commits_failing(),
+        "readiness sees the failure"
+    );
     // Nothing of the failed page, progress unchanged.
     assert_eq!(export_ids(&store, &key).await, vec!["0".to_string()]);
     assert_eq!(
@@ -1091,14 +1098,14 @@ async fn the_writer_recovers_by_itself_once_a_full_disk_has_space_again() {
     );
     // Space is back (on whatever connection the writer uses now).
     sqlx::query("PRAGMA max_page_count = 1073741823")
-        .execute(&store.writer)
+        .execute(&store.sqlite().writer)
         .await
         .expect("unlimit");
     store
         .commit_page(&key, "k", &page(big, vec![], "c1"))
         .await
         .expect("the writer commits again");
-    assert!(!store.commits_failing());
+    assert!(!store.sqlite().commits_failing());
     assert_eq!(export_ids(&store, &key).await.len(), 400);
 }
 
