@@ -16,7 +16,7 @@ pub async fn check(path: &Path) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::from(EX_CONFIG));
         }
     };
-    let database = match crate::store::Store::open(&config.storage.database).await {
+    let database = match super::open_store(&config).await {
         Ok(store) => {
             let ping = store.ping().await;
             store.close().await;

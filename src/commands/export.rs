@@ -87,7 +87,7 @@ pub async fn export(
 /// The error for a name that is not configured, without `--all`: for a
 /// source still stored, how to export it anyway.
 async fn not_configured(config: &Config, key: &SourceKey) -> CliError {
-    if let Ok(store) = Store::open_read_only(&config.storage.database).await {
+    if let Ok(store) = super::open_store_read_only(config).await {
         let stored = store.is_stored(key).await;
         store.close().await;
         if let Ok(true) = stored {

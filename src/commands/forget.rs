@@ -27,7 +27,7 @@ pub async fn forget(path: &Path, names: &[String]) -> Result<ExitCode, CliError>
             keys.push(key);
         }
     }
-    let store = Store::open_existing(&config.storage.database, config.storage.busy_timeout).await?;
+    let store = Store::connect(&super::target(&config), crate::store::Mode::Existing).await?;
     let result = forget_in(&store, &config, &keys).await;
     store.close().await;
     result

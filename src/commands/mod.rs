@@ -273,19 +273,26 @@ pub(crate) fn load_config_without_secrets(path: &std::path::Path) -> Result<Conf
     Ok(loaded.config)
 }
 
+/// Where `[storage]` says the database is.
+pub(crate) fn target(config: &Config) -> crate::store::Target {
+    crate::store::Target {
+        url: config.storage.database.clone(),
+        password: None,
+        pool_size: crate::store::DEFAULT_POOL_SIZE,
+        busy_timeout: config.storage.busy_timeout,
+    }
+}
+
 /// Opens the store named by the config for reading only (`status`,
 /// `export`): never creates, migrates or writes it; a missing file fails
 /// (exit 1) with a message naming the path.
 pub(crate) async fn open_store_read_only(config: &Config) -> Result<crate::store::Store, CliError> {
-    Ok(crate::store::Store::open_read_only(&config.storage.database).await?)
+    Ok(crate::store::Store::connect(&target(config), crate::store::Mode::ReadOnly).await?)
 }
 
 /// Opens the store named by the config, with a message that names it.
 pub(crate) async fn open_store(config: &Config) -> Result<crate::store::Store, CliError> {
-    Ok(
-        crate::store::Store::open_with(&config.storage.database, config.storage.busy_timeout)
-            .await?,
-    )
+    Ok(crate::store::Store::connect(&target(config), crate::store::Mode::Create).await?)
 }
 
 #[cfg(test)]

@@ -28,6 +28,50 @@ pub use types::{
 /// process, unless the config says otherwise.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where the database is and how to reach it: `[storage]` as the commands
+/// use it. The password is kept apart from the URL so that the URL can be
+/// shown in messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// `sqlite://PATH` (the embedded default) or `postgres://USER@HOST/DB`.
+    pub url: String,
+    /// The database password (Postgres), from a secret reference.
+    pub password: Option<String>,
+    /// Connections the process opens at most (Postgres; SQLite keeps one
+    /// writer and a few readers).
+    pub pool_size: u32,
+    /// How long a write waits for a lock another process holds.
+    pub busy_timeout: Duration,
+}
+
+impl Target {
+    /// A target with the defaults, for tests and tools that only have a URL.
+    pub fn url(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            password: None,
+            pool_size: DEFAULT_POOL_SIZE,
+            busy_timeout: BUSY_TIMEOUT,
+        }
+    }
+}
+
+/// Connections a Postgres store opens at most unless `[storage] pool_size`
+/// says otherwise.
+pub const DEFAULT_POOL_SIZE: u32 = 10;
+
+/// How a command opens the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Creates the database (SQLite: file and folder) if missing, migrates it.
+    Create,
+    /// Migrates an existing database, never creates one (`forget`, `reset`).
+    Existing,
+    /// Reads only (`status`, `export`): never creates, migrates or writes;
+    /// a schema other than this binary's is [`StoreError::Schema`].
+    ReadOnly,
+}
+
 /// Handle to the database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -55,35 +99,25 @@ impl Store {
         }
     }
 
-    /// Opens (creating file and folder if missing) and migrates the database.
+    /// Opens (creating file and folder if missing) and migrates the database
+    /// at `url`, with the defaults of [`Target::url`].
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        Self::open_with(url, BUSY_TIMEOUT).await
+        Self::connect(&Target::url(url), Mode::Create).await
     }
 
-    /// Same, waiting at most `busy_timeout` for another process's lock.
-    pub async fn open_with(url: &str, busy_timeout: Duration) -> Result<Self, StoreError> {
-        Ok(Self::with(Backend::Sqlite(
-            sqlite::SqliteStore::open_with(url, busy_timeout).await?,
-        )))
-    }
-
-    /// Opens an existing database for reading only (`status`, `export`):
-    /// never creates, migrates or writes it. A missing database is
-    /// [`StoreError::Missing`]; one whose migrations differ from this
-    /// binary's is [`StoreError::Schema`].
-    pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
-        Ok(Self::with(Backend::Sqlite(
-            sqlite::SqliteStore::open_read_only(url).await?,
-        )))
-    }
-
-    /// Opens an existing database for writing like [`Store::open_with`]
-    /// (migrating it), but never creates it: a missing one is
-    /// [`StoreError::Missing`].
-    pub async fn open_existing(url: &str, busy_timeout: Duration) -> Result<Self, StoreError> {
-        Ok(Self::with(Backend::Sqlite(
-            sqlite::SqliteStore::open_existing(url, busy_timeout).await?,
-        )))
+    /// Opens the database `target` names, as `mode` says; the URL's scheme
+    /// picks the backend.
+    pub async fn connect(target: &Target, mode: Mode) -> Result<Self, StoreError> {
+        let backend = match mode {
+            Mode::Create => {
+                sqlite::SqliteStore::open_with(&target.url, target.busy_timeout).await?
+            }
+            Mode::Existing => {
+                sqlite::SqliteStore::open_existing(&target.url, target.busy_timeout).await?
+            }
+            Mode::ReadOnly => sqlite::SqliteStore::open_read_only(&target.url).await?,
+        };
+        Ok(Self::with(Backend::Sqlite(backend)))
     }
 
     /// The SQLite backend, for its own tests of its internals.
@@ -231,6 +265,8 @@ interface! {
     /// second): whether the database takes writes again, e.g. once a full
     /// disk has space. Returns whether commits are still failing.
     pub async fn still_failing(&self) -> bool;
+    /// The newest migration applied to the database (`check`).
+    pub async fn schema_version(&self) -> Result<i64, StoreError>;
     /// A cheap read that proves the database answers (`check`, `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError>;
     /// Pending reports of a source whose next attempt is due at `now_us`,

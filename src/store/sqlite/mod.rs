@@ -196,6 +196,14 @@ impl SqliteStore {
         failing
     }
 
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        let (v,): (Option<i64>,) =
+            sqlx::query_as("SELECT max(version) FROM _sqlx_migrations WHERE success = 1")
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(v.unwrap_or(0))
+    }
+
     /// A cheap read that proves the database answers (`check`, `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;

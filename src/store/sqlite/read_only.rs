@@ -167,7 +167,7 @@ async fn check_migrations(pool: &SqlitePool, path: &Path) -> Result<(), StoreErr
 mod tests {
     use super::*;
     use crate::model::SourceKey;
-    use crate::store::Store;
+    use crate::store::{Mode, Store, Target};
 
     fn url(path: &Path) -> String {
         format!("sqlite://{}", path.display())
@@ -184,7 +184,7 @@ mod tests {
     async fn a_missing_database_is_reported_and_never_created() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("no/such/folder/t.db");
-        let e = Store::open_read_only(&url(&path))
+        let e = Store::connect(&Target::url(&url(&path)), Mode::ReadOnly)
             .await
             .expect_err("missing");
         assert!(matches!(e, StoreError::Missing { .. }), "{e}");
@@ -192,7 +192,7 @@ mod tests {
         assert!(e.to_string().contains("does not exist"), "{e}");
         assert!(!dir.path().join("no").exists(), "no folder created");
 
-        let e = Store::open_existing(&url(&path), BUSY_TIMEOUT)
+        let e = Store::connect(&Target::url(&url(&path)), Mode::Existing)
             .await
             .expect_err("missing");
         assert!(matches!(e, StoreError::Missing { .. }), "{e}");
@@ -203,7 +203,9 @@ mod tests {
     async fn a_migrated_database_is_read_and_writes_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = migrated(dir.path()).await;
-        let store = Store::open_read_only(&url(&path)).await.expect("open ro");
+        let store = Store::connect(&Target::url(&url(&path)), Mode::ReadOnly)
+            .await
+            .expect("open ro");
         let st = store
             .source_status(&SourceKey::new("t", "s"), "demarches")
             .await
@@ -234,7 +236,9 @@ mod tests {
             .execute(&mut conn)
             .await
             .expect("delete");
-        let e = Store::open_read_only(&url(&path)).await.expect_err("older");
+        let e = Store::connect(&Target::url(&url(&path)), Mode::ReadOnly)
+            .await
+            .expect_err("older");
         let text = e.to_string();
         assert!(text.contains("older than this synchro"), "{text}");
         assert!(text.contains(&last.to_string()), "{text}");
@@ -254,7 +258,9 @@ mod tests {
         .execute(&mut conn)
         .await
         .expect("insert");
-        let e = Store::open_read_only(&url(&path)).await.expect_err("newer");
+        let e = Store::connect(&Target::url(&url(&path)), Mode::ReadOnly)
+            .await
+            .expect_err("newer");
         assert!(e.to_string().contains("newer synchro"), "{e}");
         assert!(e.to_string().contains("99990101000001"), "{e}");
     }
@@ -264,7 +270,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("empty.db");
         std::fs::write(&path, b"").expect("write");
-        let e = Store::open_read_only(&url(&path)).await.expect_err("empty");
+        let e = Store::connect(&Target::url(&url(&path)), Mode::ReadOnly)
+            .await
+            .expect_err("empty");
         assert!(e.to_string().contains("not a synchro database"), "{e}");
         assert_eq!(std::fs::metadata(&path).expect("meta").len(), 0);
     }
