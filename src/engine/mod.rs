@@ -13,7 +13,7 @@
 mod reclaim;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -295,6 +295,8 @@ impl Engine {
             tracing::error!(error = %msg, "sync run could not start");
             totals.error = Some(msg);
         };
+        // The lease holds at least `ttl` from when it was asked for.
+        let held_since = tokio::time::Instant::now();
         let lease = match self.store.acquire_lease(key, &run_id, self.lease_ttl).await {
             Ok(Acquired::Taken(lease)) => lease,
             Ok(Acquired::Held(holder)) => return Attempt::Busy(holder),
@@ -323,9 +325,18 @@ impl Engine {
         let lost = CancellationToken::new();
         // Aborted when dropped: a run that unwinds or is dropped stops
         // renewing its lease (it lapses; the journal frees it on a finish).
+        let renewing = (self.store.clone(), lease.clone());
         let _renewal = AbortOnDrop(tokio::spawn(
-            keep_lease(self.store.clone(), lease.clone(), lost.clone())
-                .instrument(tracing::Span::current()),
+            keep_lease(
+                move || {
+                    let (store, lease) = renewing.clone();
+                    async move { store.renew_lease(&lease).await }
+                },
+                lease.ttl,
+                held_since,
+                lost.clone(),
+            )
+            .instrument(tracing::Span::current()),
         ));
         let result = self
             .pages(&lease, job, source, stop, &lost, &mut totals)
@@ -690,26 +701,61 @@ impl Drop for AbortOnDrop {
 }
 
 /// Renews `lease` every third of its ttl while the run lives (the task is
-/// aborted when it ends); cancels `lost` once another run took it over. A
-/// renewal that fails (a busy or full disk) is retried at the next turn:
-/// the fence keeps a lapsed lease safe whatever happens.
-async fn keep_lease(store: Store, lease: Lease, lost: CancellationToken) {
-    let every = crate::store::renew_every(lease.ttl);
+/// aborted when it ends); cancels `lost`, which stops the run's requests
+/// upstream, once another run took the lease over, or when no renewal
+/// succeeded in time. A renewal that fails (a busy disk, a database out of
+/// reach) is retried at the next turn; but the lease is sure to hold only
+/// until `ttl` after the last renewal that succeeded was *sent* (the
+/// database judges the expiry from when it ran the statement, later), so
+/// the run gives up [`give_up_margin`] before that: a replica cut off from
+/// its database never calls the upstream on a lease another may hold. The
+/// fence keeps the store safe whatever happens; this keeps the upstream
+/// from seeing two runs of one source.
+async fn keep_lease<F, Fut>(
+    mut renew: F,
+    ttl: Duration,
+    held_since: tokio::time::Instant,
+    lost: CancellationToken,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, StoreError>>,
+{
+    let every = crate::store::renew_every(ttl);
+    let margin = give_up_margin(ttl);
+    let mut valid_until = held_since + ttl;
+    let mut last_try = held_since;
     loop {
-        tokio::time::sleep(every).await;
-        match store.renew_lease(&lease).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(
-                    epoch = lease.epoch,
-                    "another run took this source's lease over; stopping this run"
-                );
+        let give_up = valid_until.checked_sub(margin).unwrap_or(valid_until);
+        tokio::time::sleep_until((last_try + every).min(give_up)).await;
+        if tokio::time::Instant::now() >= give_up {
+            tracing::warn!(
+                "no lease renewal succeeded for {}; stopping this run before the lease lapses",
+                humantime::format_duration(
+                    tokio::time::Instant::now().saturating_duration_since(last_try)
+                )
+            );
+            lost.cancel();
+            return;
+        }
+        last_try = tokio::time::Instant::now();
+        match tokio::time::timeout_at(give_up, renew()).await {
+            Ok(Ok(true)) => valid_until = last_try + ttl,
+            Ok(Ok(false)) => {
+                tracing::warn!("another run took this source's lease over; stopping this run");
                 lost.cancel();
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "could not renew the lease; will retry"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not renew the lease; will retry"),
+            // The loop gives up at the top: the deadline passed.
+            Err(_) => tracing::warn!("the lease renewal did not answer in time"),
         }
     }
+}
+
+/// How long before its lease could lapse a run that could not renew it
+/// stops: a sixth of the ttl (5 s of the default 30 s), at least 50 ms.
+fn give_up_margin(ttl: Duration) -> Duration {
+    (ttl / 6).max(Duration::from_millis(50))
 }
 
 #[cfg(test)]
@@ -972,5 +1018,73 @@ mod tests {
             stored_outcome(&store).await,
             ("cancelled".to_string(), None)
         );
+    }
+
+    /// Runs `keep_lease` with `renew` for a 30 s lease (in paused time);
+    /// when `lost` was cancelled, measured from the lease's start.
+    async fn lease_kept_until<F, Fut>(renew: F, within: Duration) -> Option<Duration>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<bool, StoreError>> + Send + 'static,
+    {
+        let ttl = Duration::from_secs(30);
+        let start = tokio::time::Instant::now();
+        let lost = CancellationToken::new();
+        let task = tokio::spawn(keep_lease(renew, ttl, start, lost.clone()));
+        let cancelled = tokio::time::timeout(within, lost.cancelled()).await.is_ok();
+        task.abort();
+        cancelled.then(|| start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_whose_renewals_fail_stops_before_its_lease_can_lapse() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let stopped = lease_kept_until(
+            move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { Err(StoreError::Closed) }
+            },
+            Duration::from_secs(120),
+        )
+        .await
+        .expect("the run stopped");
+        assert!(
+            stopped < Duration::from_secs(30)
+                && stopped >= Duration::from_secs(30) - give_up_margin(Duration::from_secs(30)),
+            "stopped after {stopped:?}: before the 30 s lease could lapse, not long before"
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "renewals at 10 s and 20 s were tried"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_whose_renewal_hangs_stops_before_its_lease_can_lapse() {
+        let stopped = lease_kept_until(
+            std::future::pending::<Result<bool, StoreError>>,
+            Duration::from_secs(120),
+        )
+        .await
+        .expect("the run stopped");
+        assert!(
+            stopped < Duration::from_secs(30),
+            "stopped after {stopped:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_whose_renewals_succeed_keeps_its_lease_and_one_taken_over_stops() {
+        assert_eq!(
+            lease_kept_until(|| async { Ok(true) }, Duration::from_secs(300)).await,
+            None,
+            "renewed for ten ttls"
+        );
+        let stopped = lease_kept_until(|| async { Ok(false) }, Duration::from_secs(120))
+            .await
+            .expect("taken over");
+        assert_eq!(stopped, Duration::from_secs(10), "at the first renewal");
     }
 }
