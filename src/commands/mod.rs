@@ -3,6 +3,7 @@
 
 mod assemble;
 mod check;
+mod copy_store;
 #[cfg(feature = "simulator")]
 mod demo;
 mod export;
@@ -111,6 +112,19 @@ pub enum Command {
     },
     /// Validate the config and the database; exit 78 if invalid.
     Check,
+    /// Copy the database the config names into another, empty one (e.g.
+    /// SQLite to Postgres), then verify that both export the same.
+    CopyStore {
+        /// The target database: postgres://USER@HOST:PORT/DB or sqlite://PATH.
+        #[arg(long)]
+        to: String,
+        /// Environment variable holding the target's password.
+        #[arg(long, conflicts_with = "to_password_file")]
+        to_password_env: Option<String>,
+        /// File holding the target's password.
+        #[arg(long)]
+        to_password_file: Option<std::path::PathBuf>,
+    },
     /// Run the simulated upstreams and the daemon against them, offline,
     /// with a built-in config.
     #[cfg_attr(not(feature = "simulator"), command(about = NOT_IN_THIS_BUILD, long_about = None))]
@@ -223,6 +237,18 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Forget { ref sources } => forget::forget(&cli.config, sources).await,
         Command::Reset { ref sources } => reset::reset(&cli.config, sources).await,
         Command::Check => check::check(&cli.config).await,
+        Command::CopyStore {
+            ref to,
+            ref to_password_env,
+            ref to_password_file,
+        } => {
+            let target = copy_store::CopyTarget {
+                url: to,
+                password_env: to_password_env.as_deref(),
+                password_file: to_password_file.as_ref(),
+            };
+            copy_store::copy_store(&cli.config, target).await
+        }
         #[cfg(feature = "simulator")]
         Command::Demo { duration } => demo::demo(duration).await,
         #[cfg(feature = "simulator")]

@@ -8,6 +8,7 @@
 //! [`interface!`] below: every backend implements each of its methods
 //! with the same signature, and [`Store`] forwards to the one it holds.
 
+mod copy;
 mod error;
 mod identity;
 mod sqlite;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use crate::model::{Page, Progress, RunOutcome, RunRecord, SourceKey};
 
+pub use copy::{COPY_BATCH, Copied, CopyAfter, CopyRow, Table};
 pub use error::StoreError;
 pub use identity::pid_alive;
 pub use types::{
@@ -265,6 +267,14 @@ interface! {
     /// second): whether the database takes writes again, e.g. once a full
     /// disk has space. Returns whether commits are still failing.
     pub async fn still_failing(&self) -> bool;
+    /// Up to `limit` rows of `table` after `after`, in the order
+    /// `copy-store` reads it (see [`Store::copy_to`]).
+    pub(crate) async fn copy_out(&self, table: Table, after: Option<CopyAfter>, limit: i64) -> Result<Vec<CopyRow>, StoreError>;
+    /// Writes rows `copy-store` read from another database, in one
+    /// transaction; outbox rows arrive unclaimed.
+    pub(crate) async fn copy_in(&self, rows: Vec<CopyRow>) -> Result<u64, StoreError>;
+    /// A source whose lease a live run holds now, with its holder, if any.
+    pub(crate) async fn any_lease_holder(&self) -> Result<Option<(SourceKey, Holder)>, StoreError>;
     /// The newest migration applied to the database (`check`).
     pub async fn schema_version(&self) -> Result<i64, StoreError>;
     /// A cheap read that proves the database answers (`check`, `/readyz`).

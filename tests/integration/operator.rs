@@ -562,3 +562,56 @@ fn every_option_is_explained_and_demo_and_simulate_take_no_config() {
         explained(&help_of(&[sub]), "--config");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_store_copies_a_database_into_an_empty_one_and_proves_it_by_the_export() {
+    let sim = simulator().await;
+    let numbers = sim.ds().seed(DEMARCHE, 70);
+    let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", DEMARCHE)]);
+    setup.sync_ok(&[]).await;
+    sim.ds().purge(numbers[3], None);
+    setup.sync_ok(&[]).await;
+    let copy = setup.dir.path().join("copy/synchro.db");
+    let to = format!("sqlite://{}", copy.display());
+
+    let out = setup.run(&["copy-store", "--to", &to]).await;
+    assert_eq!(out.status.code(), Some(0), "copy-store: {}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("records: 70 row(s) copied"), "{stdout}");
+    assert!(stdout.contains("runs: 2 row(s) copied"), "{stdout}");
+    assert!(stdout.contains("verified"), "{stdout}");
+
+    // The copy serves the same export, tombstones included, as the original.
+    let original = setup.run(&["export", "--include-deleted"]).await;
+    setup.edit_config(&format!("sqlite://{}", setup.db_path().display()), &to);
+    let copied = setup.run(&["export", "--include-deleted"]).await;
+    assert_eq!(copied.status.code(), Some(0), "{}", stderr(&copied));
+    assert_eq!(
+        String::from_utf8_lossy(&original.stdout),
+        String::from_utf8_lossy(&copied.stdout)
+    );
+    assert!(String::from_utf8_lossy(&copied.stdout).contains("\"deleted\":true"));
+
+    // A second copy into the now filled database is refused: nothing merges.
+    let again = setup.run(&["copy-store", "--to", &to]).await;
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already holds data"),
+        "{}",
+        stderr(&again)
+    );
+
+    // The password comes from a variable or a file, never the command line;
+    // a variable that is not set is a usage error.
+    let unset = setup
+        .run(&[
+            "copy-store",
+            "--to",
+            "postgres://synchro@127.0.0.1:9/x",
+            "--to-password-env",
+            "SYNCHRO_TEST_NO_SUCH_PASSWORD_VAR",
+        ])
+        .await;
+    assert_eq!(unset.status.code(), Some(2), "{}", stderr(&unset));
+    assert!(stderr(&unset).contains("SYNCHRO_TEST_NO_SUCH_PASSWORD_VAR"));
+}

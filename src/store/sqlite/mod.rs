@@ -9,6 +9,7 @@
 //! the daemon).
 
 mod cache;
+mod copy;
 mod export;
 mod forget;
 mod journal;
