@@ -1,6 +1,6 @@
 //! `synchro check`: every config problem, and whether the database opens;
-//! it prints the database's resolved path, the file every other command
-//! given the same `--config` uses.
+//! it prints the database's resolved location (the file or server every
+//! other command given the same `--config` uses) and its schema version.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -16,15 +16,20 @@ pub async fn check(path: &Path) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::from(EX_CONFIG));
         }
     };
-    let database = match super::open_store(&config).await {
+    let (database, schema) = match super::open_store(&config).await {
         Ok(store) => {
-            let ping = store.ping().await;
+            let version = match store.ping().await {
+                Ok(()) => store.schema_version().await,
+                Err(e) => Err(e),
+            };
             store.close().await;
-            if let Err(e) = ping {
-                eprintln!("{}: storage.database: {e}", path.display());
-                return Ok(ExitCode::from(EX_CONFIG));
+            match version {
+                Ok(v) => (store.location(), v),
+                Err(e) => {
+                    eprintln!("{}: storage.database: {e}", path.display());
+                    return Ok(ExitCode::from(EX_CONFIG));
+                }
             }
-            store.location()
         }
         Err(e) => {
             eprintln!("{}: storage.database: {e}", path.display());
@@ -36,11 +41,12 @@ pub async fn check(path: &Path) -> Result<ExitCode, CliError> {
     }
     let sources = config.sources().count();
     println!(
-        "{}: valid — {} tenant(s), {} source(s); database {} reachable",
+        "{}: valid — {} tenant(s), {} source(s); database {} reachable, schema version {}",
         path.display(),
         config.tenants.len(),
         sources,
-        database
+        database,
+        schema
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,9 @@ pub struct CopyTarget<'a> {
 
 pub async fn copy_store(path: &Path, to: CopyTarget<'_>) -> Result<ExitCode, CliError> {
     let config = load_config(path)?;
+    if let Some(why) = crate::store::database_url_problem(to.url) {
+        return Err(CliError::Usage(format!("--to: {why}")));
+    }
     let password = match (to.password_env, to.password_file) {
         (Some(var), _) => Some(std::env::var(var).map_err(|_| {
             CliError::Usage(format!("--to-password-env {var}: the variable is not set"))

@@ -290,6 +290,19 @@ pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, CliError> {
 /// problem still maps to exit 78.
 pub(crate) fn load_config_without_secrets(path: &std::path::Path) -> Result<Config, CliError> {
     let loaded = crate::config::load_without_secrets(path, &crate::sources::Kinds::builtin())?;
+    // The database's password is the one secret these commands need.
+    let storage: Vec<_> = loaded
+        .unresolved
+        .iter()
+        .filter(|p| p.key.starts_with("storage."))
+        .cloned()
+        .collect();
+    if !storage.is_empty() {
+        return Err(CliError::Config(crate::config::ConfigError {
+            path: path.display().to_string(),
+            problems: storage,
+        }));
+    }
     for problem in &loaded.unresolved {
         tracing::warn!(
             "{}: {problem} (not needed by this command, which sends no request upstream)",
@@ -303,8 +316,12 @@ pub(crate) fn load_config_without_secrets(path: &std::path::Path) -> Result<Conf
 pub(crate) fn target(config: &Config) -> crate::store::Target {
     crate::store::Target {
         url: config.storage.database.clone(),
-        password: None,
-        pool_size: crate::store::DEFAULT_POOL_SIZE,
+        password: config
+            .storage
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_string()),
+        pool_size: config.storage.pool_size,
         busy_timeout: config.storage.busy_timeout,
     }
 }

@@ -303,7 +303,7 @@ fn build(
     let ctx = Ctx { env, base_dir };
 
     let mut top = Table::new(String::new(), map);
-    let storage = storage(top.section("storage", &mut p), &ctx.base_dir, &mut p);
+    let storage = storage(top.section("storage", &mut p), &ctx, &mut p);
     let server = server(top.section("server", &mut p), &mut p);
     let scheduler = scheduler(top.section("scheduler", &mut p), &mut p);
     let http = http(top.section("http", &mut p), &mut p);
@@ -458,25 +458,25 @@ fn apply_override(root: &mut Value, key: &str, value: Value, p: &mut Problems) {
     }
 }
 
-fn storage(mut t: Table, base_dir: &Path, p: &mut Problems) -> StorageConfig {
+fn storage(mut t: Table, ctx: &Ctx<'_>, p: &mut Problems) -> StorageConfig {
     let database = t
         .string("database", p)
-        .filter(|db| {
-            let rest = db
-                .strip_prefix("sqlite://")
-                .or_else(|| db.strip_prefix("sqlite:"))
-                .map(|r| r.split('?').next().unwrap_or_default());
-            let ok = matches!(rest, Some(r) if !r.is_empty() && r != ":memory:");
-            if !ok {
-                p.add(
-                    t.key("database"),
-                    "expected sqlite://PATH (a file; :memory: is not allowed)",
-                );
+        .filter(|db| match crate::store::database_url_problem(db) {
+            None => true,
+            Some(why) => {
+                // The URL may hold a password: never echoed.
+                p.secret_value(db);
+                p.add(t.key("database"), why);
+                false
             }
-            ok
         })
         .unwrap_or_else(|| defaults::DATABASE.to_string());
-    let database = resolve_database(&database, base_dir);
+    let database = resolve_database(&database, &ctx.base_dir);
+    let password = super::sources::secret(&mut t, "password", false, ctx, p).flatten();
+    let pool_size = t
+        .int_in("pool_size", 1, 1000, p)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(crate::store::DEFAULT_POOL_SIZE);
     let busy_timeout = t
         .duration("busy_timeout", p)
         .unwrap_or(defaults::BUSY_TIMEOUT);
@@ -491,6 +491,8 @@ fn storage(mut t: Table, base_dir: &Path, p: &mut Problems) -> StorageConfig {
     t.finish(p);
     StorageConfig {
         database,
+        password,
+        pool_size,
         busy_timeout,
         runs_retention,
     }

@@ -45,8 +45,13 @@ pub struct Config {
 pub struct StorageConfig {
     /// `sqlite://path` URL; a relative path as written (in the file, an
     /// override or the default) is made relative to the config file's
-    /// folder here, absolute when the config was read from a file.
+    /// folder here, absolute when the config was read from a file. Or
+    /// `postgres://user@host[:port]/db[?sslmode=...]`, never with a password.
     pub database: String,
+    /// The Postgres password, from a secret reference.
+    pub password: Option<Secret>,
+    /// Postgres connections this process opens at most.
+    pub pool_size: u32,
     /// How long a write waits for a lock held by another process.
     pub busy_timeout: Duration,
     /// Runs that started longer ago are pruned from the run history by the
@@ -160,7 +165,12 @@ impl Config {
 
     /// Every secret value in the config, so that errors can be scrubbed of them.
     pub fn secrets(&self) -> Vec<Secret> {
-        self.sources().flat_map(SourceConfig::secrets).collect()
+        self.storage
+            .password
+            .iter()
+            .cloned()
+            .chain(self.sources().flat_map(SourceConfig::secrets))
+            .collect()
     }
 }
 

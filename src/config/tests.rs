@@ -1205,3 +1205,69 @@ fn secret_files_open_to_group_or_others_are_warned_about_not_refused() {
         assert_eq!(!c.warnings.is_empty(), warned, "mode {mode:o}");
     }
 }
+
+#[test]
+fn a_postgres_database_takes_its_password_from_a_secret_and_never_from_the_url() {
+    let toml = |storage: &str| format!("[storage]\n{storage}\n{DS_SOURCE}");
+    let c = load_ok(
+        &toml(
+            "database = \"postgres://synchro@db.internal:5433/synchro?sslmode=verify-full\"\n\
+             password = { env = \"PGPASS_TEST\" }\npool_size = 25",
+        ),
+        &[("PGPASS_TEST", "s3cret-pw"), ("DS_TOKEN", "t")],
+    );
+    assert_eq!(
+        c.storage.database, "postgres://synchro@db.internal:5433/synchro?sslmode=verify-full",
+        "a Postgres URL is kept as written, not taken as a path"
+    );
+    assert_eq!(c.storage.pool_size, 25);
+    assert_eq!(
+        c.storage.password.as_ref().map(|p| p.expose()),
+        Some("s3cret-pw")
+    );
+    assert!(
+        c.secrets().iter().any(|s| s.expose() == "s3cret-pw"),
+        "the password is scrubbed from errors like every secret"
+    );
+    assert!(!format!("{c:?}").contains("s3cret-pw"));
+
+    // A password inside the URL: refused, named, never echoed.
+    let e = load_err(
+        &toml("database = \"postgres://synchro:hunter22@db/synchro\""),
+        &[("DS_TOKEN", "t")],
+    );
+    assert!(
+        reason(&e, "storage.database").contains("storage.password"),
+        "{}",
+        e.report()
+    );
+    assert!(!e.report().contains("hunter22"), "{}", e.report());
+
+    for (storage, key, why) in [
+        (
+            "database = \"postgres://synchro@db\"",
+            "storage.database",
+            "no database",
+        ),
+        (
+            "database = \"postgres:///synchro\"",
+            "storage.database",
+            "no host",
+        ),
+        (
+            "database = \"postgres://u@h/d?sslmode=sometimes\"",
+            "storage.database",
+            "sslmode=sometimes",
+        ),
+        (
+            "database = \"mysql://u@h/d\"",
+            "storage.database",
+            "postgres://",
+        ),
+        ("pool_size = 0", "storage.pool_size", "between 1 and 1000"),
+        ("password = 7", "storage.password", "expected a string"),
+    ] {
+        let e = load_err(&toml(storage), &[("DS_TOKEN", "t")]);
+        assert!(reason(&e, key).contains(why), "{storage}: {}", e.report());
+    }
+}

@@ -49,16 +49,17 @@ impl Readiness {
         let _ = self.1.set(store);
     }
 
-    /// Ready, and the database takes writes (a write is tried while the
-    /// last commits failed).
+    /// Ready, and the database answers and takes writes (Postgres: a ping
+    /// within 2 s; on either backend a write is tried while the last
+    /// commits failed).
     async fn check(&self) -> Result<(), &'static str> {
         if !self.get() {
             return Err("not ready\n");
         }
         match self.1.get() {
-            Some(store) if store.still_failing().await => {
-                Err("not ready: database writes are failing (disk full?)\n")
-            }
+            Some(store) if store.still_failing().await => Err(
+                "not ready: the database is unreachable or its writes are failing (disk full?)\n",
+            ),
             _ => Ok(()),
         }
     }

@@ -175,6 +175,70 @@ impl Store {
     }
 }
 
+/// A row of `table` as [`Store::copy_to`] reads it, columns in the order
+/// the backends select them; the same for every backend.
+pub(super) fn decode<'r, R>(table: Table, row: &'r R) -> Result<CopyRow, StoreError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(match table {
+        Table::Records => CopyRow::Record {
+            tenant: row.try_get(0)?,
+            source: row.try_get(1)?,
+            id: row.try_get(2)?,
+            kind: row.try_get(3)?,
+            updated_at: row.try_get(4)?,
+            updated_us: row.try_get(5)?,
+            deleted: row.try_get(6)?,
+            data: row.try_get(7)?,
+            stored_at: row.try_get(8)?,
+            listing: row.try_get(9)?,
+        },
+        Table::Progress => CopyRow::Progress {
+            tenant: row.try_get(0)?,
+            source: row.try_get(1)?,
+            kind: row.try_get(2)?,
+            phase: row.try_get(3)?,
+            state: row.try_get(4)?,
+            updated_at: row.try_get(5)?,
+        },
+        Table::Runs => CopyRow::Run {
+            seq: row.try_get(0)?,
+            run_id: row.try_get(1)?,
+            tenant: row.try_get(2)?,
+            source: row.try_get(3)?,
+            kind: row.try_get(4)?,
+            started_at: row.try_get(5)?,
+            finished_at: row.try_get(6)?,
+            outcome: row.try_get(7)?,
+            error: row.try_get(8)?,
+            pages: row.try_get(9)?,
+            upserted: row.try_get(10)?,
+            deleted: row.try_get(11)?,
+            scheduled_at: row.try_get(12)?,
+        },
+        Table::Outbox => CopyRow::Report {
+            seq: row.try_get(0)?,
+            tenant: row.try_get(1)?,
+            source: row.try_get(2)?,
+            record_id: row.try_get(3)?,
+            completed_at: row.try_get(4)?,
+            import_state: row.try_get(5)?,
+            message: row.try_get(6)?,
+            status: row.try_get(7)?,
+            attempts: row.try_get(8)?,
+            last_error: row.try_get(9)?,
+            next_attempt_at: row.try_get(10)?,
+            created_at: row.try_get(11)?,
+            sent_at: row.try_get(12)?,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -185,9 +249,10 @@ mod tests {
         Tombstone,
     };
     use crate::store::Acquired;
+    use crate::store::test_db::{Backend, TestDb, both_backends};
 
     fn payload(value: serde_json::Value) -> crate::model::Payload {
-        crate::sources::payload::from_value(&value).expect("encodable")
+        serde_json::value::to_raw_value(&value).expect("encodable")
     }
 
     fn record(id: usize, at: &str) -> Record {
@@ -203,9 +268,12 @@ mod tests {
         }
     }
 
-    async fn open(dir: &tempfile::TempDir, name: &str) -> Store {
-        let url = format!("sqlite://{}", dir.path().join(name).display());
-        Store::open(&url).await.expect("open")
+    /// A fresh database of `backend` (kept alive by the returned guard),
+    /// `None` when Postgres is not configured for tests.
+    async fn open(backend: Backend) -> Option<(TestDb, Store)> {
+        let db = TestDb::new(backend, "store::copy").await?;
+        let store = db.open().await;
+        Some((db, store))
     }
 
     /// Every row of every table, with the ids the target numbers anew
@@ -331,12 +399,16 @@ mod tests {
         key
     }
 
-    #[tokio::test]
-    async fn a_copy_holds_every_row_of_every_table_and_exports_the_same() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let from = open(&dir, "from.db").await;
+    /// Copies a filled database of `from`'s backend into an empty one of
+    /// `into`'s and compares them table by table and by their export.
+    async fn a_copy_holds_every_row_of_every_table_and_exports_the_same(
+        from: Backend,
+        into: Backend,
+    ) {
+        let (Some((_f, from)), Some((_i, into))) = (open(from).await, open(into).await) else {
+            return;
+        };
         let key = fill(&from).await;
-        let into = open(&dir, "into.db").await;
         let mut seen = Vec::new();
         let copied = from
             .copy_to(&into, |table, n| seen.push((table, n)))
@@ -377,39 +449,77 @@ mod tests {
         assert_eq!(into.successful_runs(&key).await.expect("runs"), 1);
     }
 
-    #[tokio::test]
-    async fn a_copy_refuses_a_target_that_holds_data_and_changes_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let from = open(&dir, "from.db").await;
-        fill(&from).await;
-        let into = open(&dir, "into.db").await;
-        let before = {
-            let other = SourceKey::new("other", "s");
-            into.start_run(&other, "k", "x", None).await.expect("start");
-            dump(&into).await
-        };
-        let err = from.copy_to(&into, |_, _| {}).await.expect_err("refused");
-        assert!(matches!(err, StoreError::Busy(_)), "{err}");
-        assert!(err.to_string().contains("other/s"), "{err}");
-        assert_eq!(dump(&into).await, before);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_to_sqlite() {
+        a_copy_holds_every_row_of_every_table_and_exports_the_same(
+            Backend::Sqlite,
+            Backend::Sqlite,
+        )
+        .await;
     }
 
-    #[tokio::test]
-    async fn a_copy_refuses_while_a_run_holds_a_lease_on_the_source_database() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let from = open(&dir, "from.db").await;
-        fill(&from).await;
-        let key = SourceKey::new("acme", "live");
-        let Acquired::Taken(_lease) = from
-            .acquire_lease(&key, "running", std::time::Duration::from_secs(60))
-            .await
-            .expect("lease")
-        else {
-            panic!("lease held")
-        };
-        let into = open(&dir, "into.db").await;
-        let err = from.copy_to(&into, |_, _| {}).await.expect_err("refused");
-        assert!(err.to_string().contains("acme/live"), "{err}");
-        assert!(into.stored_sources().await.expect("sources").is_empty());
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_to_postgres() {
+        a_copy_holds_every_row_of_every_table_and_exports_the_same(
+            Backend::Sqlite,
+            Backend::Postgres,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_to_sqlite() {
+        a_copy_holds_every_row_of_every_table_and_exports_the_same(
+            Backend::Postgres,
+            Backend::Sqlite,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_to_postgres() {
+        a_copy_holds_every_row_of_every_table_and_exports_the_same(
+            Backend::Postgres,
+            Backend::Postgres,
+        )
+        .await;
+    }
+
+    both_backends! {
+        async fn a_copy_refuses_a_target_that_holds_data_and_changes_nothing(
+            from: Store,
+            backend: Backend
+        ) {
+            fill(&from).await;
+            let (_i, into) = open(backend).await.expect("the same backend");
+            let before = {
+                let other = SourceKey::new("other", "s");
+                into.start_run(&other, "k", "x", None).await.expect("start");
+                dump(&into).await
+            };
+            let err = from.copy_to(&into, |_, _| {}).await.expect_err("refused");
+            assert!(matches!(err, StoreError::Busy(_)), "{err}");
+            assert!(err.to_string().contains("other/s"), "{err}");
+            assert_eq!(dump(&into).await, before);
+        }
+
+        async fn a_copy_refuses_while_a_run_holds_a_lease_on_the_source_database(
+            from: Store,
+            backend: Backend
+        ) {
+            fill(&from).await;
+            let key = SourceKey::new("acme", "live");
+            let Acquired::Taken(_lease) = from
+                .acquire_lease(&key, "running", std::time::Duration::from_secs(60))
+                .await
+                .expect("lease")
+            else {
+                panic!("lease held")
+            };
+            let (_i, into) = open(backend).await.expect("the same backend");
+            let err = from.copy_to(&into, |_, _| {}).await.expect_err("refused");
+            assert!(err.to_string().contains("acme/live"), "{err}");
+            assert!(into.stored_sources().await.expect("sources").is_empty());
+        }
     }
 }

@@ -89,3 +89,23 @@ pub fn pid_alive(pid: i64) -> bool {
         Err(_) => true,
     }
 }
+
+/// How this process signs its claims: `node|pid|instance`, so that
+/// another process of the same node can tell a dead claimer.
+pub(crate) fn claimer() -> String {
+    let me = me();
+    format!("{}|{}|{}", me.node, me.pid, me.instance)
+}
+
+/// Whether a claim was made by a process of this node that is gone.
+pub(crate) fn claimer_is_dead(claimed_by: &str) -> bool {
+    let me = me();
+    let mut parts = claimed_by.rsplitn(3, '|');
+    let (Some(instance), Some(pid), Some(node)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<i64>() else {
+        return false;
+    };
+    node == me.node && instance != me.instance && !pid_alive(pid)
+}

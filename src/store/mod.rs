@@ -1,17 +1,24 @@
 //! Durable state: records, per-source progress, run history, leases and
 //! the import-report outbox, behind one interface with one implementation
-//! per database: [`sqlite`] (the embedded default, one machine) and, by
-//! the URL's scheme, others beside it.
+//! per database: [`sqlite`] (the embedded default, one machine) and
+//! [`postgres`] (a shared database, replicas), chosen by the URL's scheme.
 //!
 //! Each backend has its own SQL and migrations (`migrations/<backend>/`):
 //! no lowest-common-denominator layer. The interface is the list in
 //! [`interface!`] below: every backend implements each of its methods
 //! with the same signature, and [`Store`] forwards to the one it holds.
 
+mod batch;
+#[cfg(test)]
+mod behaviour;
 mod copy;
 mod error;
 mod identity;
+mod postgres;
+mod schema;
 mod sqlite;
+#[cfg(test)]
+pub(crate) mod test_db;
 mod types;
 
 use std::time::Duration;
@@ -21,6 +28,7 @@ use crate::model::{Page, Progress, RunOutcome, RunRecord, SourceKey};
 pub use copy::{COPY_BATCH, Copied, CopyAfter, CopyRow, Table};
 pub use error::StoreError;
 pub use identity::pid_alive;
+pub(crate) use types::INTERRUPTED;
 pub use types::{
     Acquired, ExportRow, Forgotten, Holder, KEEP_LAST_RUNS, Lease, PageStats, PendingReport,
     SourceStatus, renew_every,
@@ -58,6 +66,27 @@ impl Target {
     }
 }
 
+/// Why `url` names no database this binary can open (`None`: it does),
+/// without connecting: the config loader's check of `storage.database`.
+/// The reason never quotes the URL.
+pub fn database_url_problem(url: &str) -> Option<String> {
+    if postgres::is_postgres_url(url) {
+        return postgres::url_problem(url);
+    }
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(|r| r.split('?').next().unwrap_or_default());
+    match rest {
+        Some(r) if !r.is_empty() && r != ":memory:" => None,
+        _ => Some(
+            "expected sqlite://PATH (a file; :memory: is not allowed) or \
+             postgres://USER@HOST[:PORT]/DB"
+                .into(),
+        ),
+    }
+}
+
 /// Connections a Postgres store opens at most unless `[storage] pool_size`
 /// says otherwise.
 pub const DEFAULT_POOL_SIZE: u32 = 10;
@@ -88,6 +117,7 @@ pub struct Store {
 #[derive(Clone, Debug)]
 enum Backend {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 /// The [`Store::outbox_queued`] signals, by source.
@@ -110,6 +140,10 @@ impl Store {
     /// Opens the database `target` names, as `mode` says; the URL's scheme
     /// picks the backend.
     pub async fn connect(target: &Target, mode: Mode) -> Result<Self, StoreError> {
+        if postgres::is_postgres_url(&target.url) {
+            let store = postgres::PgStore::connect(target, mode).await?;
+            return Ok(Self::with(Backend::Postgres(store)));
+        }
         let backend = match mode {
             Mode::Create => {
                 sqlite::SqliteStore::open_with(&target.url, target.busy_timeout).await?
@@ -127,6 +161,7 @@ impl Store {
     pub(crate) fn sqlite(&self) -> &sqlite::SqliteStore {
         match &self.backend {
             Backend::Sqlite(s) => s,
+            Backend::Postgres(_) => panic!("a SQLite test opened a Postgres store"),
         }
     }
 
@@ -134,6 +169,7 @@ impl Store {
     pub fn location(&self) -> String {
         match &self.backend {
             Backend::Sqlite(s) => s.path().display().to_string(),
+            Backend::Postgres(s) => s.location().to_string(),
         }
     }
 
@@ -141,6 +177,7 @@ impl Store {
     pub async fn close(&self) {
         match &self.backend {
             Backend::Sqlite(s) => s.close().await,
+            Backend::Postgres(s) => s.close().await,
         }
     }
 
@@ -179,6 +216,7 @@ impl Store {
     ) -> Result<PageStats, StoreError> {
         let stats = match &self.backend {
             Backend::Sqlite(s) => s.commit_pages(lease, kind, pages).await?,
+            Backend::Postgres(s) => s.commit_pages(lease, kind, pages).await?,
         };
         if stats.reports > 0 {
             self.reports_queued(&lease.key);
@@ -196,6 +234,7 @@ impl Store {
     ) -> Result<PageStats, StoreError> {
         let stats = match &self.backend {
             Backend::Sqlite(s) => s.commit_records(key, kind, page).await?,
+            Backend::Postgres(s) => s.commit_records(key, kind, page).await?,
         };
         if stats.reports > 0 {
             self.reports_queued(key);
@@ -218,6 +257,7 @@ macro_rules! interface {
                 $vis async fn $name(&self $(, $arg: $ty)*) -> $ret {
                     match &self.backend {
                         Backend::Sqlite(s) => s.$name($($arg),*).await,
+                        Backend::Postgres(s) => s.$name($($arg),*).await,
                     }
                 }
             )*

@@ -84,6 +84,10 @@ pub struct SourceStatus {
     pub lease_holder: Option<Holder>,
 }
 
+/// What a run start leaves on the runs of its source a killed process left
+/// open.
+pub(crate) const INTERRUPTED: &str = "interrupted (process stopped during the run)";
+
 /// Runs of each source kept whatever their age: a source that runs once a
 /// week keeps two years of history, one that fails every minute keeps the
 /// last hour and a half to look at.
@@ -140,4 +144,9 @@ pub enum Acquired {
 /// in a row can fail (a busy disk) before the lease lapses.
 pub fn renew_every(ttl: Duration) -> Duration {
     (ttl / 3).max(Duration::from_millis(100))
+}
+
+/// A stored payload for `export`: its JSON text as stored, unparsed.
+pub(crate) fn stored_payload(data: String) -> Result<Box<RawValue>, super::StoreError> {
+    RawValue::from_string(data).map_err(|e| super::StoreError::Corrupt(e.to_string()))
 }

@@ -615,7 +615,136 @@ async fn compose_config_passes_check_and_syncs_all_three_kinds() {
     assert!(out.status.success(), "sync failed: {}", stderr(&out));
     let out = run(&["export"]).await.expect("join");
     assert!(out.status.success(), "export failed: {}", stderr(&out));
-    let mut kinds: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    assert_thirty_of_each_kind(&String::from_utf8_lossy(&out.stdout));
+}
+
+/// The replicas' config (compose) on a real Postgres: `check` reaches it
+/// and names its schema version, `sync` stores all three kinds, `status`
+/// and `export` read them back, and `copy-store` moves the database to
+/// SQLite with the same export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_replicas_config_syncs_all_three_kinds_into_postgres() {
+    let Some(pg) =
+        PgDb::create("compose_replicas_config_syncs_all_three_kinds_into_postgres").await
+    else {
+        return;
+    };
+    let text = read_deploy_file("compose-replicas-synchro.toml");
+    assert!(text.contains("database = \"postgres://synchro@postgres:5432/synchro\""));
+    assert!(text.contains("password = { file = \"/run/secrets/pg_password\" }"));
+    let sim = simulator().await;
+    sim.ds().seed(DEMARCHE, 30);
+    sim.calendar().seed("primary", 30);
+    sim.content().seed(30, 5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The test server trusts local logins: the password is read, sent, and
+    // ignored by the server.
+    let password = dir.path().join("pg_password");
+    std::fs::write(&password, "try-out\n").expect("password file");
+    let config = dir.path().join("synchro.toml");
+    std::fs::write(
+        &config,
+        text.replace("postgres://synchro@postgres:5432/synchro", &pg.url)
+            .replace("/run/secrets/pg_password", &password.display().to_string())
+            .replace("127.0.0.1:9751", &sim.addr().to_string())
+            .replace("0.0.0.0:9750", "127.0.0.1:0"),
+    )
+    .expect("config");
+    let run = |args: Vec<String>| {
+        let mut c = Command::new(bin());
+        c.arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("RUST_LOG");
+        tokio::task::spawn_blocking(move || c.output().expect("run synchro"))
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let out = run(args(&["check"])).await.expect("join");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "check failed: {said}{}", stderr(&out));
+    assert!(said.contains("3 source(s)"), "{said}");
+    assert!(
+        said.contains("reachable, schema version 20261205000001"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("try-out"),
+        "the password is never shown: {said}"
+    );
+
+    let out = run(args(&["sync"])).await.expect("join");
+    assert!(out.status.success(), "sync failed: {}", stderr(&out));
+    let out = run(args(&["export", "--include-deleted"]))
+        .await
+        .expect("join");
+    assert!(out.status.success(), "export failed: {}", stderr(&out));
+    let exported = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_thirty_of_each_kind(&exported);
+    let out = run(args(&["status"])).await.expect("join");
+    assert!(out.status.success(), "status failed: {}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("demo/permits"));
+
+    // Out of Postgres into SQLite: the same export, byte for byte.
+    let copy = dir.path().join("copy/synchro.db");
+    let to = format!("sqlite://{}", copy.display());
+    let out = run(args(&["copy-store", "--to", &to])).await.expect("join");
+    assert!(out.status.success(), "copy-store failed: {}", stderr(&out));
+    let mut c = Command::new(bin());
+    c.arg("--config")
+        .arg(&config)
+        .args(["export", "--include-deleted"])
+        .env("SYNCHRO__STORAGE__DATABASE", &to)
+        .env_remove("RUST_LOG");
+    let out = tokio::task::spawn_blocking(move || c.output().expect("run synchro"))
+        .await
+        .expect("join");
+    assert!(out.status.success(), "export of the copy: {}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), exported);
+}
+
+/// The Kubernetes ConfigMap's config is one the loader takes: a Postgres
+/// URL with `sslmode=verify-full`, the password from the environment.
+#[test]
+fn kubernetes_config_map_holds_a_valid_postgres_config() {
+    let manifest = read_deploy_file("kubernetes.yaml");
+    let start = manifest
+        .find("  synchro.toml: |\n")
+        .expect("the ConfigMap holds synchro.toml");
+    let text: String = manifest[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let env: std::collections::HashMap<String, String> = [("PGPASSWORD", "from-the-secret")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let loaded = synchro::config::load_str_without_secrets(
+        &text,
+        Path::new("/etc/synchro/synchro.toml"),
+        &env,
+        &synchro::sources::Kinds::builtin(),
+    )
+    .unwrap_or_else(|e| panic!("{}", e.report()));
+    let storage = &loaded.config.storage;
+    assert!(
+        storage.database.starts_with("postgres://synchro@"),
+        "{}",
+        storage.database
+    );
+    assert!(storage.database.contains("sslmode=verify-full"));
+    assert_eq!(
+        storage.password.as_ref().map(|p| p.expose()),
+        Some("from-the-secret")
+    );
+}
+
+/// An export of the compose configs' three sources after one sync: 30
+/// records of each kind.
+fn assert_thirty_of_each_kind(export: &str) {
+    let mut kinds: Vec<String> = export
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");

@@ -2,13 +2,12 @@
 //! of the previous batch, writes a batch in one transaction.
 
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
 use super::now_us;
 use super::{SqliteStore, StoreError};
 use crate::model::SourceKey;
 use crate::store::Holder;
-use crate::store::copy::{CopyAfter, CopyRow, Table};
+use crate::store::copy::{CopyAfter, CopyRow, Table, decode};
 
 const RECORD_COLUMNS: &str =
     "tenant, source, id, kind, updated_at, updated_us, deleted, data, stored_at, listing";
@@ -199,59 +198,4 @@ impl SqliteStore {
         };
         Ok(Some((key, holder)))
     }
-}
-
-fn decode(table: Table, row: &SqliteRow) -> Result<CopyRow, StoreError> {
-    Ok(match table {
-        Table::Records => CopyRow::Record {
-            tenant: row.try_get(0)?,
-            source: row.try_get(1)?,
-            id: row.try_get(2)?,
-            kind: row.try_get(3)?,
-            updated_at: row.try_get(4)?,
-            updated_us: row.try_get(5)?,
-            deleted: row.try_get(6)?,
-            data: row.try_get(7)?,
-            stored_at: row.try_get(8)?,
-            listing: row.try_get(9)?,
-        },
-        Table::Progress => CopyRow::Progress {
-            tenant: row.try_get(0)?,
-            source: row.try_get(1)?,
-            kind: row.try_get(2)?,
-            phase: row.try_get(3)?,
-            state: row.try_get(4)?,
-            updated_at: row.try_get(5)?,
-        },
-        Table::Runs => CopyRow::Run {
-            seq: row.try_get(0)?,
-            run_id: row.try_get(1)?,
-            tenant: row.try_get(2)?,
-            source: row.try_get(3)?,
-            kind: row.try_get(4)?,
-            started_at: row.try_get(5)?,
-            finished_at: row.try_get(6)?,
-            outcome: row.try_get(7)?,
-            error: row.try_get(8)?,
-            pages: row.try_get(9)?,
-            upserted: row.try_get(10)?,
-            deleted: row.try_get(11)?,
-            scheduled_at: row.try_get(12)?,
-        },
-        Table::Outbox => CopyRow::Report {
-            seq: row.try_get(0)?,
-            tenant: row.try_get(1)?,
-            source: row.try_get(2)?,
-            record_id: row.try_get(3)?,
-            completed_at: row.try_get(4)?,
-            import_state: row.try_get(5)?,
-            message: row.try_get(6)?,
-            status: row.try_get(7)?,
-            attempts: row.try_get(8)?,
-            last_error: row.try_get(9)?,
-            next_attempt_at: row.try_get(10)?,
-            created_at: row.try_get(11)?,
-            sent_at: row.try_get(12)?,
-        },
-    })
 }

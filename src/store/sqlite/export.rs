@@ -3,10 +3,10 @@
 use futures::TryStreamExt;
 use sqlx::Row;
 
-use super::records::raw;
 use super::{SqliteStore, StoreError};
 use crate::model::SourceKey;
 use crate::store::ExportRow;
+use crate::store::types::stored_payload;
 
 impl SqliteStore {
     /// Streams the records of `sources` (every stored source if empty) to
@@ -67,7 +67,7 @@ impl SqliteStore {
                 id: row.try_get(3)?,
                 deleted: row.try_get::<i64, _>(4)? != 0,
                 updated_at: row.try_get(5)?,
-                data: raw(row.try_get(6)?)?,
+                data: stored_payload(row.try_get(6)?)?,
             };
             sink(line).map_err(StoreError::Write)?;
             n += 1;

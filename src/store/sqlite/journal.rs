@@ -13,8 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
 
-/// What `start_run` leaves on the runs a killed process left open.
-const INTERRUPTED: &str = "interrupted (process stopped during the run)";
+use crate::store::INTERRUPTED;
 
 /// Entries written by one transaction at most.
 const MAX_BATCH: usize = 512;

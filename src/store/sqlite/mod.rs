@@ -39,8 +39,8 @@ const READER_IDLE: Duration = Duration::from_secs(10);
 /// The SQLite backend. Cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(in crate::store) writer: SqlitePool,
+    pub(in crate::store) reader: SqlitePool,
     path: PathBuf,
     /// Large syncs running with a widened writer cache (see `cache.rs`).
     wide: std::sync::Arc<std::sync::atomic::AtomicUsize>,

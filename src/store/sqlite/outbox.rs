@@ -9,6 +9,7 @@
 use super::{SqliteStore, StoreError};
 use crate::model::SourceKey;
 use crate::store::PendingReport;
+use crate::store::identity::{claimer, claimer_is_dead};
 
 impl SqliteStore {
     /// Pending reports of a source whose next attempt is due at `now_us`,
@@ -254,24 +255,4 @@ impl SqliteStore {
         .await?;
         Ok(())
     }
-}
-
-/// How this process signs its claims: `node|pid|instance`, so that
-/// another process of the same node can tell a dead claimer.
-fn claimer() -> String {
-    let me = crate::store::identity::me();
-    format!("{}|{}|{}", me.node, me.pid, me.instance)
-}
-
-/// Whether a claim was made by a process of this node that is gone.
-fn claimer_is_dead(claimed_by: &str) -> bool {
-    let me = crate::store::identity::me();
-    let mut parts = claimed_by.rsplitn(3, '|');
-    let (Some(instance), Some(pid), Some(node)) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    let Ok(pid) = pid.parse::<i64>() else {
-        return false;
-    };
-    node == me.node && instance != me.instance && !crate::store::identity::pid_alive(pid)
 }

@@ -128,39 +128,18 @@ async fn check_migrations(pool: &SqlitePool, path: &Path) -> Result<(), StoreErr
     .fetch_one(pool)
     .await?;
     if tables == 0 {
-        return Err(schema_error(
-            "it has no synchro tables: not a synchro database, or one that was never migrated \
-             (`synchro check` creates and migrates it)"
-                .into(),
-        ));
+        return Err(schema_error(crate::store::schema::NOT_MIGRATED.into()));
     }
     let applied: Vec<(i64,)> =
         sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success = 1 ORDER BY version")
             .fetch_all(pool)
             .await?;
     let applied: Vec<i64> = applied.into_iter().map(|(v,)| v).collect();
-    let migrator = sqlx::migrate!("./migrations/sqlite");
-    let known: Vec<(i64, &str)> = migrator
-        .iter()
-        .filter(|m| !m.migration_type.is_down_migration())
-        .map(|m| (m.version, m.description.as_ref()))
-        .collect();
-    if let Some(newer) = applied.iter().find(|v| !known.iter().any(|(k, _)| k == *v)) {
-        return Err(schema_error(format!(
-            "it was migrated by a newer synchro (migration {newer} is unknown to this binary): \
-             use that version, or restore a backup made for this one"
-        )));
-    }
-    let missing: Vec<&(i64, &str)> = known.iter().filter(|(k, _)| !applied.contains(k)).collect();
-    if let Some((version, description)) = missing.first() {
-        return Err(schema_error(format!(
-            "its schema is older than this synchro: {} migration(s) not applied yet, the first \
-             {version} ({description}); this command never migrates: `synchro check`, `sync` or \
-             `run` with this binary migrates it",
-            missing.len()
-        )));
-    }
-    Ok(())
+    crate::store::schema::check_applied(
+        &applied,
+        &sqlx::migrate!("./migrations/sqlite"),
+        &path.display().to_string(),
+    )
 }
 
 #[cfg(test)]

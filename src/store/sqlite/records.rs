@@ -7,13 +7,12 @@
 
 use std::sync::Arc;
 
-use serde_json::value::RawValue;
-
 use super::journal::{self, Entry};
 use super::lease;
 use super::{SqliteStore, StoreError, now_us};
 use crate::model::SourceKey;
-use crate::model::{Listing, Page, Progress, Record, Report, ReportOutcome, Tombstone};
+use crate::model::{Page, Progress, Report, ReportOutcome};
+use crate::store::batch::{Batch, Row};
 use crate::store::{Lease, PageStats};
 
 /// Upsert rule: a version replaces the stored one only if it is newer by the
@@ -152,18 +151,6 @@ impl Shared {
     }
 }
 
-/// One row to write: id, updated_at, updated_us, data (compact JSON). Owned
-/// and moved into the statement's arguments: a payload is bound without a
-/// copy (the driver copies a borrowed text into a new allocation).
-struct Row {
-    id: String,
-    updated_at: String,
-    updated_us: i64,
-    data: String,
-    /// The full listing's generation, when the row's page belongs to one.
-    listing: Option<i64>,
-}
-
 /// Writes rows with the multi-row statements of `statements`; returns the
 /// rows inserted or changed.
 async fn write_rows(
@@ -199,123 +186,60 @@ async fn write_rows(
     Ok(changed)
 }
 
-/// Consecutive pages written as one: their rows go through the multi-row
-/// statements together, in page order, so that a group of small pages
-/// (Contentor's ~17 new requests each) costs a few statements, i.e. a few
-/// round trips to the writer thread, instead of two or more per page.
-///
-/// Rows keep their exact order (each page's upserts, then its deletions),
-/// and SQLite applies the rows of a statement one after the other, so the
-/// result is the one page-by-page statements give. What depends on the
-/// rows written so far closes a batch: a page with import-state reports
-/// (queued against the versions stored at that point), a page completing a
-/// full listing (its sweep), and a change of listing generation (marks are
-/// written after the batch's rows).
-#[derive(Default)]
-struct Batch {
-    /// Runs of rows of one kind (`true`: deletions), in order.
-    segments: Vec<(bool, Vec<Row>)>,
-    /// The listing the batch's pages belong to, and the ids they listed.
-    listing: Option<Listing>,
-    listed: Vec<String>,
-    reports: Vec<Report>,
-}
-
-impl Batch {
-    /// Whether `page` can join the batch (see [`Batch`]).
-    fn takes(&self, page: &Page) -> bool {
-        (self.segments.is_empty() && self.listing.is_none())
-            || page.listing.map(|l| l.generation) == self.listing.map(|l| l.generation)
-    }
-
-    /// Adds `page`; says whether the batch must be written now.
-    fn push(&mut self, page: Page, now: i64) -> bool {
-        let Page {
-            upserts,
-            deletes,
-            listing,
-            reports,
-            ..
-        } = page;
-        if let Some(l) = listing {
-            // The ids a listing marks, taken before the rows move into the
-            // statements (needed only if some row is left unchanged).
-            self.listed.extend(upserts.iter().map(|r| r.id.clone()));
-            self.listed.extend(deletes.iter().map(|t| t.id.clone()));
-            self.listing = Some(l);
-        }
-        let generation = listing.map(|l| l.generation);
-        self.add(false, upsert_rows(upserts, generation));
-        self.add(true, tombstone_rows(deletes, now, generation));
-        self.reports.extend(reports);
-        !self.reports.is_empty() || listing.is_some_and(|l| l.complete)
-    }
-
-    fn add(&mut self, deleted: bool, rows: Vec<Row>) {
-        if rows.is_empty() {
-            return;
-        }
-        match self.segments.last_mut() {
-            Some((d, run)) if *d == deleted => run.extend(rows),
-            _ => self.segments.push((deleted, rows)),
+/// Writes a batch's rows, listing marks, sweep and reports inside the
+/// caller's transaction.
+async fn write_batch(
+    batch: Batch,
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    key: &SourceKey,
+    shared: &Shared,
+) -> Result<PageStats, StoreError> {
+    let mut stats = PageStats::default();
+    let written = batch.rows();
+    for (deleted, rows) in batch.segments {
+        if deleted {
+            stats.deleted += write_rows(tx, tombstone_statements(), shared, true, rows).await?;
+        } else {
+            stats.upserted += write_rows(tx, upsert_statements(), shared, false, rows).await?;
         }
     }
-
-    /// Writes the batch's rows, listing marks, sweep and reports inside the
-    /// caller's transaction.
-    async fn write(
-        self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        key: &SourceKey,
-        shared: &Shared,
-    ) -> Result<PageStats, StoreError> {
-        let mut stats = PageStats::default();
-        let written: usize = self.segments.iter().map(|(_, rows)| rows.len()).sum();
-        for (deleted, rows) in self.segments {
-            if deleted {
-                stats.deleted += write_rows(tx, tombstone_statements(), shared, true, rows).await?;
-            } else {
-                stats.upserted += write_rows(tx, upsert_statements(), shared, false, rows).await?;
-            }
-        }
-        if let Some(listing) = self.listing {
-            // Rows the statements inserted or changed carry the listing's
-            // mark already; when that is every row (a first full listing),
-            // there is nothing left to mark.
-            let all_marked = stats.upserted + stats.deleted == written as u64;
-            if !all_marked && !self.listed.is_empty() {
-                let ids = serde_json::to_string(&self.listed)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                sqlx::query(MARK)
-                    .bind(&key.tenant)
-                    .bind(&key.source)
-                    .bind(listing.generation)
-                    .bind(ids)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            if listing.complete {
-                stats.removed = sqlx::query(SWEEP)
-                    .bind(&key.tenant)
-                    .bind(&key.source)
-                    .bind(listing.generation)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected();
-            }
-        }
-        if let Some(json) = encode_reports(&self.reports)? {
-            stats.reports = sqlx::query(QUEUE_REPORTS)
+    if let Some(listing) = batch.listing {
+        // Rows the statements inserted or changed carry the listing's
+        // mark already; when that is every row (a first full listing),
+        // there is nothing left to mark.
+        let all_marked = stats.upserted + stats.deleted == written as u64;
+        if !all_marked && !batch.listed.is_empty() {
+            let ids = serde_json::to_string(&batch.listed)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(MARK)
                 .bind(&key.tenant)
                 .bind(&key.source)
-                .bind(shared.now)
-                .bind(json)
+                .bind(listing.generation)
+                .bind(ids)
+                .execute(&mut **tx)
+                .await?;
+        }
+        if listing.complete {
+            stats.removed = sqlx::query(SWEEP)
+                .bind(&key.tenant)
+                .bind(&key.source)
+                .bind(listing.generation)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected();
         }
-        Ok(stats)
     }
+    if let Some(json) = encode_reports(&batch.reports)? {
+        stats.reports = sqlx::query(QUEUE_REPORTS)
+            .bind(&key.tenant)
+            .bind(&key.source)
+            .bind(shared.now)
+            .bind(json)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+    }
+    Ok(stats)
 }
 
 /// Writes consecutive pages inside the caller's transaction, batched (see
@@ -327,16 +251,9 @@ async fn write_pages(
     pages: Vec<Page>,
 ) -> Result<PageStats, StoreError> {
     let mut total = PageStats::default();
-    let mut batch = Batch::default();
-    for page in pages {
-        if !batch.takes(&page) {
-            total.add(std::mem::take(&mut batch).write(tx, key, shared).await?);
-        }
-        if batch.push(page, shared.now) {
-            total.add(std::mem::take(&mut batch).write(tx, key, shared).await?);
-        }
+    for batch in Batch::split(pages, shared.now) {
+        total.add(write_batch(batch, tx, key, shared).await?);
     }
-    total.add(batch.write(tx, key, shared).await?);
     Ok(total)
 }
 
@@ -507,24 +424,6 @@ impl SqliteStore {
     }
 }
 
-fn upsert_rows(records: Vec<Record>, listing: Option<i64>) -> Vec<Row> {
-    records
-        .into_iter()
-        .map(|r| Row {
-            id: r.id,
-            updated_at: r.updated_at,
-            updated_us: r.updated_us,
-            data: payload_text(r.data),
-            listing,
-        })
-        .collect()
-}
-
-/// A payload's text, in the allocation it already has.
-fn payload_text(data: Box<RawValue>) -> String {
-    Box::<str>::from(data).into_string()
-}
-
 fn encode_reports(reports: &[Report]) -> Result<Option<String>, StoreError> {
     if reports.is_empty() {
         return Ok(None);
@@ -544,33 +443,4 @@ fn encode_reports(reports: &[Report]) -> Result<Option<String>, StoreError> {
     serde_json::to_string(&rows)
         .map(Some)
         .map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-/// Tombstone rows, stamped with when each deletion happened: as the
-/// upstream says, or now.
-fn tombstone_rows(deletes: Vec<Tombstone>, now: i64, listing: Option<i64>) -> Vec<Row> {
-    deletes
-        .into_iter()
-        .map(|t| {
-            let (updated_at, updated_us) = match t.deleted_at {
-                Some(at) => {
-                    let us = crate::time::parse_us(&at).unwrap_or(now);
-                    (at, us)
-                }
-                None => (crate::time::format_us(now), now),
-            };
-            Row {
-                id: t.id,
-                updated_at,
-                updated_us,
-                data: payload_text(t.data),
-                listing,
-            }
-        })
-        .collect()
-}
-
-/// Parses a stored payload back into raw JSON without re-encoding it.
-pub(super) fn raw(data: String) -> Result<Box<RawValue>, StoreError> {
-    RawValue::from_string(data).map_err(|e| StoreError::Corrupt(e.to_string()))
 }

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use synchro_simulator::Simulator;
 
+mod postgres;
+pub use postgres::PgDb;
+
 /// Path of the binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_synchro")
