@@ -33,7 +33,7 @@ async fn full_sync_of_3000_events_over_pages_some_empty_equals_upstream() {
     // The stored token is the last page's: a sync with no change upstream is
     // one request that brings nothing back.
     cal.set_empty_pages(0);
-    let state = progress_state(&setup.db_path(), "acme", "agenda")
+    let state = progress_state(&setup.db(), "acme", "agenda")
         .await
         .expect("progress");
     assert!(state["sync_token"].is_string(), "{state}");
@@ -362,10 +362,10 @@ async fn push_notification_with_the_channel_token_starts_a_sync_within_a_second(
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(&setup.config, cfg).expect("config");
     let mut child = setup.spawn(&["run"]);
-    let db = setup.db_path();
+    let db = setup.db();
     wait_until(Duration::from_secs(30), "the first sync", || {
         let db = db.clone();
-        async move { db.exists() && count_runs(&db, "acme", "agenda", "success").await == 1 }
+        async move { db.exists().await && count_runs(&db, "acme", "agenda", "success").await == 1 }
     })
     .await;
 

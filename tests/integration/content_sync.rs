@@ -188,7 +188,7 @@ async fn import_endpoint_down_or_hanging_never_slows_the_syncs_and_catches_up() 
     let _ = port;
     content.set_import_mode(ImportMode::Fail);
     let mut child = setup.spawn(&["run"]);
-    let db = setup.db_path();
+    let db = setup.db();
     let runs = || count_runs(&db, "acme", "translations", "success");
 
     // Down (500), then hanging: the syncs keep their one-second pace.
@@ -300,7 +300,7 @@ async fn webhooks_store_the_newest_state_and_report_like_polling() {
     let setup = Setup::content(&sim, &[src]);
     let port = setup.use_free_port();
     let mut child = setup.spawn(&["run"]);
-    let db = setup.db_path();
+    let db = setup.db();
     wait_until(Duration::from_secs(30), "the first sync", || {
         let db = db.clone();
         async move { count_runs(&db, "acme", "translations", "success").await >= 1 }

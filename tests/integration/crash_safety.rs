@@ -67,5 +67,5 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     assert_export_matches(&setup, &sim, "acme", "permits", DEMARCHE).await;
 
     // The database itself is sound.
-    assert_integrity(&setup.db_path()).await;
+    assert_integrity(&setup.db()).await;
 }

@@ -44,10 +44,10 @@ async fn run_syncs_serves_health_and_exits_0_on_sigterm_within_the_deadline() {
         Some(200)
     );
     // Wait for some pages to land, then ask to stop.
-    let db = setup.db_path();
+    let db = setup.db();
     wait_until(Duration::from_secs(30), "a first page", || {
         let db = db.clone();
-        async move { std::fs::metadata(db.with_extension("db-wal")).is_ok_and(|m| m.len() > 0) }
+        async move { db.count("SELECT count(*) FROM records", &[]).await > 0 }
     })
     .await;
     signal(&child, "TERM");
@@ -303,15 +303,14 @@ fn render(raw: &str) -> Vec<String> {
 }
 
 /// `(started_at, scheduled_at)` of every run of `tenant/source`, oldest first.
-async fn run_instants(db: &std::path::Path, tenant: &str, source: &str) -> Vec<(i64, Option<i64>)> {
-    let url = format!("sqlite://{}?mode=ro", db.display());
-    let Ok(mut conn) = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await else {
+async fn run_instants(db: &Db, tenant: &str, source: &str) -> Vec<(i64, Option<i64>)> {
+    let Some(mut conn) = db.connect().await else {
         return Vec::new();
     };
-    sqlx::query_as(
+    sqlx::query_as(sqlx::AssertSqlSafe(db.sql(
         "SELECT started_at, scheduled_at FROM runs \
          WHERE tenant = ?1 AND source = ?2 AND outcome <> 'running' ORDER BY id",
-    )
+    )))
     .bind(tenant)
     .bind(source)
     .fetch_all(&mut conn)
@@ -325,7 +324,7 @@ async fn scheduled_runs_record_their_due_instant_and_other_runs_do_not() {
     sim.calendar().seed("primary", 3);
     let setup = Setup::mixed(&sim, &[], &[CalSource::new("acme", "team", "primary")], "");
     setup.edit_config("schedule = \"every 1h\"", "schedule = \"every 2s\"");
-    let db = setup.db_path();
+    let db = setup.db();
 
     let mut child = setup.spawn(&["run"]);
     wait_until(Duration::from_secs(60), "two scheduled runs", || {
@@ -379,14 +378,13 @@ async fn scheduled_runs_record_their_due_instant_and_other_runs_do_not() {
 }
 
 /// Runs of `tenant/source` that started before `before_us`.
-async fn runs_started_before(db: &std::path::Path, source: &str, before_us: i64) -> i64 {
-    let url = format!("sqlite://{}?mode=ro", db.display());
-    let Ok(mut conn) = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await else {
+async fn runs_started_before(db: &Db, source: &str, before_us: i64) -> i64 {
+    let Some(mut conn) = db.connect().await else {
         return -1;
     };
-    sqlx::query_as::<_, (i64,)>(
+    sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(db.sql(
         "SELECT count(*) FROM runs WHERE tenant = 'acme' AND source = ?1 AND started_at < ?2",
-    )
+    )))
     .bind(source)
     .bind(before_us)
     .fetch_one(&mut conn)
@@ -407,17 +405,14 @@ async fn the_daemon_prunes_the_run_history_at_start() {
         .expect("clock")
         .as_micros() as i64;
     let old_us = now_us - 40 * 86_400_000_000;
-    let db = setup.db_path();
-    let url = format!("sqlite://{}", db.display());
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .expect("open db");
+    let db = setup.db();
+    let mut conn = db.connect_rw().await.expect("open db");
     for (source, n) in [("permits", 150), ("gone", 3)] {
         for i in 0..n {
-            sqlx::query(
+            sqlx::query(sqlx::AssertSqlSafe(db.sql(
                 "INSERT INTO runs (run_id, tenant, source, kind, started_at, finished_at, outcome) \
                  VALUES (?1, 'acme', ?2, 'demarches', ?3, ?3, 'failed')",
-            )
+            )))
             .bind(format!("{source}-{i}"))
             .bind(source)
             .bind(old_us + i)

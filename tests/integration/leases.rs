@@ -14,16 +14,13 @@ const DEMARCHE: i64 = 4_242;
 const CALENDAR: &str = "team@example.com";
 
 /// The pid holding a source's lease now, straight from the database.
-async fn lease_pid(db: &std::path::Path, tenant: &str, source: &str) -> Option<i64> {
-    let url = format!("sqlite://{}?mode=ro", db.display());
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .ok()?;
+async fn lease_pid(db: &Db, tenant: &str, source: &str) -> Option<i64> {
+    let mut conn = db.connect().await?;
     let now = chrono::Utc::now().timestamp_micros();
-    sqlx::query_as::<_, (i64,)>(
+    sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(db.sql(
         "SELECT pid FROM leases WHERE tenant = ?1 AND source = ?2 \
          AND run_id IS NOT NULL AND expires_at > ?3",
-    )
+    )))
     .bind(tenant)
     .bind(source)
     .bind(now)
@@ -35,15 +32,14 @@ async fn lease_pid(db: &std::path::Path, tenant: &str, source: &str) -> Option<i
 }
 
 /// Whether the lease row of a source says it lapsed (or is free).
-async fn lease_lapsed(db: &std::path::Path, tenant: &str, source: &str) -> bool {
-    let url = format!("sqlite://{}?mode=ro", db.display());
-    let Ok(mut conn) = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await else {
+async fn lease_lapsed(db: &Db, tenant: &str, source: &str) -> bool {
+    let Some(mut conn) = db.connect().await else {
         return false;
     };
     let now = chrono::Utc::now().timestamp_micros();
-    sqlx::query_as::<_, (i64,)>(
+    sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(db.sql(
         "SELECT count(*) FROM leases WHERE tenant = ?1 AND source = ?2 AND expires_at <= ?3",
-    )
+    )))
     .bind(tenant)
     .bind(source)
     .bind(now)
@@ -56,11 +52,8 @@ async fn lease_lapsed(db: &std::path::Path, tenant: &str, source: &str) -> bool 
 type Run = (String, i64, i64, String, Option<String>);
 
 /// Every run of every source, in start order.
-async fn runs(db: &std::path::Path) -> Vec<Run> {
-    let url = format!("sqlite://{}?mode=ro", db.display());
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .expect("open db");
+async fn runs(db: &Db) -> Vec<Run> {
+    let mut conn = db.connect().await.expect("open db");
     sqlx::query_as(
         "SELECT tenant || '/' || source, started_at, coalesce(finished_at, -1), outcome, error \
          FROM runs ORDER BY started_at",
@@ -72,7 +65,7 @@ async fn runs(db: &std::path::Path) -> Vec<Run> {
 
 /// No two runs of one source overlapped in time, and none was cut off
 /// (but the last, which the daemon's shutdown may cancel).
-async fn assert_runs_never_overlapped(db: &std::path::Path) {
+async fn assert_runs_never_overlapped(db: &Db) {
     let mut by_source: BTreeMap<String, Vec<Run>> = BTreeMap::new();
     for run in runs(db).await {
         by_source.entry(run.0.clone()).or_default().push(run);
@@ -200,8 +193,8 @@ async fn two_syncs_and_a_daemon_on_one_database_lose_nothing_and_report_once() {
     let mut once = got.clone();
     once.dedup();
     assert_eq!(got, once, "a completion was reported twice");
-    assert_runs_never_overlapped(&setup.db_path()).await;
-    assert_integrity(&setup.db_path()).await;
+    assert_runs_never_overlapped(&setup.db()).await;
+    assert_integrity(&setup.db()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +207,7 @@ async fn a_busy_source_makes_sync_wait_or_exit_75_with_no_wait() {
     let mut ds = DsSource::new("acme", "permits", DEMARCHE);
     ds.page_size = 20;
     let setup = Setup::new(&sim, &[ds]);
-    let db = setup.db_path();
+    let db = setup.db();
     let mut first = setup.spawn(&["sync"]);
     let pid = i64::from(first.id());
     wait_until(Duration::from_secs(30), "the first sync's lease", || {
@@ -267,7 +260,7 @@ async fn a_holder_paused_past_its_lease_never_writes_after_the_takeover() {
     ds.page_size = 20;
     let setup = Setup::new(&sim, &[ds]);
     setup.edit_config("[scheduler]\n", "[scheduler]\nlease_ttl = \"2s\"\n");
-    let db = setup.db_path();
+    let db = setup.db();
 
     let mut stale = setup.spawn(&["sync"]);
     let pid = i64::from(stale.id());
@@ -321,9 +314,8 @@ async fn a_holder_paused_past_its_lease_never_writes_after_the_takeover() {
 
 /// Pages committed so far by the running sync (the progress row moves with
 /// each commit; its cursor is what we count by).
-async fn count_pages_committed(db: &std::path::Path) -> usize {
-    let url = format!("sqlite://{}?mode=ro", db.display());
-    let Ok(mut conn) = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await else {
+async fn count_pages_committed(db: &Db) -> usize {
+    let Some(mut conn) = db.connect().await else {
         return 0;
     };
     sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM records")
@@ -342,7 +334,7 @@ async fn a_shutdown_during_a_run_or_its_back_off_is_cancelled_not_failed() {
     // A server wait longer than max_backoff fails the run at once; this
     // one is waited out.
     setup.edit_config("max_backoff = \"2s\"", "max_backoff = \"60s\"");
-    let db = setup.db_path();
+    let db = setup.db();
 
     // `sync`, Ctrl-C while it waits out a 30 s Retry-After after a page.
     sim.ds().inject(Fault::Pass, 2);
@@ -402,7 +394,7 @@ async fn a_run_asked_for_now_on_a_held_source_runs_once_the_holder_is_done() {
     let mut ds = DsSource::new("acme", "permits", DEMARCHE);
     ds.page_size = 20;
     let setup = Setup::new(&sim, &[ds]);
-    let db = setup.db_path();
+    let db = setup.db();
     let mut sync = setup.spawn(&["sync"]);
     let pid = i64::from(sync.id());
     wait_until(Duration::from_secs(30), "the sync's lease", || {

@@ -34,7 +34,7 @@ async fn metrics_are_served_labelled_by_tenant_and_source_and_logs_are_json() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("spawn");
-    let db = setup.db_path();
+    let db = setup.db();
     wait_until(Duration::from_secs(30), "both first syncs", || {
         let db = db.clone();
         async move {

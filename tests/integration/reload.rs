@@ -6,7 +6,7 @@ use crate::common::*;
 use synchro_simulator::Fault;
 
 async fn runs(setup: &Setup, tenant: &str, source: &str, outcome: &str) -> i64 {
-    count_runs(&setup.db_path(), tenant, source, outcome).await
+    count_runs(&setup.db(), tenant, source, outcome).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,10 +39,9 @@ async fn sighup_applies_a_valid_config_source_by_source_and_rejects_an_invalid_o
         },
     )
     .await;
-    let db = setup.db_path();
+    let db = setup.db();
     let agenda_pages = || async {
-        let url = format!("sqlite://{}?mode=ro", db.display());
-        let Ok(mut c) = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await else {
+        let Some(mut c) = db.connect().await else {
             return 0;
         };
         sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM records WHERE source = 'agenda'")
@@ -73,10 +72,7 @@ async fn sighup_applies_a_valid_config_source_by_source_and_rejects_an_invalid_o
     );
     let text = std::fs::read_to_string(&next.config)
         .expect("config")
-        .replace(
-            &next.db_path().display().to_string(),
-            &setup.db_path().display().to_string(),
-        )
+        .replace(&next.database_url(), &setup.database_url())
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(&setup.config, text).expect("write");
     signal(&child, "HUP");
@@ -154,13 +150,10 @@ async fn sighup_changing_what_needs_a_restart_is_rejected_and_the_running_config
             DsSource::new("acme", "grants", 21),
         ],
     );
-    let config_with = |db: &std::path::Path, listen_port: u16, storage: &str| {
+    let config_with = |database: &str, listen_port: u16, storage: &str| {
         std::fs::read_to_string(&next.config)
             .expect("config")
-            .replace(
-                &next.db_path().display().to_string(),
-                &db.display().to_string(),
-            )
+            .replace(&next.database_url(), database)
             .replace("127.0.0.1:0", &format!("127.0.0.1:{listen_port}"))
             .replace("[server]", &format!("{storage}\n[server]"))
     };
@@ -181,8 +174,12 @@ async fn sighup_changing_what_needs_a_restart_is_rejected_and_the_running_config
     // Another database: rejected as a whole, nothing restarted, the new
     // file never created.
     let moved = setup.dir.path().join("moved.db");
+    let moved_url = match &setup.pg {
+        Some(_) => format!("{}_moved", setup.database_url()),
+        None => format!("sqlite://{}", moved.display()),
+    };
     let log = hup_and_wait_for(
-        config_with(&moved, port, ""),
+        config_with(&moved_url, port, ""),
         "SIGHUP: new configuration rejected: storage.database changed: \
          restart synchro to use the new database; keeping the running configuration",
     )
@@ -197,7 +194,7 @@ async fn sighup_changing_what_needs_a_restart_is_rejected_and_the_running_config
         .expect("addr")
         .port();
     hup_and_wait_for(
-        config_with(&setup.db_path(), other_port, ""),
+        config_with(&setup.database_url(), other_port, ""),
         "server.listen changed: restart synchro to listen on the new address; \
          keeping the running configuration",
     )
@@ -211,7 +208,7 @@ async fn sighup_changing_what_needs_a_restart_is_rejected_and_the_running_config
     // Same database and address, a shorter run history and the added
     // source: applied source by source, `permits` left alone.
     let log = hup_and_wait_for(
-        config_with(&setup.db_path(), port, "runs_retention = \"7d\"\n"),
+        config_with(&setup.database_url(), port, "runs_retention = \"7d\"\n"),
         "SIGHUP: configuration reloaded",
     )
     .await;

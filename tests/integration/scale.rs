@@ -43,16 +43,16 @@ struct Src {
 /// `sims[i]`, and returns the config path.
 fn write_config(
     dir: &Path,
+    database: &str,
     http: &str,
     scheduler: &str,
     sources: &[(&Simulator, Src)],
 ) -> std::path::PathBuf {
     let mut toml = format!(
-        "[storage]\ndatabase = \"sqlite://{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n\
+        "[storage]\ndatabase = \"{database}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n\
          [scheduler]\nshutdown_timeout = \"5s\"\n{scheduler}\n\n\
          [http]\ntimeout = \"20s\"\nconnect_timeout = \"5s\"\nmax_retries = 3\n\
-         initial_backoff = \"50ms\"\nmax_backoff = \"500ms\"\n{http}\n",
-        dir.join("synchro.db").display()
+         initial_backoff = \"50ms\"\nmax_backoff = \"500ms\"\n{http}\n"
     );
     let mut tenant = "";
     for (sim, s) in sources {
@@ -109,15 +109,14 @@ fn stop_daemon(mut child: Child) {
 
 /// Distinct sources with at least one run of this outcome, among those whose
 /// source id starts with `prefix`.
-async fn sources_with(db: &Path, outcome: &str, prefix: &str) -> i64 {
-    let url = format!("sqlite://{}?mode=ro", db.display());
-    let Ok(mut conn) = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await else {
+async fn sources_with(db: &Db, outcome: &str, prefix: &str) -> i64 {
+    let Some(mut conn) = db.connect().await else {
         return 0;
     };
-    sqlx::query_as::<_, (i64,)>(
+    sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(db.sql(
         "SELECT count(DISTINCT tenant || '/' || source) FROM runs \
          WHERE outcome = ?1 AND source LIKE ?2 || '%'",
-    )
+    )))
     .bind(outcome)
     .bind(prefix)
     .fetch_one(&mut conn)
@@ -127,11 +126,16 @@ async fn sources_with(db: &Path, outcome: &str, prefix: &str) -> i64 {
 
 /// Waits until `want` sources with `prefix` have succeeded once, or fails
 /// after `timeout` with the daemon's last log lines.
-async fn wait_for_successes(dir: &Path, prefix: &str, want: i64, timeout: Duration) -> Duration {
-    let db = dir.join("synchro.db");
+async fn wait_for_successes(
+    dir: &Path,
+    db: &Db,
+    prefix: &str,
+    want: i64,
+    timeout: Duration,
+) -> Duration {
     let start = Instant::now();
     loop {
-        let done = sources_with(&db, "success", prefix).await;
+        let done = sources_with(db, "success", prefix).await;
         if done >= want {
             return start.elapsed();
         }
@@ -189,8 +193,10 @@ async fn a_thousand_sources_of_a_hundred_tenants_keep_to_the_host_budget() {
     }
     assert_eq!(sources.len(), 1_000);
     let dir = tempfile::tempdir().expect("tempdir");
+    let store = SuiteDb::new(dir.path());
     let config = write_config(
         dir.path(),
+        &store.url,
         &format!("per_host_requests_per_second = {RATE}\nper_host_concurrency = {CONCURRENCY}"),
         "max_concurrent_syncs = 64\njitter = \"1s\"",
         &sources,
@@ -198,7 +204,7 @@ async fn a_thousand_sources_of_a_hundred_tenants_keep_to_the_host_budget() {
 
     let started = Instant::now();
     let child = spawn_daemon(dir.path(), &config);
-    let took = wait_for_successes(dir.path(), "s", 1_000, Duration::from_secs(55)).await;
+    let took = wait_for_successes(dir.path(), &store.db, "s", 1_000, Duration::from_secs(55)).await;
     let requests = sim.traffic().total();
     let elapsed = started.elapsed();
     let max_rps = sim.max_requests_per_second();
@@ -210,7 +216,7 @@ async fn a_thousand_sources_of_a_hundred_tenants_keep_to_the_host_budget() {
     );
 
     assert_eq!(
-        sources_with(&dir.path().join("synchro.db"), "failed", "s").await,
+        sources_with(&store.db, "failed", "s").await,
         0,
         "no source failed"
     );
@@ -292,8 +298,10 @@ async fn a_slow_and_failing_host_does_not_delay_the_sources_of_another_host() {
         }
     }
     let dir = tempfile::tempdir().expect("tempdir");
+    let store = SuiteDb::new(dir.path());
     let config = write_config(
         dir.path(),
+        &store.url,
         "per_host_requests_per_second = 100\nper_host_concurrency = 2",
         "max_concurrent_syncs = 6\njitter = \"0s\"",
         &sources,
@@ -302,9 +310,8 @@ async fn a_slow_and_failing_host_does_not_delay_the_sources_of_another_host() {
     // 40 good sources at 100 requests/s need well under a second of budget;
     // the deadline is for a loaded machine. Were the bad host's syncs
     // holding the 6 global slots, they would need 40 × 3 × 3 s / 6 = 60 s.
-    let took = wait_for_successes(dir.path(), "g", 40, Duration::from_secs(15)).await;
-    let db = dir.path().join("synchro.db");
-    let bad_done = sources_with(&db, "success", "b").await;
+    let took = wait_for_successes(dir.path(), &store.db, "g", 40, Duration::from_secs(15)).await;
+    let bad_done = sources_with(&store.db, "success", "b").await;
     let bad_in_flight = bad.max_in_flight();
     stop_daemon(child);
     eprintln!(

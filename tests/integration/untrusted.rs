@@ -80,11 +80,8 @@ async fn upstream_with_expiry(expires_in: serde_json::Value) -> (SocketAddr, Iss
 }
 
 /// Every `runs.error` stored, straight from the database.
-async fn run_errors(db: &std::path::Path) -> Vec<String> {
-    let url = format!("sqlite://{}?mode=ro", db.display());
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .expect("open db");
+async fn run_errors(db: &Db) -> Vec<String> {
+    let mut conn = db.connect().await.expect("open db");
     sqlx::query_as::<_, (Option<String>,)>("SELECT error FROM runs")
         .fetch_all(&mut conn)
         .await
@@ -112,7 +109,7 @@ async fn oauth_tokens_echoed_by_an_upstream_error_are_redacted_everywhere() {
     let out = setup.run(&["sync"]).await;
     let status = setup.run(&["status"]).await;
     let json = setup.run(&["status", "--json"]).await;
-    let stored = run_errors(&setup.db_path()).await;
+    let stored = run_errors(&setup.db()).await;
     let everything = format!(
         "{}{}{}{}{}",
         stderr(&out),
@@ -154,7 +151,7 @@ async fn a_configured_token_across_the_excerpt_cut_leaks_no_prefix() {
     let out = setup.run(&["sync"]).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    let stored = run_errors(&setup.db_path()).await.join("\n");
+    let stored = run_errors(&setup.db()).await.join("\n");
     assert!(stored.contains("HTTP 404"), "{stored}");
     for text in [&err, &stored] {
         assert!(!text.contains(&token[..6]), "a prefix leaked:\n{text}");

@@ -17,14 +17,14 @@ use crate::store::identity::{me, pid_alive};
 use crate::store::{Acquired, Holder, Lease, StoreError};
 
 /// Takes a free or expired lease, bumping the epoch; no row when another
-/// run holds it.
+/// run holds it. The instants are read once the row is locked.
 const TAKE: &str = r#"
 INSERT INTO leases AS l (tenant, source, epoch, run_id, host, node, pid, acquired_at, expires_at)
 VALUES ($1, $2, 1, $3, $4, $5, $6, synchro_now_us(), synchro_now_us() + $7)
 ON CONFLICT (tenant, source) DO UPDATE SET
     epoch = l.epoch + 1, run_id = excluded.run_id, host = excluded.host,
-    node = excluded.node, pid = excluded.pid, acquired_at = excluded.acquired_at,
-    expires_at = excluded.expires_at
+    node = excluded.node, pid = excluded.pid, acquired_at = synchro_now_us(),
+    expires_at = synchro_now_us() + $7
 WHERE l.run_id IS NULL OR l.expires_at <= synchro_now_us()
 RETURNING epoch
 "#;
@@ -37,6 +37,29 @@ UPDATE leases SET
 WHERE tenant = $1 AND source = $2 AND epoch = $8
 RETURNING epoch
 "#;
+
+/// How long taking a lease waits for its row's lock. The lock is held by a
+/// commit of the holder (a moment) or by a holder paused inside one (until
+/// the server ends its idle transaction): past this, the lease is busy for
+/// now and the caller asks again later, instead of starting its run with
+/// its lease's time already spent waiting.
+const TAKE_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
+
+/// What one attempt to take a lease found.
+enum Taking {
+    Taken(i64),
+    /// Another run holds it.
+    Held,
+    /// Its row is locked: a commit or a takeover is under way.
+    Locked,
+}
+
+/// Whether a statement failed because a row lock did not come in time.
+fn lock_not_available(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "55P03")
+}
 
 /// A held lease's row as `lease_holder` reads it.
 const HOLDER: &str = "SELECT run_id, host, pid, acquired_at, expires_at, epoch, node, tenant, \
@@ -58,18 +81,10 @@ impl PgStore {
             ttl,
         };
         for _ in 0..2 {
-            let taken: Option<(i64,)> = sqlx::query_as(TAKE)
-                .bind(&key.tenant)
-                .bind(&key.source)
-                .bind(run_id)
-                .bind(&me.host)
-                .bind(&me.node)
-                .bind(me.pid)
-                .bind(ttl_us)
-                .fetch_optional(&self.pool)
-                .await?;
-            if let Some((epoch,)) = taken {
-                return Ok(Acquired::Taken(lease(epoch)));
+            match self.take(TAKE, key, run_id, ttl_us, None).await? {
+                Taking::Taken(epoch) => return Ok(Acquired::Taken(lease(epoch))),
+                Taking::Locked => return self.busy(key).await,
+                Taking::Held => {}
             }
             let Some((holder, epoch, node)) = self.held(key).await? else {
                 continue;
@@ -80,25 +95,70 @@ impl PgStore {
             if !dead {
                 return Ok(Acquired::Held(holder));
             }
-            let taken: Option<(i64,)> = sqlx::query_as(TAKE_OVER)
-                .bind(&key.tenant)
-                .bind(&key.source)
-                .bind(run_id)
-                .bind(&me.host)
-                .bind(&me.node)
-                .bind(me.pid)
-                .bind(ttl_us)
-                .bind(epoch)
-                .fetch_optional(&self.pool)
-                .await?;
-            if let Some((epoch,)) = taken {
-                tracing::info!(tenant = %key.tenant, source = %key.source, dead_pid = holder.pid,
-                    dead_run = %holder.run_id, "took over the lease of a run whose process is gone");
-                return Ok(Acquired::Taken(lease(epoch)));
+            match self
+                .take(TAKE_OVER, key, run_id, ttl_us, Some(epoch))
+                .await?
+            {
+                Taking::Taken(epoch) => {
+                    tracing::info!(tenant = %key.tenant, source = %key.source,
+                        dead_pid = holder.pid, dead_run = %holder.run_id,
+                        "took over the lease of a run whose process is gone");
+                    return Ok(Acquired::Taken(lease(epoch)));
+                }
+                Taking::Locked => return self.busy(key).await,
+                Taking::Held => {}
             }
         }
-        match self.lease_holder(key).await? {
-            Some(h) => Ok(Acquired::Held(h)),
+        self.busy(key).await
+    }
+
+    /// One attempt at `sql` (TAKE or TAKE_OVER), waiting for the row's lock
+    /// at most [`TAKE_LOCK_TIMEOUT`].
+    async fn take(
+        &self,
+        sql: &'static str,
+        key: &SourceKey,
+        run_id: &str,
+        ttl_us: i64,
+        epoch: Option<i64>,
+    ) -> Result<Taking, StoreError> {
+        let me = me();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(TAKE_LOCK_TIMEOUT).execute(&mut *tx).await?;
+        let mut query = sqlx::query_as::<_, (i64,)>(sql)
+            .bind(&key.tenant)
+            .bind(&key.source)
+            .bind(run_id)
+            .bind(&me.host)
+            .bind(&me.node)
+            .bind(me.pid)
+            .bind(ttl_us);
+        if let Some(epoch) = epoch {
+            query = query.bind(epoch);
+        }
+        match query.fetch_optional(&mut *tx).await {
+            Ok(taken) => {
+                tx.commit().await?;
+                Ok(taken.map_or(Taking::Held, |(epoch,)| Taking::Taken(epoch)))
+            }
+            Err(e) if lock_not_available(&e) => Ok(Taking::Locked),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The lease is not to be had now: who has it, as the last committed
+    /// row says (a holder paused past its expiry included).
+    async fn busy(&self, key: &SourceKey) -> Result<Acquired, StoreError> {
+        let row = sqlx::query(
+            "SELECT coalesce(run_id, '(a run starting)'), host, pid, acquired_at, expires_at \
+             FROM leases WHERE tenant = $1 AND source = $2",
+        )
+        .bind(&key.tenant)
+        .bind(&key.source)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Acquired::Held(holder(&row)?)),
             None => Err(StoreError::Corrupt(format!(
                 "the lease of {key} changed hands twice while it was asked for"
             ))),
@@ -177,6 +237,24 @@ fn holder(row: &sqlx::postgres::PgRow) -> Result<Holder, StoreError> {
     })
 }
 
+impl PgStore {
+    /// Whether the lease row still names this run at this epoch (read
+    /// without locking: what the last committed takeover says).
+    pub(super) async fn still_ours(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let (ours,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM leases WHERE tenant = $1 AND source = $2 \
+             AND epoch = $3 AND run_id = $4)",
+        )
+        .bind(&lease.key.tenant)
+        .bind(&lease.key.source)
+        .bind(lease.epoch)
+        .bind(&lease.run_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ours)
+    }
+}
+
 /// The fence of a commit, first in its transaction: passes (extending the
 /// lease, a commit being proof of life) only while the row names this run
 /// at this epoch, and keeps the row locked until the commit ends.
@@ -203,5 +281,82 @@ pub(super) async fn check_fence(
             key: lease.key.clone(),
             epoch: lease.epoch,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::model::{Page, SourceKey};
+    use crate::store::test_db::{Backend, TestDb};
+    use crate::store::{Acquired, Store, StoreError};
+
+    /// The Postgres store inside `store`.
+    fn pg(store: &Store) -> &super::PgStore {
+        match &store.backend {
+            crate::store::Backend::Postgres(pg) => pg,
+            crate::store::Backend::Sqlite(_) => panic!("a Postgres test opened SQLite"),
+        }
+    }
+
+    /// A holder paused inside a commit (here: a transaction that locked
+    /// the lease row and then went silent) neither blocks whoever asks for
+    /// the lapsed lease (they hear "busy" within the take's lock wait) nor
+    /// keeps it: the server ends the idle transaction, the lease is taken
+    /// over, and the paused run's next commit is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_holder_paused_inside_a_commit_neither_blocks_nor_keeps_the_lease() {
+        let Some(db) = TestDb::new(Backend::Postgres, "paused holder").await else {
+            return;
+        };
+        let store = db.open().await;
+        let key = SourceKey::new("t", "s");
+        let Acquired::Taken(paused) = store
+            .acquire_lease(&key, "paused", Duration::from_millis(200))
+            .await
+            .expect("acquire")
+        else {
+            panic!("the lease was free");
+        };
+        let mut silent = pg(&store).pool.begin().await.expect("begin");
+        sqlx::query("SELECT 1 FROM leases WHERE tenant = 't' AND source = 's' FOR UPDATE")
+            .execute(&mut *silent)
+            .await
+            .expect("lock the lease row");
+
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut answers_while_locked = 0;
+        let taker = loop {
+            assert!(Instant::now() < deadline, "the lease was never taken over");
+            let asked = Instant::now();
+            let got = tokio::time::timeout(
+                Duration::from_secs(5),
+                store.acquire_lease(&key, "taker", Duration::from_secs(30)),
+            )
+            .await
+            .expect("asking for a locked lease never hangs")
+            .expect("acquire");
+            match got {
+                Acquired::Taken(lease) => break lease,
+                Acquired::Held(holder) => {
+                    assert_eq!(holder.run_id, "paused");
+                    assert!(asked.elapsed() < Duration::from_secs(3));
+                    answers_while_locked += 1;
+                }
+            }
+        };
+        assert!(answers_while_locked > 0, "the row was never seen locked");
+        assert!(taker.epoch > paused.epoch);
+        // The paused transaction is gone: the server ended it.
+        let e = sqlx::query("SELECT 1").execute(&mut *silent).await;
+        assert!(e.is_err(), "the idle transaction was left open");
+        drop(silent);
+        let e = store
+            .commit_pages(&paused, "k", vec![Page::default()])
+            .await
+            .expect_err("fenced off");
+        assert!(matches!(e, StoreError::LeaseLost { .. }), "{e}");
+        store.close().await;
     }
 }

@@ -23,6 +23,14 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::{Mode, StoreError, Target};
 
+/// How long a session may sit inside a transaction without sending a
+/// statement before the server ends it (synchro's transactions never pause:
+/// only a paused or cut-off process's do).
+const IDLE_IN_TRANSACTION: &str = "5s";
+
+/// How long a statement waits for a row lock before it fails.
+const LOCK_TIMEOUT: &str = "30s";
+
 /// How long a request waits for a free connection of the pool.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -54,9 +62,17 @@ impl PgStore {
         if let Some(password) = &target.password {
             options = options.password(password);
         }
-        if mode == Mode::ReadOnly {
-            options = options.options([("default_transaction_read_only", "on")]);
-        }
+        options = match mode {
+            Mode::ReadOnly => options.options([("default_transaction_read_only", "on")]),
+            // A process paused (SIGSTOP, a VM frozen) inside a transaction
+            // holds its lease row's lock: the server ends that session
+            // after IDLE_IN_TRANSACTION so that a takeover never waits on
+            // it for long, and no statement waits on a lock forever.
+            Mode::Create | Mode::Existing => options.options([
+                ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION),
+                ("lock_timeout", LOCK_TIMEOUT),
+            ]),
+        };
         let location = format!(
             "postgres://{}@{}:{}/{}",
             options.get_username(),

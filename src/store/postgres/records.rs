@@ -205,6 +205,7 @@ impl PgStore {
                     .map(|_| ())
                     .map_err(StoreError::from),
             };
+            let written = self.lost_lease_first(written, fence).await;
             return self.commit_result(written).map(|()| PageStats::default());
         }
         let written = async {
@@ -231,7 +232,32 @@ impl PgStore {
             Ok::<_, StoreError>(stats)
         }
         .await;
+        let written = self.lost_lease_first(written, fence).await;
         self.commit_result(written)
+    }
+
+    /// A run's commit that failed on its connection (the server ended an
+    /// idle transaction of a paused process, the session was terminated)
+    /// says first whether the run lost its lease meanwhile: that, not the
+    /// connection, is why it must stop.
+    async fn lost_lease_first<T>(
+        &self,
+        written: Result<T, StoreError>,
+        fence: Option<&Lease>,
+    ) -> Result<T, StoreError> {
+        let (Err(e), Some(lease)) = (&written, fence) else {
+            return written;
+        };
+        if matches!(e, StoreError::LeaseLost { .. }) {
+            return written;
+        }
+        match self.still_ours(lease).await {
+            Ok(false) => Err(StoreError::LeaseLost {
+                key: lease.key.clone(),
+                epoch: lease.epoch,
+            }),
+            _ => written,
+        }
     }
 
     pub async fn load_progress(&self, key: &SourceKey) -> Result<Option<Progress>, StoreError> {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use synchro_simulator::Simulator;
 
+mod db;
 mod postgres;
+pub use db::{BACKEND_VAR, Db, SuiteDb, on_postgres, sqlite_only};
 pub use postgres::PgDb;
 
 /// Path of the binary under test.
@@ -137,6 +139,8 @@ impl<'a> ContentSource<'a> {
 pub struct Setup {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// The suite's Postgres database, when it runs on Postgres.
+    pub pg: Option<PgDb>,
 }
 
 impl Setup {
@@ -183,13 +187,17 @@ impl Setup {
         http_extra: &str,
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let pg = on_postgres().then(PgDb::create_for_suite);
+        let database = match &pg {
+            Some(pg) => pg.url.clone(),
+            None => format!("sqlite://{}", dir.path().join("synchro.db").display()),
+        };
         let mut toml = format!(
-            "[storage]\ndatabase = \"sqlite://{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n\
+            "[storage]\ndatabase = \"{database}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n\
              [scheduler]\njitter = \"0s\"\nshutdown_timeout = \"10s\"\n\n\
              [http]\ntimeout = \"5s\"\nconnect_timeout = \"2s\"\nmax_retries = 4\n\
              initial_backoff = \"20ms\"\nmax_backoff = \"2s\"\n\
-             per_host_requests_per_second = 1000\nper_host_concurrency = 16\n{http_extra}\n",
-            dir.path().join("synchro.db").display()
+             per_host_requests_per_second = 1000\nper_host_concurrency = 16\n{http_extra}\n"
         );
         let mut tenants: Vec<&str> = ds
             .iter()
@@ -221,7 +229,7 @@ impl Setup {
         }
         let config = dir.path().join("synchro.toml");
         std::fs::write(&config, toml).expect("write config");
-        Self { dir, config }
+        Self { dir, config, pg }
     }
 
     /// A `synchro` command with this config and plain-text logs.
@@ -322,8 +330,30 @@ impl Setup {
         std::fs::write(&self.config, cfg.replace(from, to)).expect("config");
     }
 
+    /// The SQLite file of a suite run on SQLite (tests that look at the
+    /// file itself skip on Postgres: [`sqlite_only`]).
     pub fn db_path(&self) -> PathBuf {
+        assert!(
+            self.pg.is_none(),
+            "this test reads a SQLite file: skip it on Postgres"
+        );
         self.dir.path().join("synchro.db")
+    }
+
+    /// The database the daemon writes, on either backend.
+    pub fn db(&self) -> Db {
+        match &self.pg {
+            Some(pg) => Db::Postgres(pg.url.clone()),
+            None => Db::Sqlite(self.dir.path().join("synchro.db")),
+        }
+    }
+
+    /// The config's `database = ...` value.
+    pub fn database_url(&self) -> String {
+        match &self.pg {
+            Some(pg) => pg.url.clone(),
+            None => format!("sqlite://{}", self.dir.path().join("synchro.db").display()),
+        }
     }
 }
 
@@ -474,35 +504,25 @@ pub async fn assert_calendar_matches(
 
 /// Rows of `runs` for a source with this outcome, straight from the
 /// database; 0 while the database is not there or not migrated yet.
-pub async fn count_runs(db: &Path, tenant: &str, source: &str, outcome: &str) -> i64 {
-    let url = format!("sqlite://{}?mode=ro", db.display());
-    let Ok(mut conn) = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await else {
-        return 0;
-    };
-    sqlx::query_as::<_, (i64,)>(
+pub async fn count_runs(db: &Db, tenant: &str, source: &str, outcome: &str) -> i64 {
+    db.count(
         "SELECT count(*) FROM runs WHERE tenant = ?1 AND source = ?2 AND outcome = ?3",
+        &[tenant, source, outcome],
     )
-    .bind(tenant)
-    .bind(source)
-    .bind(outcome)
-    .fetch_one(&mut conn)
     .await
-    .map_or(0, |(n,)| n)
 }
 
 /// The stored progress state of a source.
-pub async fn progress_state(db: &Path, tenant: &str, source: &str) -> Option<Value> {
-    let url = format!("sqlite://{}?mode=ro", db.display());
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .expect("open db");
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT state FROM progress WHERE tenant = ?1 AND source = ?2")
-            .bind(tenant)
-            .bind(source)
-            .fetch_optional(&mut conn)
-            .await
-            .expect("progress");
+pub async fn progress_state(db: &Db, tenant: &str, source: &str) -> Option<Value> {
+    let mut conn = db.connect().await.expect("open db");
+    let row: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(
+        db.sql("SELECT state FROM progress WHERE tenant = ?1 AND source = ?2"),
+    ))
+    .bind(tenant)
+    .bind(source)
+    .fetch_optional(&mut conn)
+    .await
+    .expect("progress");
     row.map(|(s,)| serde_json::from_str(&s).expect("state json"))
 }
 /// Asserts that the export of a content source equals the simulator's API
@@ -537,17 +557,29 @@ pub async fn assert_content_matches(
     }
 }
 
-/// Asserts that SQLite finds the database file sound.
-pub async fn assert_integrity(db: &Path) {
-    let url = format!("sqlite://{}?mode=ro", db.display());
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .expect("open db");
-    let (check,): (String,) = sqlx::query_as("PRAGMA integrity_check")
-        .fetch_one(&mut conn)
-        .await
-        .expect("integrity_check");
-    assert_eq!(check, "ok");
+/// Asserts that the database is sound: SQLite's integrity check of the
+/// file; on Postgres, that its tables answer (the server keeps its own
+/// files sound).
+pub async fn assert_integrity(db: &Db) {
+    let mut conn = db.connect().await.expect("open db");
+    match db {
+        Db::Sqlite(_) => {
+            let (check,): (String,) = sqlx::query_as("PRAGMA integrity_check")
+                .fetch_one(&mut conn)
+                .await
+                .expect("integrity_check");
+            assert_eq!(check, "ok");
+        }
+        Db::Postgres(_) => {
+            for table in ["records", "progress", "runs", "outbox", "leases"] {
+                let sql = format!("SELECT count(*) FROM {table}");
+                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("{table}: {e}"));
+            }
+        }
+    }
 }
 
 /// Every completion upstream, as (request id, completed date), sorted: what

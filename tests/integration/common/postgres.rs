@@ -43,6 +43,26 @@ impl PgDb {
         })
     }
 
+    /// A new database for a suite run on Postgres (`SYNCHRO_TEST_BACKEND=
+    /// postgres`), from synchronous set-up code; the server must be set.
+    pub fn create_for_suite() -> Self {
+        assert!(
+            std::env::var(POSTGRES_VAR).is_ok(),
+            "{}=postgres needs {POSTGRES_VAR} (e.g. postgres://postgres@127.0.0.1/test)",
+            super::BACKEND_VAR
+        );
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(Self::create("the integration suite"))
+        })
+        .join()
+        .expect("create the test database")
+        .expect("the server is set")
+    }
+
     /// A connection to the test's database, for what the test reads
     /// behind synchro's back.
     pub async fn connect(&self) -> sqlx::PgConnection {
