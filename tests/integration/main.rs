@@ -19,5 +19,6 @@ mod listener;
 mod observability;
 mod operator;
 mod reload;
+mod replicas;
 mod scale;
 mod untrusted;

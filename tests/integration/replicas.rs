@@ -1,0 +1,469 @@
+//! Replicas: several `synchro run` daemons with the same config on one
+//! Postgres database share the sources through their leases, with no
+//! coordinator. Each test ends with every source equal to its simulated
+//! upstream and no two committed runs of a source overlapping in time.
+//! They run on the Postgres server `SYNCHRO_TEST_POSTGRES` names, and say
+//! they skipped without it.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use synchro_simulator::{Fault, Simulator};
+
+use crate::common::*;
+
+const PERMITS: i64 = 11;
+const GRANTS: i64 = 12;
+const CALENDAR: &str = "team@example.com";
+
+/// The test's database: the suite's when it runs on Postgres, else a fresh
+/// one the config is pointed at; `None` (skipped) without a server.
+async fn postgres(setup: &Setup, test: &str) -> Option<(Option<PgDb>, Db)> {
+    if let Some(pg) = &setup.pg {
+        return Some((None, Db::Postgres(pg.url.clone())));
+    }
+    let pg = PgDb::create(test).await?;
+    setup.edit_config(&setup.database_url(), &pg.url);
+    let db = Db::Postgres(pg.url.clone());
+    Some((Some(pg), db))
+}
+
+/// Three démarche sources, two calendars and a Contentor account, every 2 s,
+/// with slow pages so that runs last long enough to collide.
+fn busy_upstreams(sim: &Simulator) -> Setup {
+    sim.ds().seed(PERMITS, 160);
+    sim.ds().seed(GRANTS, 120);
+    sim.calendar().seed(CALENDAR, 150);
+    sim.calendar().seed("other@example.com", 60);
+    sim.content().seed(80, 10);
+    let slow = Fault::Slow(Duration::from_millis(5));
+    sim.ds().inject(slow.clone(), 1_000_000);
+    sim.calendar().inject(slow.clone(), 1_000_000);
+    sim.content().inject(slow, 1_000_000);
+    let mut permits = DsSource::new("acme", "permits", PERMITS);
+    permits.page_size = 20;
+    let mut grants = DsSource::new("globex", "grants", GRANTS);
+    grants.page_size = 20;
+    let mut team = CalSource::new("acme", "team", CALENDAR);
+    team.max_results = 25;
+    let setup = Setup::build_all(
+        sim,
+        &[permits, grants],
+        &[team, CalSource::new("globex", "other", "other@example.com")],
+        &[ContentSource::new("acme", "translations")],
+    );
+    setup.edit_config("jitter = \"0s\"", "jitter = \"1s\"\nlease_ttl = \"4s\"");
+    let cfg = std::fs::read_to_string(&setup.config).expect("config");
+    std::fs::write(
+        &setup.config,
+        cfg.replace("schedule = \"every 1h\"", "schedule = \"every 2s\""),
+    )
+    .expect("config");
+    setup
+}
+
+/// `tenant/source` of every configured source of [`busy_upstreams`].
+const SOURCES: [(&str, &str); 5] = [
+    ("acme", "permits"),
+    ("globex", "grants"),
+    ("acme", "team"),
+    ("globex", "other"),
+    ("acme", "translations"),
+];
+
+/// Replica `n`: `synchro run` with its own log file.
+fn spawn_replica(setup: &Setup, n: usize) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(setup.dir.path().join(format!("replica-{n}.log")))
+        .expect("log file");
+    let err = log.try_clone().expect("log file");
+    Command::new(bin())
+        .arg("--config")
+        .arg(&setup.config)
+        .args(["--log-format", "text", "run"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .expect("spawn a replica")
+}
+
+fn replica_log(setup: &Setup, n: usize) -> String {
+    std::fs::read_to_string(setup.dir.path().join(format!("replica-{n}.log"))).unwrap_or_default()
+}
+
+/// Runs of every source that succeeded and started after `since_us`.
+async fn successes_since(db: &Db, tenant: &str, source: &str, since_us: i64) -> i64 {
+    db.count(
+        &format!(
+            "SELECT count(*) FROM runs WHERE tenant = ?1 AND source = ?2 \
+             AND outcome = 'success' AND started_at > {since_us}"
+        ),
+        &[tenant, source],
+    )
+    .await
+}
+
+/// Waits until every source has a successful run that started after
+/// `since_us`: the copy then reflects every upstream change made before.
+async fn wait_for_a_run_of_each_since(db: &Db, since_us: i64, what: &str) {
+    wait_until(Duration::from_secs(90), what, || {
+        let db = db.clone();
+        async move {
+            for (tenant, source) in SOURCES {
+                if successes_since(&db, tenant, source, since_us).await == 0 {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+}
+
+/// Every source equals its upstream.
+async fn assert_all_match(setup: &Setup, sim: &Simulator) {
+    assert_export_matches(setup, sim, "acme", "permits", PERMITS).await;
+    assert_export_matches(setup, sim, "globex", "grants", GRANTS).await;
+    assert_calendar_matches(setup, sim, "acme", "team", CALENDAR).await;
+    assert_calendar_matches(setup, sim, "globex", "other", "other@example.com").await;
+    assert_content_matches(setup, sim, "acme", "translations", &[]).await;
+}
+
+/// Successful runs of a source never overlap in time: no source was ever
+/// synced by two replicas at once (a run fenced off or killed may overlap
+/// its taker, but it committed nothing after the takeover).
+async fn assert_successful_runs_never_overlapped(db: &Db) {
+    let mut conn = db.connect().await.expect("open db");
+    let runs: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT tenant || '/' || source, started_at, finished_at FROM runs \
+         WHERE outcome = 'success' ORDER BY started_at",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("runs");
+    let mut by_source: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    for (source, start, end) in runs {
+        by_source.entry(source).or_default().push((start, end));
+    }
+    for (source, runs) in by_source {
+        for pair in runs.windows(2) {
+            assert!(
+                pair[1].0 >= pair[0].1,
+                "{source}: a run started at {} while another ran from {} to {}",
+                pair[1].0,
+                pair[0].0,
+                pair[0].1
+            );
+        }
+    }
+}
+
+/// The pid that holds `tenant/source`'s lease now, if any.
+async fn lease_pid(db: &Db, tenant: &str, source: &str) -> Option<i64> {
+    let mut conn = db.connect().await?;
+    sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(db.sql(
+        "SELECT pid FROM leases WHERE tenant = ?1 AND source = ?2 \
+         AND run_id IS NOT NULL AND expires_at > synchro_now_us()",
+    )))
+    .bind(tenant)
+    .bind(source)
+    .fetch_optional(&mut conn)
+    .await
+    .ok()
+    .flatten()
+    .map(|(p,)| p)
+}
+
+/// Asks every replica to stop, and checks each exits 0.
+async fn stop_all(replicas: Vec<Child>) {
+    for child in &replicas {
+        signal(child, "TERM");
+    }
+    for mut child in replicas {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                assert_eq!(status.code(), Some(0), "a replica exited {status:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "a replica did not stop");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Moves every upstream: new, changed and deleted objects of each kind.
+async fn mutate(sim: &Simulator, round: usize) {
+    for _ in 0..5 {
+        sim.ds().create(PERMITS);
+        sim.ds().create(GRANTS);
+        sim.calendar().create(CALENDAR);
+    }
+    let dossiers = sim.ds().snapshot(PERMITS).await;
+    if let Some(n) = dossiers.get(round * 7).and_then(|d| d["number"].as_i64()) {
+        sim.ds().hide(n);
+    }
+    sim.calendar().create("other@example.com");
+    let requests = sim.content().seed(3, 3);
+    for id in requests {
+        sim.content().set_state(id, "completed");
+    }
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_under_load_share_the_sources_and_lose_nothing() {
+    let sim = simulator().await;
+    let setup = busy_upstreams(&sim);
+    let Some((_pg, db)) = postgres(&setup, "three_replicas_under_load").await else {
+        return;
+    };
+    let replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n)).collect();
+    for round in 0..3 {
+        mutate(&sim, round).await;
+        let mark = now_us();
+        wait_for_a_run_of_each_since(&db, mark, &format!("round {round} synced")).await;
+    }
+    stop_all(replicas).await;
+    assert_all_match(&setup, &sim).await;
+    assert_successful_runs_never_overlapped(&db).await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM runs WHERE outcome = 'failed'", &[])
+            .await,
+        0,
+        "healthy replicas fail no run"
+    );
+    // The work spread: every replica synced something.
+    for n in 0..3 {
+        let log = replica_log(&setup, n);
+        assert!(
+            log.contains("sync run succeeded"),
+            "replica {n} never ran a sync:\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_page_has_its_source_taken_over_within_a_lease_ttl() {
+    let sim = simulator().await;
+    sim.ds().seed(PERMITS, 1_500);
+    sim.ds()
+        .inject(Fault::Slow(Duration::from_millis(30)), 1_000_000);
+    let mut permits = DsSource::new("acme", "permits", PERMITS);
+    permits.page_size = 20;
+    let setup = Setup::new(&sim, &[permits]);
+    setup.edit_config("jitter = \"0s\"", "jitter = \"0s\"\nlease_ttl = \"3s\"");
+    setup.edit_config("schedule = \"every 1h\"", "schedule = \"every 2s\"");
+    let Some((_pg, db)) = postgres(&setup, "a_replica_killed_mid_page").await else {
+        return;
+    };
+    let mut replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n)).collect();
+    let pids: Vec<i64> = replicas.iter().map(|c| i64::from(c.id())).collect();
+    wait_until(Duration::from_secs(30), "a replica mid-listing", || {
+        let db = db.clone();
+        async move {
+            db.count("SELECT count(*) FROM records", &[]).await > 0
+                && lease_pid(&db, "acme", "permits").await.is_some()
+        }
+    })
+    .await;
+    let holder = lease_pid(&db, "acme", "permits").await.expect("a holder");
+    let victim = pids
+        .iter()
+        .position(|p| *p == holder)
+        .expect("a replica holds the lease");
+    let mut killed = replicas.remove(victim);
+    signal(&killed, "KILL");
+    let _ = killed.wait();
+    let killed_at = Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        "another replica takes over",
+        || {
+            let db = db.clone();
+            async move {
+                lease_pid(&db, "acme", "permits")
+                    .await
+                    .is_some_and(|p| p != holder)
+            }
+        },
+    )
+    .await;
+    let takeover = killed_at.elapsed();
+    eprintln!("takeover after kill -9: {takeover:?} (lease ttl 3s, schedule every 2s)");
+    assert!(
+        takeover <= Duration::from_secs(3 + 2 + 5),
+        "takeover took {takeover:?}"
+    );
+    let mark = now_us();
+    wait_until(
+        Duration::from_secs(90),
+        "a full run after the takeover",
+        || {
+            let db = db.clone();
+            async move { successes_since(&db, "acme", "permits", mark).await > 0 }
+        },
+    )
+    .await;
+    stop_all(replicas).await;
+    assert_export_matches(&setup, &sim, "acme", "permits", PERMITS).await;
+    assert_successful_runs_never_overlapped(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_whose_database_sessions_are_terminated_recover_and_lose_nothing() {
+    let sim = simulator().await;
+    let setup = busy_upstreams(&sim);
+    let Some((pg, db)) = postgres(&setup, "replicas_whose_sessions_are_terminated").await else {
+        return;
+    };
+    let url = match (&pg, &setup.pg) {
+        (Some(pg), _) | (None, Some(pg)) => pg.url.clone(),
+        (None, None) => unreachable!("a Postgres database"),
+    };
+    let mut replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n)).collect();
+    wait_for_a_run_of_each_since(&db, 0, "first syncs").await;
+    mutate(&sim, 0).await;
+    // Every session of every replica, twice, while they sync.
+    for _ in 0..2 {
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .expect("connect");
+        let ended: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'synchro' \
+             AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut admin)
+        .await
+        .expect("terminate");
+        assert!(!ended.is_empty(), "no synchro session to terminate");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mark = now_us();
+    wait_for_a_run_of_each_since(&db, mark, "syncs after the sessions were ended").await;
+    for child in &mut replicas {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "a replica died when its sessions were ended"
+        );
+    }
+    stop_all(replicas).await;
+    assert_all_match(&setup, &sim).await;
+    assert_successful_runs_never_overlapped(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_and_scaling_three_to_one_to_three_lose_nothing() {
+    let sim = simulator().await;
+    let setup = busy_upstreams(&sim);
+    let Some((_pg, db)) = postgres(&setup, "a_rolling_restart_and_scaling").await else {
+        return;
+    };
+    let mut replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n)).collect();
+    wait_for_a_run_of_each_since(&db, 0, "first syncs").await;
+
+    // Rolling restart: one replica at a time, upstream moving meanwhile.
+    for n in 0..3 {
+        mutate(&sim, n).await;
+        let old = replicas.remove(0);
+        stop_all(vec![old]).await;
+        replicas.push(spawn_replica(&setup, 3 + n));
+        let mark = now_us();
+        wait_for_a_run_of_each_since(&db, mark, &format!("syncs after restarting replica {n}"))
+            .await;
+    }
+    assert_all_match(&setup, &sim).await;
+
+    // 3 → 1: the last replica syncs every source alone.
+    let survivor = replicas.pop().expect("a replica");
+    stop_all(replicas).await;
+    mutate(&sim, 3).await;
+    let mark = now_us();
+    wait_for_a_run_of_each_since(&db, mark, "one replica syncing everything").await;
+    assert_all_match(&setup, &sim).await;
+
+    // 1 → 3: the new ones take their share.
+    let mut replicas = vec![survivor];
+    replicas.extend((6..8).map(|n| spawn_replica(&setup, n)));
+    mutate(&sim, 4).await;
+    let mark = now_us();
+    wait_for_a_run_of_each_since(&db, mark, "three replicas again").await;
+    wait_until(
+        Duration::from_secs(60),
+        "the new replicas to sync",
+        || async { (6..8).all(|n| replica_log(&setup, n).contains("sync run succeeded")) },
+    )
+    .await;
+    stop_all(replicas).await;
+    assert_all_match(&setup, &sim).await;
+    assert_successful_runs_never_overlapped(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_paused_past_its_lease_is_fenced_off_when_it_wakes_and_goes_on() {
+    let sim = simulator().await;
+    sim.ds().seed(PERMITS, 1_500);
+    sim.ds()
+        .inject(Fault::Slow(Duration::from_millis(30)), 1_000_000);
+    let mut permits = DsSource::new("acme", "permits", PERMITS);
+    permits.page_size = 20;
+    let setup = Setup::new(&sim, &[permits]);
+    setup.edit_config("jitter = \"0s\"", "jitter = \"0s\"\nlease_ttl = \"2s\"");
+    setup.edit_config("schedule = \"every 1h\"", "schedule = \"every 2s\"");
+    let Some((_pg, db)) = postgres(&setup, "a_replica_paused_past_its_lease").await else {
+        return;
+    };
+    let replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n)).collect();
+    let pids: Vec<i64> = replicas.iter().map(|c| i64::from(c.id())).collect();
+    wait_until(Duration::from_secs(30), "a replica mid-listing", || {
+        let db = db.clone();
+        async move {
+            db.count("SELECT count(*) FROM records", &[]).await > 0
+                && lease_pid(&db, "acme", "permits").await.is_some()
+        }
+    })
+    .await;
+    let holder = lease_pid(&db, "acme", "permits").await.expect("a holder");
+    let paused = pids
+        .iter()
+        .position(|p| *p == holder)
+        .expect("a replica holds the lease");
+    signal(&replicas[paused], "STOP");
+    let mark = now_us();
+    wait_until(
+        Duration::from_secs(120),
+        "another replica's full run",
+        || {
+            let db = db.clone();
+            async move { successes_since(&db, "acme", "permits", mark).await > 0 }
+        },
+    )
+    .await;
+    let before = setup.export(true).await;
+    signal(&replicas[paused], "CONT");
+    wait_until(
+        Duration::from_secs(30),
+        "the woken replica fenced off",
+        || async { replica_log(&setup, paused).contains("lost the lease of acme/permits") },
+    )
+    .await;
+    // It wrote nothing after the takeover, and it is still serving.
+    let mut replicas = replicas;
+    assert!(
+        replicas[paused].try_wait().expect("try_wait").is_none(),
+        "the woken replica exited"
+    );
+    assert_eq!(setup.export(true).await, before, "the woken replica wrote");
+    stop_all(replicas).await;
+    assert_export_matches(&setup, &sim, "acme", "permits", PERMITS).await;
+    assert_successful_runs_never_overlapped(&db).await;
+}
