@@ -85,6 +85,10 @@ pub enum Command {
         /// JSON instead of the table: every field, last errors whole.
         #[arg(long)]
         json: bool,
+        /// The daemons using the database (replicas) instead of the
+        /// sources: host, pid, start, last heartbeat, live or gone.
+        #[arg(long)]
+        replicas: bool,
     },
     /// Records of configured sources as JSON Lines on stdout.
     Export {
@@ -228,7 +232,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             let wait = if no_wait { None } else { Some(wait) };
             sync::sync(&cli.config, sources, wait).await
         }
-        Command::Status { json } => status::status(&cli.config, json).await,
+        Command::Status { json, replicas } => status::status(&cli.config, json, replicas).await,
         Command::Export {
             ref sources,
             include_deleted,

@@ -52,6 +52,7 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
 
     let (retention, retention_now) = tokio::sync::watch::channel(config.storage.runs_retention);
     let pruner = tokio::spawn(prune_runs(store.clone(), retention_now));
+    let heartbeat = tokio::spawn(heartbeat(store.clone()));
     let mut scheduler = Parts::new(&config, store.clone())?
         .schedule(&config, stop.child_token())
         .await?;
@@ -99,10 +100,15 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
     tracing::info!("shutting down");
     pruner.abort();
     let _ = pruner.await;
+    heartbeat.abort();
+    let _ = heartbeat.await;
     let drained = scheduler.shutdown(config.scheduler.shutdown_timeout).await;
     server_stop.cancel();
     let _ = server.await;
     watchdog.stop().await;
+    if let Err(e) = store.leave().await {
+        tracing::warn!(error = %e, "could not remove this daemon from the replicas table; it shows as gone once its heartbeats stop");
+    }
     store.close().await;
     if !drained {
         tracing::warn!("some syncs were cut at the deadline; their last committed page is kept");
@@ -203,4 +209,19 @@ fn running_status(config: &Config) -> String {
         config.sources().count(),
         config.server.listen
     )
+}
+
+/// Refreshes this daemon's row in `replicas` every [`crate::store::HEARTBEAT`]
+/// (`synchro status` lists the live ones). Runs until aborted at shutdown;
+/// a failed heartbeat is logged and tried again at the next one.
+async fn heartbeat(store: Store) {
+    let started = crate::time::now_us();
+    let mut every = tokio::time::interval(crate::store::HEARTBEAT);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Err(e) = store.heartbeat(started).await {
+            tracing::warn!(error = %e, "heartbeat: could not record that this daemon is alive");
+        }
+    }
 }

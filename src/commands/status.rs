@@ -7,25 +7,90 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{CliError, load_config_without_secrets, open_store_read_only};
-use crate::store::SourceStatus;
+use crate::store::{ReplicaStatus, SourceStatus};
 
-pub async fn status(path: &Path, json: bool) -> Result<ExitCode, CliError> {
+pub async fn status(path: &Path, json: bool, replicas: bool) -> Result<ExitCode, CliError> {
     let config = load_config_without_secrets(path)?;
     let store = open_store_read_only(&config).await?;
-    let mut rows = Vec::new();
-    for s in config.sources() {
-        let st = store.source_status(&s.key(), s.kind_name()).await?;
-        rows.push(st);
-    }
-    store.close().await;
-    let text = if json {
-        let text = serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?;
-        format!("{text}\n")
+    let text = if replicas {
+        let list = store.replicas().await;
+        store.close().await;
+        let list = list?;
+        if json {
+            json_text(&list)?
+        } else {
+            replica_table(&list, crate::time::now_us())
+        }
     } else {
-        table(&rows)
+        let mut rows = Vec::new();
+        for s in config.sources() {
+            let st = store.source_status(&s.key(), s.kind_name()).await?;
+            rows.push(st);
+        }
+        // The daemons in one line under the table (`--replicas` lists them).
+        let daemons = store.replicas().await;
+        store.close().await;
+        if json {
+            json_text(&rows)?
+        } else {
+            let mut text = table(&rows);
+            if let Ok(daemons) = daemons {
+                text.push_str(&replica_summary(&daemons));
+            }
+            text
+        }
     };
     write_out(&mut std::io::stdout().lock(), &text).context("cannot write the status")?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn json_text(value: &impl serde::Serialize) -> Result<String, CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(anyhow::Error::from)?;
+    Ok(format!("{text}\n"))
+}
+
+/// `daemons: 3 live (host-a pid 12, ...), 1 gone`, or nothing when no
+/// daemon ever ran on this database.
+fn replica_summary(list: &[ReplicaStatus]) -> String {
+    if list.is_empty() {
+        return String::new();
+    }
+    let live: Vec<String> = list
+        .iter()
+        .filter(|r| r.live)
+        .map(|r| format!("{} pid {}", r.host, r.pid))
+        .collect();
+    let gone = list.len() - live.len();
+    let mut line = format!("\ndaemons: {} live", live.len());
+    if !live.is_empty() {
+        line.push_str(&format!(" ({})", live.join(", ")));
+    }
+    if gone > 0 {
+        line.push_str(&format!(
+            ", {gone} gone (no heartbeat for 15s; see --replicas)"
+        ));
+    }
+    line.push('\n');
+    line
+}
+
+/// `synchro status --replicas`: one line per daemon.
+fn replica_table(list: &[ReplicaStatus], now_us: i64) -> String {
+    let mut out = format!(
+        "{:<24}  {:>8}  {:<10}  {:<11}  {}\n",
+        "HOST", "PID", "STARTED", "SEEN", "STATE"
+    );
+    for r in list {
+        out.push_str(&format!(
+            "{:<24}  {:>8}  {:<10}  {:<11}  {}\n",
+            cut(&r.host, 24),
+            r.pid,
+            short_time(r.started_us, now_us),
+            format!("{} ago", short_age((now_us - r.seen_us).max(0))),
+            if r.live { "live" } else { "gone" }
+        ));
+    }
+    out
 }
 
 /// Writes `text` to `out`. A reader that stopped reading (`status | head`)
@@ -311,5 +376,42 @@ mod tests {
         assert_eq!(short_age((3 * 3600 + 5 * 60 + 7) * 1_000_000), "3h 5m");
         assert_eq!(short_age((12 * 86_400 + 4 * 3600) * 1_000_000), "12d 4h");
         assert_eq!(short_age(-5), "0s");
+    }
+
+    #[test]
+    fn replicas_are_listed_live_first_and_summed_up_under_the_table() {
+        let now = 1_800_000_000_000_000;
+        let rows = vec![
+            ("b-host".to_string(), 7, now - 600_000_000, now - 60_000_000),
+            (
+                "a-host".to_string(),
+                12,
+                now - 3_600_000_000,
+                now - 2_000_000,
+            ),
+            ("c-host".to_string(), 3, now - 60_000_000, now - 1_000_000),
+        ];
+        let list = crate::store::replica_list_for_tests(rows, now);
+        let table = replica_table(&list, now);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("HOST"), "{table}");
+        assert!(
+            lines[1].starts_with("a-host") && lines[1].ends_with("live"),
+            "{table}"
+        );
+        assert!(
+            lines[2].starts_with("c-host") && lines[2].ends_with("live"),
+            "{table}"
+        );
+        assert!(
+            lines[3].starts_with("b-host") && lines[3].ends_with("gone"),
+            "{table}"
+        );
+        assert!(lines[3].contains("1m 0s ago"), "{table}");
+        assert_eq!(
+            replica_summary(&list),
+            "\ndaemons: 2 live (a-host pid 12, c-host pid 3), 1 gone (no heartbeat for 15s; see --replicas)\n"
+        );
+        assert_eq!(replica_summary(&[]), "");
     }
 }

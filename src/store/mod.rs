@@ -30,8 +30,8 @@ pub use error::StoreError;
 pub use identity::pid_alive;
 pub(crate) use types::INTERRUPTED;
 pub use types::{
-    Acquired, ExportRow, Forgotten, Holder, KEEP_LAST_RUNS, Lease, PageStats, PendingReport,
-    SourceStatus, renew_every,
+    Acquired, ExportRow, Forgotten, HEARTBEAT, Holder, KEEP_LAST_RUNS, Lease, PageStats,
+    PendingReport, ReplicaStatus, SourceStatus, renew_every,
 };
 
 /// How long a statement waits for a lock held by another connection or
@@ -85,6 +85,15 @@ pub fn database_url_problem(url: &str) -> Option<String> {
                 .into(),
         ),
     }
+}
+
+/// [`types::replica_list`], for the tests of what `status` prints.
+#[cfg(test)]
+pub(crate) fn replica_list_for_tests(
+    rows: Vec<(String, i64, i64, i64)>,
+    now_us: i64,
+) -> Vec<ReplicaStatus> {
+    types::replica_list(rows, now_us)
 }
 
 /// Connections a Postgres store opens at most unless `[storage] pool_size`
@@ -315,6 +324,13 @@ interface! {
     pub(crate) async fn copy_in(&self, rows: Vec<CopyRow>) -> Result<u64, StoreError>;
     /// A source whose lease a live run holds now, with its holder, if any.
     pub(crate) async fn any_lease_holder(&self) -> Result<Option<(SourceKey, Holder)>, StoreError>;
+    /// This daemon is alive: refreshes its row in `replicas` (every
+    /// [`HEARTBEAT`] while `run` runs).
+    pub async fn heartbeat(&self, started_us: i64) -> Result<(), StoreError>;
+    /// This daemon stops: removes its row.
+    pub async fn leave(&self) -> Result<(), StoreError>;
+    /// The daemons that use this database, live first, then by host and pid.
+    pub async fn replicas(&self) -> Result<Vec<ReplicaStatus>, StoreError>;
     /// The newest migration applied to the database (`check`).
     pub async fn schema_version(&self) -> Result<i64, StoreError>;
     /// A cheap read that proves the database answers (`check`, `/readyz`).

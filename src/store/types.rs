@@ -150,3 +150,39 @@ pub fn renew_every(ttl: Duration) -> Duration {
 pub(crate) fn stored_payload(data: String) -> Result<Box<RawValue>, super::StoreError> {
     RawValue::from_string(data).map_err(|e| super::StoreError::Corrupt(e.to_string()))
 }
+
+/// How often a daemon refreshes its row in `replicas`.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// A daemon unseen for this long is gone (three missed heartbeats).
+pub(crate) const REPLICA_GONE_US: i64 = 3 * 5_000_000;
+
+/// A daemon using the database, as `synchro status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicaStatus {
+    pub host: String,
+    pub pid: i64,
+    /// When it started (µs since the epoch).
+    pub started_us: i64,
+    /// When it last refreshed its row (µs since the epoch).
+    pub seen_us: i64,
+    /// Whether it was seen within three heartbeats.
+    pub live: bool,
+}
+
+/// `replicas` rows (host, pid, started, seen) as `status` lists them at
+/// `now_us`: live first, then by host and pid.
+pub(crate) fn replica_list(rows: Vec<(String, i64, i64, i64)>, now_us: i64) -> Vec<ReplicaStatus> {
+    let mut list: Vec<ReplicaStatus> = rows
+        .into_iter()
+        .map(|(host, pid, started_us, seen_us)| ReplicaStatus {
+            host,
+            pid,
+            started_us,
+            seen_us,
+            live: now_us - seen_us < REPLICA_GONE_US,
+        })
+        .collect();
+    list.sort_by(|a, b| (!a.live, &a.host, a.pid).cmp(&(!b.live, &b.host, b.pid)));
+    list
+}

@@ -215,6 +215,23 @@ async fn mutate(sim: &Simulator, round: usize) {
     }
 }
 
+/// `(pid, live|gone)` of every daemon `synchro status --replicas` lists.
+async fn daemons(setup: &Setup) -> Vec<(String, String)> {
+    let out = setup.run(&["status", "--replicas"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (
+                cols.get(1).unwrap_or(&"").to_string(),
+                cols.last().unwrap_or(&"").to_string(),
+            )
+        })
+        .collect()
+}
+
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
@@ -232,7 +249,26 @@ async fn three_replicas_under_load_share_the_sources_and_lose_nothing() {
         let mark = now_us();
         wait_for_a_run_of_each_since(&db, mark, &format!("round {round} synced")).await;
     }
+    // `status` lists the three daemons, live, and sums them up.
+    let listed = daemons(&setup).await;
+    for child in &replicas {
+        let pid = child.id().to_string();
+        assert!(
+            listed.iter().any(|(p, state)| *p == pid && state == "live"),
+            "replica pid {pid} not listed live: {listed:?}"
+        );
+    }
+    let out = setup.run(&["status"]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("daemons: 3 live"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     stop_all(replicas).await;
+    assert!(
+        daemons(&setup).await.is_empty(),
+        "a daemon that stopped is still listed"
+    );
     assert_all_match(&setup, &sim).await;
     assert_successful_runs_never_overlapped(&db).await;
     assert_eq!(
@@ -310,6 +346,24 @@ async fn a_replica_killed_mid_page_has_its_source_taken_over_within_a_lease_ttl(
         || {
             let db = db.clone();
             async move { successes_since(&db, "acme", "permits", mark).await > 0 }
+        },
+    )
+    .await;
+    // The killed daemon left its row: listed as gone once its heartbeats
+    // are missed.
+    let victim_pid = holder.to_string();
+    wait_until(
+        Duration::from_secs(40),
+        "the killed replica listed as gone",
+        || {
+            let victim_pid = victim_pid.clone();
+            let setup = &setup;
+            async move {
+                daemons(setup)
+                    .await
+                    .iter()
+                    .any(|(p, state)| *p == victim_pid && state == "gone")
+            }
         },
     )
     .await;

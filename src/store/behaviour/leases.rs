@@ -313,4 +313,27 @@ both_backends! {
         let status = store.test_sql("SELECT status FROM outbox", &[]).await;
         assert_eq!(status.as_deref(), Some("sent"));
     }
+
+    async fn a_daemon_is_listed_while_its_heartbeats_come_and_gone_after(store: Store) {
+        assert!(store.replicas().await.expect("replicas").is_empty());
+        let started = now_us();
+        store.heartbeat(started).await.expect("heartbeat");
+        store.heartbeat(started).await.expect("heartbeat again");
+        let list = store.replicas().await.expect("replicas");
+        assert_eq!(list.len(), 1, "one row per daemon: {list:?}");
+        assert!(list[0].live);
+        assert_eq!(list[0].pid, me().pid);
+        assert_eq!(list[0].started_us, started);
+        // Three heartbeats missed: gone, still listed.
+        store
+            .test_sql(
+                "UPDATE replicas SET seen_at = seen_at - $1",
+                &[Arg::Int(16_000_000)],
+            )
+            .await;
+        let list = store.replicas().await.expect("replicas");
+        assert!(!list[0].live, "{list:?}");
+        store.leave().await.expect("leave");
+        assert!(store.replicas().await.expect("replicas").is_empty());
+    }
 }

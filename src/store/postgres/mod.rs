@@ -12,6 +12,7 @@ mod copy;
 mod lease;
 mod outbox;
 mod records;
+mod replicas;
 mod runs;
 
 use std::str::FromStr;

@@ -17,6 +17,7 @@ mod lease;
 mod outbox;
 mod read_only;
 mod records;
+mod replicas;
 mod retention;
 mod runs;
 mod status;
