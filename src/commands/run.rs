@@ -106,8 +106,15 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
     server_stop.cancel();
     let _ = server.await;
     watchdog.stop().await;
-    if let Err(e) = store.leave().await {
-        tracing::warn!(error = %e, "could not remove this daemon from the replicas table; it shows as gone once its heartbeats stop");
+    // Bounded: an unreachable database must not hold the exit up.
+    match tokio::time::timeout(std::time::Duration::from_secs(2), store.leave()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not remove this daemon from the replicas table; it shows as gone once its heartbeats stop")
+        }
+        Err(_) => tracing::warn!(
+            "the database did not answer within 2s: this daemon shows as gone in the replicas table once its heartbeats stop"
+        ),
     }
     store.close().await;
     if !drained {

@@ -14,6 +14,8 @@
 //! * `ingest`: the SQLite ingest ceiling, then a full sync per connector
 //!   (records/s as a ratio to the ceiling, peak RSS) and the requests of a
 //!   no-change cycle.
+//! * `postgres`: a full sync into a Postgres database as a ratio to the
+//!   same rows bulk-upserted with `COPY` (skipped without a server).
 //! * `schedule`: start lateness (p50/p99/max) and overlapping runs of
 //!   10,000 `every 1m` sources in one daemon, next to the lateness of bare
 //!   tokio timers and of the same daemon with 100 sources.
@@ -26,6 +28,7 @@ mod baseline;
 mod child;
 mod idle;
 mod ingest;
+mod postgres;
 mod report;
 mod schedule;
 mod webhook;
@@ -40,7 +43,7 @@ use report::Section;
 const DEFAULT_RECORDS: usize = 200_000;
 
 /// The sections, in the order they run and appear.
-const SECTIONS: &[&str] = &["ingest", "idle", "schedule", "webhook"];
+const SECTIONS: &[&str] = &["ingest", "postgres", "idle", "schedule", "webhook"];
 
 struct Args {
     records: usize,
@@ -129,6 +132,7 @@ async fn main() -> Result<()> {
         eprintln!("== {name}");
         let section = match *name {
             "ingest" => ingest::run(&bin, args.records).await?,
+            "postgres" => postgres::run(&bin, args.records).await?,
             "schedule" => schedule::run(&bin).await?,
             "webhook" => webhook::run(&bin).await?,
             "idle" => idle::run(&bin).await?,
