@@ -95,6 +95,10 @@ fn describe() {
         "synchro_import_report_failures_total",
         "Failed import-state report attempts (permanent=true: refused for good)."
     );
+    describe_gauge!(
+        "synchro_replicas_live",
+        "Daemons (replicas) seen alive on this database at the last heartbeat, this one included."
+    );
 }
 
 /// One finished run.
@@ -162,12 +166,18 @@ pub fn run_panicked(key: &SourceKey) {
         .increment(1);
 }
 
+/// How many daemons the last heartbeat saw alive on the database: each
+/// replica reports the cluster's size (alert when it drops).
+pub fn replicas_live(n: usize) {
+    gauge!("synchro_replicas_live").set(n as f64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Every metric name this module records.
-    const NAMES: [&str; 12] = [
+    const NAMES: [&str; 13] = [
         "synchro_runs_total",
         "synchro_run_panics_total",
         "synchro_runs_skipped_total",
@@ -180,6 +190,7 @@ mod tests {
         "synchro_import_reports_pending",
         "synchro_import_reports_sent_total",
         "synchro_import_report_failures_total",
+        "synchro_replicas_live",
     ];
 
     #[test]
@@ -202,6 +213,7 @@ mod tests {
             report_failed(&key, false);
             run_skipped(&key);
             run_panicked(&key);
+            replicas_live(3);
         });
         let text = handle.render();
         for name in NAMES {

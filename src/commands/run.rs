@@ -229,6 +229,11 @@ async fn heartbeat(store: Store) {
         every.tick().await;
         if let Err(e) = store.heartbeat(started).await {
             tracing::warn!(error = %e, "heartbeat: could not record that this daemon is alive");
+            continue;
+        }
+        match store.replicas().await {
+            Ok(list) => crate::metrics::replicas_live(list.iter().filter(|r| r.live).count()),
+            Err(e) => tracing::warn!(error = %e, "heartbeat: could not count the live daemons"),
         }
     }
 }

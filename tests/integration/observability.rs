@@ -69,7 +69,8 @@ async fn metrics_are_served_labelled_by_tenant_and_source_and_logs_are_json() {
             "synchro_import_reports_pending",
             &["tenant=\"globex\""],
         );
-        if sent == Some(completed) && pending == Some(0.0) {
+        let counted_itself = sample(&text, "synchro_replicas_live", &[]).is_some();
+        if sent == Some(completed) && pending == Some(0.0) && counted_itself {
             break text;
         }
         assert!(
@@ -114,6 +115,13 @@ async fn metrics_are_served_labelled_by_tenant_and_source_and_logs_are_json() {
     assert!(
         sample(&text, "synchro_last_success_timestamp_seconds", &permits)
             .is_some_and(|t| t > 1.7e9),
+        "{text}"
+    );
+
+    // The daemon counts itself among the live ones at its first heartbeat.
+    assert_eq!(
+        sample(&text, "synchro_replicas_live", &[]),
+        Some(1.0),
         "{text}"
     );
 
