@@ -287,21 +287,27 @@ async fn three_replicas_under_load_share_the_sources_and_lose_nothing() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_killed_mid_page_has_its_source_taken_over_within_a_lease_ttl() {
-    let sim = simulator().await;
+/// One démarche of 1,500 dossiers served 20 a page, 30 ms a page: a
+/// listing lasts long enough to be interrupted; every 2 s, `lease_ttl_s`.
+fn one_long_listing(sim: &Simulator, lease_ttl_s: u64) -> Setup {
     sim.ds().seed(PERMITS, 1_500);
     sim.ds()
         .inject(Fault::Slow(Duration::from_millis(30)), 1_000_000);
     let mut permits = DsSource::new("acme", "permits", PERMITS);
     permits.page_size = 20;
-    let setup = Setup::new(&sim, &[permits]);
-    setup.edit_config("jitter = \"0s\"", "jitter = \"0s\"\nlease_ttl = \"3s\"");
+    let setup = Setup::new(sim, &[permits]);
+    setup.edit_config(
+        "jitter = \"0s\"",
+        &format!("jitter = \"0s\"\nlease_ttl = \"{lease_ttl_s}s\""),
+    );
     setup.edit_config("schedule = \"every 1h\"", "schedule = \"every 2s\"");
-    let Some((_pg, db)) = postgres(&setup, "a_replica_killed_mid_page").await else {
-        return;
-    };
-    let mut replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n)).collect();
+    setup
+}
+
+/// Three replicas, once one of them is mid-listing: the replicas, the
+/// holder's pid and its index.
+async fn three_replicas_one_holding(setup: &Setup, db: &Db) -> (Vec<Child>, i64, usize) {
+    let replicas: Vec<Child> = (0..3).map(|n| spawn_replica(setup, n)).collect();
     let pids: Vec<i64> = replicas.iter().map(|c| i64::from(c.id())).collect();
     wait_until(Duration::from_secs(30), "a replica mid-listing", || {
         let db = db.clone();
@@ -311,11 +317,22 @@ async fn a_replica_killed_mid_page_has_its_source_taken_over_within_a_lease_ttl(
         }
     })
     .await;
-    let holder = lease_pid(&db, "acme", "permits").await.expect("a holder");
-    let victim = pids
+    let holder = lease_pid(db, "acme", "permits").await.expect("a holder");
+    let index = pids
         .iter()
         .position(|p| *p == holder)
         .expect("a replica holds the lease");
+    (replicas, holder, index)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_page_has_its_source_taken_over_within_a_lease_ttl() {
+    let sim = simulator().await;
+    let setup = one_long_listing(&sim, 3);
+    let Some((_pg, db)) = postgres(&setup, "a_replica_killed_mid_page").await else {
+        return;
+    };
+    let (mut replicas, holder, victim) = three_replicas_one_holding(&setup, &db).await;
     let mut killed = replicas.remove(victim);
     signal(&killed, "KILL");
     let _ = killed.wait();
@@ -465,32 +482,11 @@ async fn a_rolling_restart_and_scaling_three_to_one_to_three_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_paused_past_its_lease_is_fenced_off_when_it_wakes_and_goes_on() {
     let sim = simulator().await;
-    sim.ds().seed(PERMITS, 1_500);
-    sim.ds()
-        .inject(Fault::Slow(Duration::from_millis(30)), 1_000_000);
-    let mut permits = DsSource::new("acme", "permits", PERMITS);
-    permits.page_size = 20;
-    let setup = Setup::new(&sim, &[permits]);
-    setup.edit_config("jitter = \"0s\"", "jitter = \"0s\"\nlease_ttl = \"2s\"");
-    setup.edit_config("schedule = \"every 1h\"", "schedule = \"every 2s\"");
+    let setup = one_long_listing(&sim, 2);
     let Some((_pg, db)) = postgres(&setup, "a_replica_paused_past_its_lease").await else {
         return;
     };
-    let replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n)).collect();
-    let pids: Vec<i64> = replicas.iter().map(|c| i64::from(c.id())).collect();
-    wait_until(Duration::from_secs(30), "a replica mid-listing", || {
-        let db = db.clone();
-        async move {
-            db.count("SELECT count(*) FROM records", &[]).await > 0
-                && lease_pid(&db, "acme", "permits").await.is_some()
-        }
-    })
-    .await;
-    let holder = lease_pid(&db, "acme", "permits").await.expect("a holder");
-    let paused = pids
-        .iter()
-        .position(|p| *p == holder)
-        .expect("a replica holds the lease");
+    let (replicas, _, paused) = three_replicas_one_holding(&setup, &db).await;
     signal(&replicas[paused], "STOP");
     let mark = now_us();
     wait_until(
