@@ -128,8 +128,21 @@ pub struct Lease {
 
 impl Lease {
     pub(crate) fn ttl_us(&self) -> i64 {
-        i64::try_from(self.ttl.as_micros()).unwrap_or(i64::MAX / 4)
+        ttl_micros(self.ttl)
     }
+
+    /// The error of a commit or renewal this lease no longer allows.
+    pub(crate) fn lost(&self) -> super::StoreError {
+        super::StoreError::LeaseLost {
+            key: self.key.clone(),
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// A lease's time to live in µs, as the lease rows store expiries.
+pub(crate) fn ttl_micros(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX / 4)
 }
 
 /// What asking for a lease gave.

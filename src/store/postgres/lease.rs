@@ -73,7 +73,7 @@ impl PgStore {
         ttl: Duration,
     ) -> Result<Acquired, StoreError> {
         let me = me();
-        let ttl_us = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX / 4);
+        let ttl_us = crate::store::types::ttl_micros(ttl);
         let lease = |epoch| Lease {
             key: key.clone(),
             epoch,
@@ -274,14 +274,7 @@ pub(super) async fn check_fence(
     .execute(&mut **tx)
     .await?
     .rows_affected();
-    if n == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::LeaseLost {
-            key: lease.key.clone(),
-            epoch: lease.epoch,
-        })
-    }
+    if n == 1 { Ok(()) } else { Err(lease.lost()) }
 }
 
 #[cfg(test)]

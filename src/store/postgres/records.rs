@@ -187,10 +187,7 @@ impl PgStore {
                         if done.rows_affected() == 1 {
                             Ok(())
                         } else {
-                            Err(StoreError::LeaseLost {
-                                key: key.clone(),
-                                epoch: lease.epoch,
-                            })
+                            Err(lease.lost())
                         }
                     }),
                 None => sqlx::query(SAVE_PROGRESS)
@@ -252,10 +249,7 @@ impl PgStore {
             return written;
         }
         match self.still_ours(lease).await {
-            Ok(false) => Err(StoreError::LeaseLost {
-                key: lease.key.clone(),
-                epoch: lease.epoch,
-            }),
+            Ok(false) => Err(lease.lost()),
             _ => written,
         }
     }

@@ -73,7 +73,7 @@ impl SqliteStore {
         ttl: Duration,
     ) -> Result<Acquired, StoreError> {
         let me = me();
-        let ttl_us = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX / 4);
+        let ttl_us = crate::store::types::ttl_micros(ttl);
         // Twice at most: a lease released between our two statements is
         // free on the second try.
         for _ in 0..2 {
@@ -226,14 +226,7 @@ pub(super) async fn check_fence(
         .execute(&mut **tx)
         .await?
         .rows_affected();
-    if n == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::LeaseLost {
-            key: lease.key.clone(),
-            epoch: lease.epoch,
-        })
-    }
+    if n == 1 { Ok(()) } else { Err(lease.lost()) }
 }
 
 #[cfg(test)]
