@@ -250,6 +250,50 @@ impl Store {
         }
         Ok(stats)
     }
+
+    /// Claims up to `limit` reports of a source (oldest first) that are due
+    /// at `now_us` and that no live claim holds, for this process until
+    /// `until_us`, in one write: two processes (the daemon and a `synchro
+    /// sync`, or replicas) never send the same report. Sending one ends its
+    /// claim ([`Store::report_sent`], [`Store::report_retry`],
+    /// [`Store::report_refused`]), not sending it gives the claim back
+    /// ([`Store::release_claims`]); the claim of a process that died first
+    /// lapses at `until_us`.
+    pub async fn claim_reports(
+        &self,
+        key: &SourceKey,
+        now_us: i64,
+        until_us: i64,
+        limit: i64,
+    ) -> Result<Vec<PendingReport>, StoreError> {
+        let claimed = self.claim_due(key, now_us, until_us, limit).await?;
+        if !claimed.is_empty() {
+            return Ok(claimed);
+        }
+        // Nothing free: claims of a process of this node that died (a
+        // `sync` killed mid-send) are given up now rather than at their
+        // lapse.
+        if self.release_dead_claims(key, now_us).await? > 0 {
+            return self.claim_due(key, now_us, until_us, limit).await;
+        }
+        Ok(Vec::new())
+    }
+
+    /// The oldest claimable report, as [`Store::claim_reports`] with a
+    /// limit of one (store tests).
+    #[cfg(test)]
+    pub(crate) async fn claim_report(
+        &self,
+        key: &SourceKey,
+        now_us: i64,
+        until_us: i64,
+    ) -> Result<Option<PendingReport>, StoreError> {
+        Ok(self
+            .claim_reports(key, now_us, until_us, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
 }
 
 /// The store's interface: for each method, a [`Store`] method that forwards
@@ -340,19 +384,13 @@ interface! {
     /// see [`Store::claim_reports`]).
     #[cfg(test)]
     pub(crate) async fn due_reports(&self, key: &SourceKey, now_us: i64, limit: i64) -> Result<Vec<PendingReport>, StoreError>;
-    /// The oldest claimable report, as [`Store::claim_reports`] with a
-    /// limit of one (store tests).
-    #[cfg(test)]
-    pub(crate) async fn claim_report(&self, key: &SourceKey, now_us: i64, until_us: i64) -> Result<Option<PendingReport>, StoreError>;
     /// Claims up to `limit` reports of a source (oldest first) that are due
-    /// at `now_us` and that no live claim holds, for this process until
-    /// `until_us`, in one write: two processes (the daemon and a `synchro
-    /// sync`, or replicas) never send the same report. Sending one ends its
-    /// claim ([`Store::report_sent`], [`Store::report_retry`],
-    /// [`Store::report_refused`]), not sending it gives the claim back
-    /// ([`Store::release_claims`]); the claim of a process that died first
-    /// lapses at `until_us`.
-    pub async fn claim_reports(&self, key: &SourceKey, now_us: i64, until_us: i64, limit: i64) -> Result<Vec<PendingReport>, StoreError>;
+    /// at `now_us` and that no live claim holds, in one write (see
+    /// [`Store::claim_reports`]).
+    pub(crate) async fn claim_due(&self, key: &SourceKey, now_us: i64, until_us: i64, limit: i64) -> Result<Vec<PendingReport>, StoreError>;
+    /// Frees the live claims on `key`'s due reports held by processes of
+    /// this node that are gone; returns how many claimers were.
+    pub(crate) async fn release_dead_claims(&self, key: &SourceKey, now_us: i64) -> Result<u64, StoreError>;
     /// Gives back claims of this process on reports it did not send (it
     /// stopped, or the endpoint failed): they are due again at once for
     /// whoever comes next, instead of after the claim's lapse.

@@ -41,40 +41,7 @@ impl PgStore {
         .await?)
     }
 
-    #[cfg(test)]
-    pub(crate) async fn claim_report(
-        &self,
-        key: &SourceKey,
-        now_us: i64,
-        until_us: i64,
-    ) -> Result<Option<PendingReport>, StoreError> {
-        Ok(self
-            .claim_reports(key, now_us, until_us, 1)
-            .await?
-            .into_iter()
-            .next())
-    }
-
-    pub async fn claim_reports(
-        &self,
-        key: &SourceKey,
-        now_us: i64,
-        until_us: i64,
-        limit: i64,
-    ) -> Result<Vec<PendingReport>, StoreError> {
-        let claimed = self.claim_many(key, now_us, until_us, limit).await?;
-        if !claimed.is_empty() {
-            return Ok(claimed);
-        }
-        // Nothing free: claims of a dead process of this node are given up
-        // now rather than at their lapse (other nodes' lapse).
-        if self.release_dead_claims(key, now_us).await? > 0 {
-            return self.claim_many(key, now_us, until_us, limit).await;
-        }
-        Ok(Vec::new())
-    }
-
-    async fn claim_many(
+    pub async fn claim_due(
         &self,
         key: &SourceKey,
         now_us: i64,
@@ -112,7 +79,11 @@ impl PgStore {
 
     /// Frees the live claims on `key`'s due reports held by processes of
     /// this node that are gone; returns how many claimers were.
-    async fn release_dead_claims(&self, key: &SourceKey, now_us: i64) -> Result<u64, StoreError> {
+    pub async fn release_dead_claims(
+        &self,
+        key: &SourceKey,
+        now_us: i64,
+    ) -> Result<u64, StoreError> {
         let claimers: Vec<(String,)> = sqlx::query_as(
             "SELECT DISTINCT claimed_by FROM outbox WHERE tenant = $1 AND source = $2 \
              AND status = 'pending' AND next_attempt_at <= $3 AND claim_expires_at > $3 \

@@ -14,7 +14,7 @@ use crate::store::identity::{claimer, claimer_is_dead};
 impl SqliteStore {
     /// Pending reports of a source whose next attempt is due at `now_us`,
     /// oldest first, claimed or not (store tests; the reporter claims them,
-    /// see [`SqliteStore::claim_reports`]).
+    /// see [`crate::store::Store::claim_reports`]).
     #[cfg(test)]
     pub(crate) async fn due_reports(
         &self,
@@ -35,50 +35,9 @@ impl SqliteStore {
         .await?)
     }
 
-    /// The oldest claimable report, as [`SqliteStore::claim_reports`] with a
-    /// limit of one (store tests).
-    #[cfg(test)]
-    pub(crate) async fn claim_report(
-        &self,
-        key: &SourceKey,
-        now_us: i64,
-        until_us: i64,
-    ) -> Result<Option<PendingReport>, StoreError> {
-        Ok(self
-            .claim_reports(key, now_us, until_us, 1)
-            .await?
-            .into_iter()
-            .next())
-    }
-
-    /// Claims up to `limit` reports of a source (oldest first) that are due
-    /// at `now_us` and that no live claim holds, for this process until
-    /// `until_us`, in one write: two processes (the daemon and a `synchro
-    /// sync`, or replicas) never send the same report. Sending one ends its
-    /// claim ([`SqliteStore::report_sent`], [`SqliteStore::report_retry`],
-    /// [`SqliteStore::report_refused`]), not sending it gives the claim back
-    /// ([`SqliteStore::release_claims`]); the claim of a process that died first
-    /// lapses at `until_us`.
-    pub async fn claim_reports(
-        &self,
-        key: &SourceKey,
-        now_us: i64,
-        until_us: i64,
-        limit: i64,
-    ) -> Result<Vec<PendingReport>, StoreError> {
-        let claimed = self.claim_many(key, now_us, until_us, limit).await?;
-        if !claimed.is_empty() {
-            return Ok(claimed);
-        }
-        // Nothing free: a claim of a process of this node that died (a
-        // `sync` killed mid-send) is given up now rather than at its lapse.
-        if self.release_dead_claims(key, now_us).await? > 0 {
-            return self.claim_many(key, now_us, until_us, limit).await;
-        }
-        Ok(Vec::new())
-    }
-
-    async fn claim_many(
+    /// Claims up to `limit` due reports no live claim holds, in one write
+    /// (see [`crate::store::Store::claim_reports`]).
+    pub async fn claim_due(
         &self,
         key: &SourceKey,
         now_us: i64,
@@ -127,7 +86,11 @@ impl SqliteStore {
 
     /// Frees the live claims on `key`'s due reports held by processes of
     /// this node that are gone; returns how many claimers were.
-    async fn release_dead_claims(&self, key: &SourceKey, now_us: i64) -> Result<u64, StoreError> {
+    pub async fn release_dead_claims(
+        &self,
+        key: &SourceKey,
+        now_us: i64,
+    ) -> Result<u64, StoreError> {
         let claimers: Vec<(String,)> = sqlx::query_as(
             "SELECT DISTINCT claimed_by FROM outbox WHERE tenant = ?1 AND source = ?2 \
              AND status = 'pending' AND next_attempt_at <= ?3 AND claim_expires_at > ?3 \
@@ -160,8 +123,8 @@ impl SqliteStore {
     }
 
     /// Whether a report of the source is due at `now_us`, claimed or not
-    /// (a claim may be a dead process's, which [`SqliteStore::claim_report`]
-    /// releases). Read on the reader pool: an idle reporter's check costs
+    /// (a claim may be a dead process's, which
+    /// [`crate::store::Store::claim_reports`] releases). Read on the reader pool: an idle reporter's check costs
     /// the writer nothing.
     pub async fn reports_due(&self, key: &SourceKey, now_us: i64) -> Result<bool, StoreError> {
         let (due,): (i64,) = sqlx::query_as(
