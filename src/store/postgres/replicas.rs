@@ -32,13 +32,16 @@ impl PgStore {
     }
 
     pub async fn replicas(&self) -> Result<Vec<ReplicaStatus>, StoreError> {
-        let rows: Vec<(String, i64, i64, i64)> =
-            sqlx::query_as("SELECT host, pid, started_at, seen_at FROM replicas")
+        // The database's clock read in the same statement as the rows.
+        let rows: Vec<(String, i64, i64, i64, i64)> =
+            sqlx::query_as("SELECT host, pid, started_at, seen_at, synchro_now_us() FROM replicas")
                 .fetch_all(&self.pool)
                 .await?;
-        let (now,): (i64,) = sqlx::query_as("SELECT synchro_now_us()")
-            .fetch_one(&self.pool)
-            .await?;
+        let now = rows.first().map_or(0, |r| r.4);
+        let rows = rows
+            .into_iter()
+            .map(|(host, pid, started, seen, _)| (host, pid, started, seen))
+            .collect();
         Ok(crate::store::types::replica_list(rows, now))
     }
 }

@@ -40,25 +40,22 @@ pub enum Db {
 }
 
 impl Db {
-    /// A connection; `None` while the database is not there yet.
+    /// A connection that only reads; `None` while the database is not
+    /// there yet.
     pub async fn connect(&self) -> Option<sqlx::AnyConnection> {
-        sqlx::any::install_default_drivers();
-        let url = match self {
-            Db::Sqlite(path) => {
-                if !path.exists() {
-                    return None;
-                }
-                format!("sqlite://{}?mode=ro", path.display())
-            }
-            Db::Postgres(url) => url.clone(),
-        };
-        sqlx::AnyConnection::connect(&url).await.ok()
+        self.open(true).await
     }
 
     /// A connection that may write (a test's set-up behind the daemon).
     pub async fn connect_rw(&self) -> Option<sqlx::AnyConnection> {
+        self.open(false).await
+    }
+
+    async fn open(&self, read_only: bool) -> Option<sqlx::AnyConnection> {
         sqlx::any::install_default_drivers();
         let url = match self {
+            Db::Sqlite(path) if read_only && !path.exists() => return None,
+            Db::Sqlite(path) if read_only => format!("sqlite://{}?mode=ro", path.display()),
             Db::Sqlite(path) => format!("sqlite://{}", path.display()),
             Db::Postgres(url) => url.clone(),
         };
