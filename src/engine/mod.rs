@@ -322,7 +322,7 @@ impl Engine {
                 elapsed: started.elapsed(),
             });
         }
-        let lost = CancellationToken::new();
+        let lost = Held::new(held_since, lease.ttl);
         // Aborted when dropped: a run that unwinds or is dropped stops
         // renewing its lease (it lapses; the journal frees it on a finish).
         let renewing = (self.store.clone(), lease.clone());
@@ -382,7 +382,7 @@ impl Engine {
         job: &Job,
         source: &dyn Source,
         stop: &CancellationToken,
-        lost: &CancellationToken,
+        lost: &Held,
         totals: &mut RunRecord,
     ) -> Result<bool, SyncError> {
         let (key, kind) = (&lease.key, job.kind);
@@ -501,7 +501,7 @@ impl Engine {
                 if stop.is_cancelled() {
                     return Ok(false);
                 }
-                if lost.is_cancelled() {
+                if lost.is_lost() {
                     return Err(FetchEnd::LeaseLost);
                 }
                 if fetched >= max_pages {
@@ -516,7 +516,7 @@ impl Engine {
                 let fetch = std::panic::AssertUnwindSafe(source.fetch(&progress)).catch_unwind();
                 let page = tokio::select! {
                     page = fetch => page,
-                    _ = lost.cancelled() => return Err(FetchEnd::LeaseLost),
+                    _ = lost.lost.cancelled() => return Err(FetchEnd::LeaseLost),
                 };
                 let page = match page {
                     Ok(Ok(page)) => page,
@@ -715,7 +715,7 @@ async fn keep_lease<F, Fut>(
     mut renew: F,
     ttl: Duration,
     held_since: tokio::time::Instant,
-    lost: CancellationToken,
+    held: Held,
 ) where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool, StoreError>>,
@@ -726,6 +726,7 @@ async fn keep_lease<F, Fut>(
     let mut last_try = held_since;
     loop {
         let give_up = valid_until.checked_sub(margin).unwrap_or(valid_until);
+        held.set_give_up(give_up);
         tokio::time::sleep_until((last_try + every).min(give_up)).await;
         if tokio::time::Instant::now() >= give_up {
             tracing::warn!(
@@ -734,7 +735,7 @@ async fn keep_lease<F, Fut>(
                     tokio::time::Instant::now().saturating_duration_since(last_try)
                 )
             );
-            lost.cancel();
+            held.lost.cancel();
             return;
         }
         last_try = tokio::time::Instant::now();
@@ -742,13 +743,49 @@ async fn keep_lease<F, Fut>(
             Ok(Ok(true)) => valid_until = last_try + ttl,
             Ok(Ok(false)) => {
                 tracing::warn!("another run took this source's lease over; stopping this run");
-                lost.cancel();
+                held.lost.cancel();
                 return;
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "could not renew the lease; will retry"),
             // The loop gives up at the top: the deadline passed.
             Err(_) => tracing::warn!("the lease renewal did not answer in time"),
         }
+    }
+}
+
+/// Whether a run may still call its upstream: not once its lease was
+/// taken over (`lost`, cancelled by [`keep_lease`]), nor past the instant
+/// [`keep_lease`] would give up at. The run checks the instant itself
+/// before each request: a process paused (SIGSTOP, a frozen VM) past it
+/// wakes with its renewal task not yet run, and must not send one more
+/// request first.
+#[derive(Clone)]
+struct Held {
+    lost: CancellationToken,
+    give_up: Arc<std::sync::Mutex<tokio::time::Instant>>,
+}
+
+impl Held {
+    fn new(held_since: tokio::time::Instant, ttl: Duration) -> Self {
+        let margin = give_up_margin(ttl);
+        let until = held_since + ttl;
+        Self {
+            lost: CancellationToken::new(),
+            give_up: Arc::new(std::sync::Mutex::new(
+                until.checked_sub(margin).unwrap_or(until),
+            )),
+        }
+    }
+
+    fn set_give_up(&self, at: tokio::time::Instant) {
+        *self.give_up.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
+    /// True once the run must stop calling the upstream.
+    fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
+            || tokio::time::Instant::now()
+                >= *self.give_up.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -1029,11 +1066,31 @@ mod tests {
     {
         let ttl = Duration::from_secs(30);
         let start = tokio::time::Instant::now();
-        let lost = CancellationToken::new();
-        let task = tokio::spawn(keep_lease(renew, ttl, start, lost.clone()));
-        let cancelled = tokio::time::timeout(within, lost.cancelled()).await.is_ok();
+        let held = Held::new(start, ttl);
+        let task = tokio::spawn(keep_lease(renew, ttl, start, held.clone()));
+        let cancelled = tokio::time::timeout(within, held.lost.cancelled())
+            .await
+            .is_ok();
         task.abort();
         cancelled.then(|| start.elapsed())
+    }
+
+    /// A process paused past its give-up instant wakes with its renewal
+    /// task not yet run (nothing cancelled `lost`): the run sees the lease
+    /// as lost by the clock alone and sends no request.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_woken_past_its_give_up_instant_counts_its_lease_as_lost() {
+        let ttl = Duration::from_secs(30);
+        let held = Held::new(tokio::time::Instant::now(), ttl);
+        assert!(!held.is_lost());
+        tokio::time::advance(ttl - give_up_margin(ttl) - Duration::from_millis(1)).await;
+        assert!(!held.is_lost(), "still within the lease");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(held.is_lost(), "past the give-up instant");
+        assert!(!held.lost.is_cancelled(), "by the clock alone");
+        // A renewal that succeeded moves the instant on.
+        held.set_give_up(tokio::time::Instant::now() + ttl);
+        assert!(!held.is_lost());
     }
 
     #[tokio::test(start_paused = true)]
