@@ -63,6 +63,15 @@ impl CronSchedule {
             .ok()
             .map(|t| t.timestamp_micros())
     }
+
+    /// The first occurrence after `now_us` (µs since the epoch), if any.
+    pub fn next_after(&self, now_us: i64) -> Option<i64> {
+        let now = chrono::DateTime::from_timestamp_micros(now_us)?;
+        self.cron
+            .find_next_occurrence(&now, false)
+            .ok()
+            .map(|t| t.timestamp_micros())
+    }
 }
 
 impl PartialEq for CronSchedule {

@@ -4,13 +4,19 @@
 //! run, through a one-slot pending request, and a request that arrives
 //! while a run is in progress is coalesced into at most one follow-up run.
 //! A global semaphore caps how many sources sync at once.
+//!
+//! On a store whose daemons share a schedule (Postgres: replicas), there
+//! are no local ticks: [`claims`] claims due sources from the shared
+//! schedule and hands them to the runners as [`Trigger::Claimed`].
+
+mod claims;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +27,8 @@ use crate::http::{HttpClient, origin};
 use crate::model::SourceKey;
 use crate::reporter::Reporter;
 use crate::sources::{self, Source};
+use crate::store::{SharedSchedule, StoreError};
+use claims::{ClaimCtx, InFlight};
 
 /// Why the scheduler could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +37,8 @@ pub enum SchedulerError {
     Cron(#[from] JobSchedulerError),
     #[error("{0}")]
     Source(String),
+    #[error("shared schedule: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// Why a run was asked for.
@@ -40,6 +50,10 @@ enum Trigger {
     Tick { due_us: i64 },
     /// Start as soon as possible (start-up, push notification).
     Now,
+    /// A tick due at `due_us` that this daemon claimed in the schedule its
+    /// replicas share ([`claims`]): like a tick, and once run the source
+    /// moves to its next tick there.
+    Claimed { due_us: i64 },
 }
 
 /// A source's pending run request: at most one, and a request made while
@@ -53,17 +67,31 @@ struct Pending {
 }
 
 impl Pending {
-    /// Asks for a run; false if one was already pending (coalesced).
+    /// Asks for a run; false if one was already pending (coalesced). A
+    /// claimed tick replaces another pending request (one run answers
+    /// both, and it must move the shared schedule on), except another
+    /// claimed tick.
     fn offer(&self, t: Trigger) -> bool {
         {
             let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-            if slot.is_some() {
-                return false;
+            match (&*slot, t) {
+                (None, _) => {}
+                (Some(Trigger::Claimed { .. }), _) => return false,
+                (Some(_), Trigger::Claimed { .. }) => {
+                    *slot = Some(t);
+                    return true;
+                }
+                (Some(_), _) => return false,
             }
             *slot = Some(t);
         }
         self.ready.notify_one();
         true
+    }
+
+    /// Takes the pending request, if any, without waiting.
+    fn take_now(&self) -> Option<Trigger> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Waits for the pending request and takes it.
@@ -85,7 +113,17 @@ struct Runner {
     stop: CancellationToken,
     task: JoinHandle<()>,
     reporter: Option<JoinHandle<()>>,
-    job: uuid::Uuid,
+    /// The local tick job (none when the schedule is shared).
+    job: Option<uuid::Uuid>,
+}
+
+/// The schedule this daemon shares with its replicas, and how it feeds its
+/// runners from it.
+struct Shared {
+    schedule: SharedSchedule,
+    in_flight: Arc<InFlight>,
+    /// The runners the claim loop hands claimed ticks to.
+    runners: watch::Sender<Triggers>,
 }
 
 /// What a reload changed.
@@ -112,6 +150,15 @@ impl Triggers {
             }
             None => false,
         }
+    }
+
+    /// Hands `key`'s runner a tick claimed in the shared schedule: `None`
+    /// for a source without a runner here, `Some(false)` if its runner
+    /// already holds a claimed tick.
+    fn claimed(&self, key: &SourceKey, due_us: i64) -> Option<bool> {
+        self.0
+            .get(key)
+            .map(|pending| pending.offer(Trigger::Claimed { due_us }))
     }
 }
 
@@ -148,6 +195,8 @@ pub struct Scheduler {
     /// Sources tokio-cron-scheduler's channels were sized for (see
     /// [`channel_size`]); a reload beyond it restarts the scheduler.
     capacity: usize,
+    /// Set when the store's daemons share one schedule (Postgres).
+    shared: Option<Shared>,
 }
 
 /// Size of tokio-cron-scheduler's internal channels for `sources` jobs.
@@ -180,6 +229,7 @@ impl Scheduler {
             jitter: config.scheduler.jitter,
             stop,
             capacity,
+            shared: None,
         };
         tokio::spawn(
             me.engine
@@ -187,11 +237,34 @@ impl Scheduler {
                 .clone()
                 .reclaim_when_idle(me.engine.store().clone(), me.stop.child_token()),
         );
+        if let Some(schedule) = me.engine.store().shared_schedule() {
+            schedule.register(&schedule_rows(config)).await?;
+            me.shared = Some(Shared {
+                schedule,
+                in_flight: Arc::default(),
+                runners: watch::Sender::new(Triggers::default()),
+            });
+        }
         for source_cfg in config.sources() {
             me.add(source_cfg).await?;
         }
+        if let Some(shared) = &me.shared {
+            shared.runners.send_replace(me.triggers());
+            tokio::spawn(claims::claim_loop(
+                shared.schedule.clone(),
+                shared.runners.subscribe(),
+                shared.in_flight.clone(),
+                me.limit.clone(),
+                config.scheduler.lease_ttl,
+                me.stop.child_token(),
+            ));
+        }
         me.cron.start().await?;
-        tracing::info!(sources = me.runners.len(), "scheduler started");
+        tracing::info!(
+            sources = me.runners.len(),
+            shared = me.shared.is_some(),
+            "scheduler started"
+        );
         Ok(me)
     }
 
@@ -210,6 +283,11 @@ impl Scheduler {
             .or_insert_with(|| Arc::new(Semaphore::new(http.host_concurrency(endpoint))))
             .clone();
         let pending = Arc::new(Pending::default());
+        let claims = self.shared.as_ref().map(|shared| ClaimCtx {
+            shared: shared.schedule.clone(),
+            grid: Grid::of(&cfg.key(), &cfg.schedule),
+            in_flight: shared.in_flight.clone(),
+        });
         let task = tokio::spawn(run_loop(
             crate::engine::Job::of(cfg),
             Arc::from(source),
@@ -220,13 +298,18 @@ impl Scheduler {
                 all: self.limit.clone(),
             },
             self.jitter,
+            claims,
             stop.clone(),
         ));
-        let job = self
-            .cron
-            .add(tick_job(&cfg.key(), &cfg.schedule, pending.clone())?)
-            .await?;
-        pending.offer(Trigger::Now);
+        // A shared schedule says when the source runs, its first run
+        // included; otherwise local ticks, and a first run at once.
+        let job = if self.shared.is_none() {
+            let job = tick_job(&cfg.key(), &cfg.schedule, pending.clone())?;
+            pending.offer(Trigger::Now);
+            Some(self.cron.add(job).await?)
+        } else {
+            None
+        };
         self.runners.insert(
             cfg.key(),
             Runner {
@@ -270,7 +353,9 @@ impl Scheduler {
                 continue;
             }
             if let Some(r) = self.runners.remove(&key) {
-                let _ = self.cron.remove(&r.job).await;
+                if let Some(job) = &r.job {
+                    let _ = self.cron.remove(job).await;
+                }
                 r.stop.cancel();
                 stopping.push(r.task);
                 stopping.extend(r.reporter);
@@ -291,6 +376,10 @@ impl Scheduler {
                 }
                 self.add(cfg).await?;
             }
+        }
+        if let Some(shared) = &self.shared {
+            shared.schedule.register(&schedule_rows(config)).await?;
+            shared.runners.send_replace(self.triggers());
         }
         Ok(summary)
     }
@@ -348,8 +437,8 @@ impl Scheduler {
     /// them up to `deadline`. Returns false if some did not finish in time.
     pub async fn shutdown(mut self, deadline: Duration) -> bool {
         self.stop.cancel();
-        for r in self.runners.values() {
-            let _ = self.cron.remove(&r.job).await;
+        for job in self.runners.values().filter_map(|r| r.job.as_ref()) {
+            let _ = self.cron.remove(job).await;
         }
         if let Err(e) = self.cron.shutdown().await {
             tracing::warn!(error = %e, "cron scheduler did not stop cleanly");
@@ -362,8 +451,28 @@ impl Scheduler {
         if !done {
             tracing::warn!(?deadline, "syncs still running at the shutdown deadline");
         }
+        if let Some(shared) = &self.shared {
+            // Ticks claimed and not run go to the other replicas now rather
+            // than when the claims lapse.
+            if let Err(e) = shared.schedule.release_all().await {
+                tracing::warn!(error = %e, "could not give back this daemon's claimed ticks");
+            }
+        }
         done
     }
+}
+
+/// Each source with its schedule and a fingerprint of its section, as the
+/// shared schedule keeps them: a source whose section changed is due at
+/// once, as a restarted runner runs at once on a local schedule.
+fn schedule_rows(config: &Config) -> Vec<(SourceKey, String)> {
+    config
+        .sources()
+        .map(|s| {
+            let section = fnv1a(format!("{s:?}").bytes());
+            (s.key(), format!("{:?} #{section:016x}", s.schedule))
+        })
+        .collect()
 }
 
 /// Waits for `tasks` up to `deadline`; false if some were still running.
@@ -423,17 +532,22 @@ fn tick_job(
 /// way Prometheus spreads scrape targets. Stable across restarts and
 /// platforms (FNV-1a of `tenant/source`), so a source keeps its phase.
 fn phase_s(key: &SourceKey, every_s: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key
+    let name = key
         .tenant
         .bytes()
         .chain(std::iter::once(b'/'))
-        .chain(key.source.bytes())
-    {
+        .chain(key.source.bytes());
+    fnv1a(name) % every_s.max(1)
+}
+
+/// FNV-1a: a hash that is the same on every build and platform.
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    h % every_s.max(1)
+    h
 }
 
 /// When a schedule's ticks are due, to tell the instant a tick answers.
@@ -475,6 +589,15 @@ impl Grid {
         }
     }
 
+    /// The first tick after `now_us`: where a source moves once a claimed
+    /// tick of it was run.
+    fn next_after(&self, now_us: i64) -> Option<i64> {
+        match self {
+            Grid::Every { every_us, .. } => Some(self.due_at_or_before(now_us)? + every_us),
+            Grid::Cron(cron) => cron.next_after(now_us),
+        }
+    }
+
     /// The due instant of a tick the crate fires at `now_us`: an interval
     /// tick fires a lead ahead of it.
     fn due_for_fire_at(&self, now_us: i64) -> Option<i64> {
@@ -512,16 +635,48 @@ async fn run_loop(
     triggers: Arc<Pending>,
     slots: Slots,
     jitter: Duration,
+    claims: Option<ClaimCtx>,
     stop: CancellationToken,
+) {
+    runs(
+        &job,
+        source.as_ref(),
+        &engine,
+        &triggers,
+        slots,
+        jitter,
+        claims.as_ref(),
+        &stop,
+    )
+    .await;
+    if let Some(claims) = &claims {
+        claims.forfeit(triggers.take_now());
+    }
+}
+
+/// [`run_loop`]'s runs, until `stop`.
+#[allow(clippy::too_many_arguments)]
+async fn runs(
+    job: &crate::engine::Job,
+    source: &dyn Source,
+    engine: &Engine,
+    triggers: &Pending,
+    slots: Slots,
+    jitter: Duration,
+    claims: Option<&ClaimCtx>,
+    stop: &CancellationToken,
 ) {
     loop {
         let trigger = tokio::select! {
             t = triggers.take() => t,
             _ = stop.cancelled() => return,
         };
-        let due_us = match trigger {
-            Trigger::Tick { due_us } => Some(due_us),
-            Trigger::Now => None,
+        // A claimed tick counts against the daemon's free slots until it
+        // asks for its own (or the runner stops first).
+        let (due_us, mut queued) = match trigger {
+            Trigger::Tick { due_us } => (Some(due_us), None),
+            Trigger::Claimed { due_us } => (Some(due_us), claims.map(ClaimCtx::guard)),
+            Trigger::Now => (None, None),
         };
         if let Some(due) = due_us {
             // An interval tick fired ahead of its due instant (LEAD_US):
@@ -547,6 +702,8 @@ async fn run_loop(
                 _ = stop.cancelled() => return,
             }
         }
+        let claimed = queued.is_some();
+        drop(queued.take());
         // Host first: a run queued behind its busy host holds no global slot.
         let _host = tokio::select! {
             p = slots.host.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -556,11 +713,12 @@ async fn run_loop(
             p = slots.all.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.cancelled() => return,
         };
-        let attempt = engine
-            .run_scheduled(&job, source.as_ref(), &stop, due_us)
-            .await;
+        let attempt = engine.run_scheduled(job, source, stop, due_us).await;
         drop((_host, _permit));
         let key = &job.key;
+        if let (true, Some(claims)) = (claimed, claims) {
+            claims.done(key).await;
+        }
         if let crate::engine::Attempt::Busy(holder) = attempt {
             // Another process (a manual `synchro sync`, a replica) is
             // syncing it: that run does this tick's work.
@@ -571,7 +729,7 @@ async fn run_loop(
                 // A push notification (or the start-up run) asked for a
                 // run *now*: the holder may have listed before the change
                 // it announces. Run once the holder is done.
-                if !wait_until_free(engine.store(), key, &stop).await {
+                if !wait_until_free(engine.store(), key, stop).await {
                     return;
                 }
                 triggers.offer(Trigger::Now);

@@ -15,6 +15,7 @@ mod copy;
 mod error;
 mod identity;
 mod postgres;
+mod schedule;
 mod schema;
 mod sqlite;
 #[cfg(test)]
@@ -28,6 +29,7 @@ use crate::model::{Page, Progress, RunOutcome, RunRecord, SourceKey};
 pub use copy::{COPY_BATCH, Copied, CopyAfter, CopyRow, Table};
 pub use error::StoreError;
 pub use identity::pid_alive;
+pub use schedule::SharedSchedule;
 pub(crate) use types::INTERRUPTED;
 pub use types::{
     Acquired, ExportRow, Forgotten, HEARTBEAT, Holder, KEEP_LAST_RUNS, Lease, PageStats,

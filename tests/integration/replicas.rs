@@ -163,6 +163,20 @@ async fn assert_successful_runs_never_overlapped(db: &Db) {
     }
 }
 
+/// The simulator never answered two listing requests of one source at
+/// once: no source was ever listed by two replicas at the same time (the
+/// upstream's side of [`assert_successful_runs_never_overlapped`], which
+/// also covers runs that were fenced off or killed).
+fn assert_no_concurrent_listings(sim: &Simulator) {
+    let counted = sim.traffic().concurrent_listings();
+    assert!(!counted.is_empty(), "no listing was counted");
+    let overlapped: Vec<_> = counted.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        overlapped.is_empty(),
+        "sources listed by two runs at once: {overlapped:?}"
+    );
+}
+
 /// The pid that holds `tenant/source`'s lease now, if any.
 async fn lease_pid(db: &Db, tenant: &str, source: &str) -> Option<i64> {
     let mut conn = db.connect().await?;
@@ -249,6 +263,15 @@ async fn three_replicas_under_load_share_the_sources_and_lose_nothing() {
         let mark = now_us();
         wait_for_a_run_of_each_since(&db, mark, &format!("round {round} synced")).await;
     }
+    // The work spreads: whichever replica polls first after a tick is due
+    // claims it, and the polls are randomised, so each replica soon ran
+    // something.
+    wait_until(
+        Duration::from_secs(60),
+        "every replica ran a sync",
+        || async { (0..3).all(|n| replica_log(&setup, n).contains("sync run succeeded")) },
+    )
+    .await;
     // `status` lists the three daemons, live, and sums them up.
     let listed = daemons(&setup).await;
     for child in &replicas {
@@ -277,14 +300,7 @@ async fn three_replicas_under_load_share_the_sources_and_lose_nothing() {
         0,
         "healthy replicas fail no run"
     );
-    // The work spread: every replica synced something.
-    for n in 0..3 {
-        let log = replica_log(&setup, n);
-        assert!(
-            log.contains("sync run succeeded"),
-            "replica {n} never ran a sync:\n{log}"
-        );
-    }
+    assert_no_concurrent_listings(&sim);
 }
 
 /// One démarche of 1,500 dossiers served 20 a page, 30 ms a page: a
@@ -387,6 +403,7 @@ async fn a_replica_killed_mid_page_has_its_source_taken_over_within_a_lease_ttl(
     stop_all(replicas).await;
     assert_export_matches(&setup, &sim, "acme", "permits", PERMITS).await;
     assert_successful_runs_never_overlapped(&db).await;
+    assert_no_concurrent_listings(&sim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,6 +447,7 @@ async fn replicas_whose_database_sessions_are_terminated_recover_and_lose_nothin
     stop_all(replicas).await;
     assert_all_match(&setup, &sim).await;
     assert_successful_runs_never_overlapped(&db).await;
+    assert_no_concurrent_listings(&sim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,6 +495,7 @@ async fn a_rolling_restart_and_scaling_three_to_one_to_three_lose_nothing() {
     stop_all(replicas).await;
     assert_all_match(&setup, &sim).await;
     assert_successful_runs_never_overlapped(&db).await;
+    assert_no_concurrent_listings(&sim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,4 +535,5 @@ async fn a_replica_paused_past_its_lease_is_fenced_off_when_it_wakes_and_goes_on
     stop_all(replicas).await;
     assert_export_matches(&setup, &sim, "acme", "permits", PERMITS).await;
     assert_successful_runs_never_overlapped(&db).await;
+    assert_no_concurrent_listings(&sim);
 }

@@ -10,8 +10,14 @@
 //! seen at N, plus whatever arrival jitter (scheduling, the network) moved
 //! across the window's edge. Requests to the control API (`/_sim/...`) are
 //! not upstream traffic and are not counted.
+//!
+//! Listings are also counted per source (a démarche, a calendar, a
+//! Contentor account): how many listing requests of one source were being
+//! answered at the same time. A client that never runs two syncs of one
+//! source at once never has two in flight; two runs that overlap do, as
+//! soon as their pages take any time to answer.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +44,24 @@ struct Inner {
     max_per_second: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    /// Per source: listing requests in flight now, and the most at once.
+    listings: Mutex<BTreeMap<String, (u64, u64)>>,
+}
+
+/// Counts a listing request of one source as in flight until dropped.
+struct Listing(Arc<Inner>, String);
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        let mut listings = self
+            .0
+            .listings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((now, _)) = listings.get_mut(&self.1) {
+            *now = now.saturating_sub(1);
+        }
+    }
 }
 
 /// Counts a request as in flight until dropped (also when the client goes
@@ -71,6 +95,32 @@ impl Traffic {
         let flying = inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         inner.max_in_flight.fetch_max(flying, Ordering::SeqCst);
         InFlight(inner.clone())
+    }
+
+    /// Records a listing request of `source`; the guard keeps it in flight.
+    fn listing(&self, source: String) -> Listing {
+        let mut listings = self
+            .inner
+            .listings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (now, max) = listings.entry(source.clone()).or_default();
+        *now += 1;
+        *max = (*max).max(*now);
+        Listing(self.inner.clone(), source)
+    }
+
+    /// The most listing requests of one source answered at the same time,
+    /// per source (`demarche 42`, `calendar team@example.com`, `content
+    /// <account>`): above 1, two syncs of that source overlapped.
+    pub fn concurrent_listings(&self) -> BTreeMap<String, u64> {
+        self.inner
+            .listings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, (_, max))| (k.clone(), *max))
+            .collect()
     }
 
     /// Upstream requests received so far.
@@ -115,7 +165,53 @@ pub(super) async fn count(State(traffic): State<Traffic>, req: Request, next: Ne
         return next.run(req).await;
     }
     let _in_flight = traffic.arrive();
+    let (req, source) = listed_source(req).await;
+    let _listing = source.map(|s| traffic.listing(s));
     next.run(req).await
+}
+
+/// The largest request body read to find the source it lists (GraphQL
+/// queries are a few KB).
+const MAX_PEEK: usize = 1 << 20;
+
+/// The source a listing request lists, if it is one: a démarche's GraphQL
+/// query (by its number), a calendar's events, a Contentor account's
+/// content list (by its token). The body read to find out is put back.
+async fn listed_source(req: Request) -> (Request, Option<String>) {
+    let path = req.uri().path().to_string();
+    if req.method() == axum::http::Method::GET {
+        if let Some(calendar) = path
+            .strip_prefix("/calendar/v3/calendars/")
+            .and_then(|p| p.strip_suffix("/events"))
+        {
+            return (req, Some(format!("calendar {calendar}")));
+        }
+        if path.ends_with("/content") {
+            let account = req
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            return (req, Some(format!("content {account}")));
+        }
+        return (req, None);
+    }
+    if req.method() != axum::http::Method::POST || !path.ends_with("/graphql") {
+        return (req, None);
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_PEEK).await else {
+        return (Request::from_parts(parts, axum::body::Body::empty()), None);
+    };
+    let demarche = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/variables/demarcheNumber")
+                .and_then(|n| n.as_i64())
+        });
+    let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+    (req, demarche.map(|n| format!("demarche {n}")))
 }
 
 #[cfg(test)]
@@ -207,6 +303,51 @@ mod tests {
         assert!((1..=4).contains(&sim.max_requests_per_second()));
         assert_eq!(sim.max_in_flight(), 1);
         assert_eq!(sim.traffic().in_flight(), 0);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn listings_of_one_source_answered_at_once_are_counted_per_source() {
+        let sim = crate::Simulator::start(([127, 0, 0, 1], 0).into())
+            .await
+            .unwrap();
+        sim.calendar()
+            .inject(crate::Fault::Slow(Duration::from_millis(300)), 100);
+        sim.content()
+            .inject(crate::Fault::Slow(Duration::from_millis(300)), 100);
+        let http = reqwest::Client::new();
+        let get = |url: String| {
+            let http = http.clone();
+            async move { http.get(url).bearer_auth("tok").send().await.unwrap() }
+        };
+        let cal = |id: &str| format!("{}/calendars/{id}/events", sim.calendar_endpoint());
+        // Two listings of calendar a at once, one of b, then one more of b
+        // after it: a overlapped, b did not.
+        let (_, _, _) = tokio::join!(get(cal("a")), get(cal("a")), get(cal("b")));
+        get(cal("b")).await;
+        get(format!("{}/content", sim.content_endpoint())).await;
+        let ds = |n: i64| {
+            let http = http.clone();
+            let url = sim.ds_endpoint();
+            async move {
+                http.post(url)
+                    .json(&serde_json::json!({"query": "{}", "variables": {"demarcheNumber": n}}))
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        };
+        ds(7).await;
+        let counted = sim.traffic().concurrent_listings();
+        assert_eq!(counted.get("calendar a"), Some(&2), "{counted:?}");
+        assert_eq!(counted.get("calendar b"), Some(&1), "{counted:?}");
+        assert_eq!(counted.get("content Bearer tok"), Some(&1), "{counted:?}");
+        assert_eq!(counted.get("demarche 7"), Some(&1), "{counted:?}");
+        assert_eq!(
+            counted.len(),
+            4,
+            "token and import requests are no listings"
+        );
         sim.shutdown().await;
     }
 }

@@ -14,6 +14,7 @@ mod outbox;
 mod records;
 mod replicas;
 mod runs;
+mod schedule;
 
 use std::str::FromStr;
 use std::sync::Arc;
