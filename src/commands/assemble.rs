@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::CliError;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::http::HttpClient;
+use crate::http::{BudgetShare, HttpClient};
 use crate::redact::Redactor;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
@@ -24,9 +24,12 @@ impl Parts {
     /// Builds the HTTP client and the engine over an open `store`. One
     /// redactor serves both, so that a token the client obtains at run time
     /// is scrubbed from what the engine records.
-    pub fn new(config: &Config, store: Store) -> Result<Self, CliError> {
+    /// `share` counts the daemons the hosts' budgets are divided among
+    /// (`run` sets it from its heartbeat; a command alone leaves it at 1).
+    pub fn new(config: &Config, store: Store, share: BudgetShare) -> Result<Self, CliError> {
         let redactor = Redactor::new(config.secrets());
-        let http = HttpClient::new(&config.http, redactor.clone()).map_err(anyhow::Error::from)?;
+        let http = HttpClient::shared(&config.http, redactor.clone(), share)
+            .map_err(anyhow::Error::from)?;
         let engine = Engine::new(store, redactor).with_lease_ttl(config.scheduler.lease_ttl);
         Ok(Parts { http, engine })
     }

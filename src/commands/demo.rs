@@ -53,7 +53,7 @@ pub async fn demo(linger: Duration) -> Result<ExitCode, CliError> {
     println!("config:   {}", config_path.display());
 
     let store = super::open_store(&config).await?;
-    let parts = Parts::new(&config, store.clone())?;
+    let parts = Parts::new(&config, store.clone(), Default::default())?;
     let stop = CancellationToken::new();
     let scheduler = parts.schedule(&config, stop.clone()).await?;
 

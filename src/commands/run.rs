@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::assemble::Parts;
 use super::{CliError, load_config, open_store};
 use crate::config::Config;
+use crate::http::BudgetShare;
 use crate::notify::{self, Watchdog};
 use crate::scheduler::Scheduler;
 use crate::server::{Limits, Readiness, Webhooks, router, serve};
@@ -52,8 +53,9 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
 
     let (retention, retention_now) = tokio::sync::watch::channel(config.storage.runs_retention);
     let pruner = tokio::spawn(prune_runs(store.clone(), retention_now));
-    let heartbeat = tokio::spawn(heartbeat(store.clone()));
-    let mut scheduler = Parts::new(&config, store.clone())?
+    let share = BudgetShare::default();
+    let heartbeat = tokio::spawn(heartbeat(store.clone(), share.clone()));
+    let mut scheduler = Parts::new(&config, store.clone(), share.clone())?
         .schedule(&config, stop.child_token())
         .await?;
     hooks.install(&config, scheduler.triggers(), scheduler.engine());
@@ -73,7 +75,7 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
                         Ok(new) => {
                             let blocked = needs_restart(&config, &new);
                             if blocked.is_empty() {
-                                scheduler = reload(scheduler, &config, &new, &store, &stop).await?;
+                                scheduler = reload(scheduler, &config, &new, &store, &share, &stop).await?;
                                 config = new;
                                 retention.send_replace(config.storage.runs_retention);
                                 hooks.install(&config, scheduler.triggers(), scheduler.engine());
@@ -153,6 +155,7 @@ async fn reload(
     old: &Config,
     new: &Config,
     store: &Store,
+    share: &BudgetShare,
     stop: &CancellationToken,
 ) -> Result<Scheduler, CliError> {
     let new = &Config {
@@ -177,7 +180,7 @@ async fn reload(
     }
     tracing::info!("SIGHUP: global settings changed; restarting every source");
     scheduler.shutdown(new.scheduler.shutdown_timeout).await;
-    Parts::new(new, store.clone())?
+    Parts::new(new, store.clone(), share.clone())?
         .schedule(new, stop.child_token())
         .await
 }
@@ -220,9 +223,11 @@ fn running_status(config: &Config) -> String {
 
 /// Refreshes this daemon's row in `replicas` every [`crate::store::HEARTBEAT`]
 /// (`synchro status` lists the live ones). Runs until aborted at shutdown;
-/// a failed heartbeat is logged and tried again at the next one.
-async fn heartbeat(store: Store) {
+/// a failed heartbeat is logged and tried again at the next one. The live
+/// daemons it counts share each host's budget (`share`).
+async fn heartbeat(store: Store, share: BudgetShare) {
     let started = crate::time::now_us();
+    let mut sharing = 1;
     let mut every = tokio::time::interval(crate::store::HEARTBEAT);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -232,7 +237,18 @@ async fn heartbeat(store: Store) {
             continue;
         }
         match store.replicas().await {
-            Ok(list) => crate::metrics::replicas_live(list.iter().filter(|r| r.live).count()),
+            Ok(list) => {
+                let live = list.iter().filter(|r| r.live).count();
+                crate::metrics::replicas_live(live);
+                share.set(live);
+                if live.max(1) != sharing {
+                    sharing = live.max(1);
+                    tracing::info!(
+                        daemons = sharing,
+                        "each upstream host's budget is now shared among {sharing} live daemons"
+                    );
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "heartbeat: could not count the live daemons"),
         }
     }

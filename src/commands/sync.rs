@@ -35,7 +35,7 @@ pub async fn sync(
         crate::shutdown::install(stop.clone()).context("cannot install signal handlers")?;
     let progress = super::progress::Progress::new(&keys);
     // One client for the runs and the reports: one budget per host.
-    let Parts { http, engine, .. } = Parts::new(&config, store.clone())?;
+    let Parts { http, engine, .. } = Parts::new(&config, store.clone(), Default::default())?;
     let engine = engine.with_observer(progress.observer());
     let results = sync_once(&config, &keys, &engine, &http, &stop, wait).await?;
     progress.finish();

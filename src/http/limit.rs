@@ -29,11 +29,19 @@
 //! a paused clock. A wait is abandoned as soon as the cancellation token
 //! fires, and the next waiter takes the turn.
 //!
+//! Replicas share each host's budget: a daemon that sees N live daemons on
+//! its database ([`BudgetShare`], set from the heartbeat) sends at most
+//! rate/N requests a second and holds at most concurrency/N (at least one)
+//! in flight, so that the cluster as a whole keeps to the configured
+//! budget. The share follows the live count: a replica that dies leaves its
+//! part to the others at their next heartbeat.
+//!
 //! Not the `governor` crate: its GCRA is the same idea, but its
 //! clocks are not tokio's, so the paused-clock tests below would not work,
 //! and a keyed limiter plus a semaphore per key would still be needed beside it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,7 +66,43 @@ pub enum LimitError {
 /// host's in-flight slot, so keep it until the response is read.
 #[derive(Debug)]
 pub struct HostPermit {
-    _slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
+    host: Arc<HostState>,
+}
+
+impl Drop for HostPermit {
+    fn drop(&mut self) {
+        // The host's share shrank while this request flew: its slot goes
+        // instead of coming back.
+        if let Some(slot) = self.slot.take()
+            && self.host.owe_one()
+        {
+            slot.forget();
+        }
+    }
+}
+
+/// Among how many daemons each host's budget is divided: the live daemons
+/// on the database (the heartbeat's count), 1 for a daemon alone. Cheap to
+/// clone; clones share the value.
+#[derive(Clone, Debug)]
+pub struct BudgetShare(Arc<AtomicUsize>);
+
+impl Default for BudgetShare {
+    fn default() -> Self {
+        Self(Arc::new(AtomicUsize::new(1)))
+    }
+}
+
+impl BudgetShare {
+    /// `daemons` live daemons share the budgets now (0 counts as 1).
+    pub fn set(&self, daemons: usize) {
+        self.0.store(daemons.max(1), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed).max(1)
+    }
 }
 
 /// How late tokio's timer may wake a sleeper (its resolution).
@@ -75,6 +119,11 @@ struct Limits {
 #[derive(Debug)]
 struct HostState {
     slots: Arc<Semaphore>,
+    /// The configured in-flight cap, before the share.
+    concurrency: usize,
+    /// The slots this daemon's share allows now, and how many slots in use
+    /// must go when they come back (the share shrank under them).
+    sized: Mutex<(usize, usize)>,
     spacing: Duration,
     /// When the last request was let through. Locked (FIFO) for the whole
     /// wait of the next one, so each waiter measures its spacing from the
@@ -87,19 +136,56 @@ impl HostState {
     fn new(limits: Limits) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(limits.concurrency)),
+            concurrency: limits.concurrency,
+            sized: Mutex::new((limits.concurrency, 0)),
             spacing: limits.spacing,
             last_send: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// Waits for this host's next turn in the rate schedule and takes it.
-    async fn turn(&self, cancel: &CancellationToken) -> Result<(), LimitError> {
+    /// Resizes the in-flight cap to this daemon's share of it: adds slots,
+    /// or takes free ones away and owes the rest (see [`HostState::owe_one`]).
+    fn resize(&self, share: usize) {
+        let target = (self.concurrency / share).max(1);
+        let mut sized = self.sized.lock().unwrap_or_else(|e| e.into_inner());
+        let (size, owed) = &mut *sized;
+        if target > *size {
+            // Slots still owed are simply kept instead of added.
+            let grow = target - *size;
+            let kept = grow.min(*owed);
+            *owed -= kept;
+            self.slots.add_permits(grow - kept);
+        } else if target < *size {
+            *owed += *size - target;
+        }
+        *size = target;
+        let taken = self.slots.forget_permits(*owed);
+        *owed -= taken;
+    }
+
+    /// Whether a slot coming back must go (one is owed).
+    fn owe_one(&self) -> bool {
+        let mut sized = self.sized.lock().unwrap_or_else(|e| e.into_inner());
+        if sized.1 > 0 {
+            sized.1 -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Waits for this host's next turn in the rate schedule (its spacing
+    /// times `share`) and takes it.
+    async fn turn(&self, cancel: &CancellationToken, share: usize) -> Result<(), LimitError> {
+        let spacing = self
+            .spacing
+            .saturating_mul(u32::try_from(share).unwrap_or(u32::MAX));
         let mut last = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(LimitError::Cancelled),
             l = self.last_send.lock() => l,
         };
-        let Some(at) = last.map(|l| l + self.spacing) else {
+        let Some(at) = last.map(|l| l + spacing) else {
             *last = Some(Instant::now());
             return Ok(());
         };
@@ -109,7 +195,7 @@ impl HostState {
             *last = Some(now);
             return Ok(());
         }
-        if at - now <= TIMER_SLACK.min(self.spacing / 3) {
+        if at - now <= TIMER_SLACK.min(spacing / 3) {
             // Too short a wait for the timer: go now, keep the schedule.
             *last = Some(at);
             return Ok(());
@@ -124,7 +210,7 @@ impl HostState {
         // wake-up (a busy machine) restarts the schedule from now minus the
         // same slack, so actual sends stay within the slack of a sequence
         // spaced exactly `spacing` apart: at most one more in any window.
-        let slack = TIMER_SLACK.min(self.spacing / 2);
+        let slack = TIMER_SLACK.min(spacing / 2);
         let now = Instant::now();
         *last = Some(at.max(now.checked_sub(slack).unwrap_or(now)));
         Ok(())
@@ -137,11 +223,19 @@ pub struct HostLimiter {
     default: Limits,
     overrides: HashMap<String, Limits>,
     hosts: Mutex<HashMap<String, Arc<HostState>>>,
+    share: BudgetShare,
 }
 
 impl HostLimiter {
-    /// Limits from `[http]`: the per-host defaults and `[http.hosts]` exceptions.
+    /// Limits from `[http]`: the per-host defaults and `[http.hosts]`
+    /// exceptions, for a daemon alone.
+    #[cfg(test)]
     pub fn new(cfg: &HttpConfig) -> Self {
+        Self::shared(cfg, BudgetShare::default())
+    }
+
+    /// Limits from `[http]`, divided among the daemons `share` counts.
+    pub fn shared(cfg: &HttpConfig, share: BudgetShare) -> Self {
         let default = Limits {
             spacing: spacing(cfg.per_host_requests_per_second),
             concurrency: cfg.per_host_concurrency.max(1),
@@ -161,6 +255,7 @@ impl HostLimiter {
             default,
             overrides,
             hosts: Mutex::new(HashMap::new()),
+            share,
         }
     }
 
@@ -172,13 +267,19 @@ impl HostLimiter {
         cancel: &CancellationToken,
     ) -> Result<HostPermit, LimitError> {
         let host = self.host(url)?;
+        let share = self.share.get();
+        host.resize(share);
         let slot = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(LimitError::Cancelled),
             s = host.slots.clone().acquire_owned() => s.map_err(|_| LimitError::Cancelled)?,
         };
-        host.turn(cancel).await?;
-        Ok(HostPermit { _slot: slot })
+        let permit = HostPermit {
+            slot: Some(slot),
+            host: host.clone(),
+        };
+        host.turn(cancel, share).await?;
+        Ok(permit)
     }
 
     /// How many requests `url`'s host may have in flight: the scheduler
@@ -329,6 +430,63 @@ mod tests {
             assert!(pair[1] - pair[0] >= Duration::from_millis(100), "{times:?}");
         }
         assert_eq!(max_in_window(&times, Duration::from_secs(1)), 10);
+    }
+
+    /// Two live daemons: each sends at half the rate and holds half the
+    /// in-flight slots, so the two together keep to the configured budget.
+    #[tokio::test(start_paused = true)]
+    async fn a_daemon_sharing_a_host_with_another_keeps_to_half_its_budget() {
+        let share = BudgetShare::default();
+        share.set(2);
+        let limiter = Arc::new(HostLimiter::shared(&cfg(10.0, 100, &[]), share));
+        let times = burst(limiter, "https://api.example.org/x", 11, Duration::ZERO).await;
+        assert_eq!(*times.last().unwrap(), Duration::from_secs(2), "{times:?}");
+        assert_eq!(max_in_window(&times, Duration::from_secs(1)), 5);
+
+        let share = BudgetShare::default();
+        share.set(2);
+        let limiter = Arc::new(HostLimiter::shared(&cfg(1_000_000.0, 4, &[]), share));
+        // 6 requests holding their slot 1 s each, 2 at a time: 3 waves.
+        let times = burst(
+            limiter,
+            "https://api.example.org/x",
+            6,
+            Duration::from_secs(1),
+        )
+        .await;
+        let waves: Vec<u64> = times.iter().map(|t| t.as_secs()).collect();
+        assert_eq!(waves, vec![0, 0, 1, 1, 2, 2], "{times:?}");
+    }
+
+    /// The share grows while requests are in flight (a replica joined):
+    /// the slots they hold are taken away as they come back, not stacked.
+    #[tokio::test(start_paused = true)]
+    async fn slots_in_flight_when_the_share_grows_are_given_up_as_they_come_back() {
+        let share = BudgetShare::default();
+        let limiter = Arc::new(HostLimiter::shared(
+            &cfg(1_000_000.0, 4, &[]),
+            share.clone(),
+        ));
+        let cancel = CancellationToken::new();
+        let u = url("http://127.0.0.1:9/a");
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(limiter.acquire(&u, &cancel).await.unwrap());
+        }
+        share.set(4);
+        drop(held);
+        // One slot is this daemon's share now.
+        let first = limiter.acquire(&u, &cancel).await.unwrap();
+        let second = tokio::time::timeout(Duration::from_secs(5), limiter.acquire(&u, &cancel));
+        assert!(second.await.is_err(), "a second slot was given");
+        drop(first);
+        // Alone again: all four.
+        share.set(1);
+        let mut again = Vec::new();
+        for _ in 0..4 {
+            let p = tokio::time::timeout(Duration::from_secs(5), limiter.acquire(&u, &cancel));
+            again.push(p.await.expect("a slot").unwrap());
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::HttpConfig;
 use crate::model::SourceKey;
 use crate::redact::Redactor;
+pub use limit::BudgetShare;
 pub(crate) use limit::origin;
 use limit::{HostLimiter, HostPermit, LimitError};
 use retry::{backoff_delay, server_delay};
@@ -197,6 +198,16 @@ impl HttpClient {
     /// the engine's: the tokens sources obtain through this client are
     /// registered with it, and error bodies are scrubbed by it.
     pub fn new(cfg: &HttpConfig, redactor: Redactor) -> Result<Self, HttpError> {
+        Self::shared(cfg, redactor, BudgetShare::default())
+    }
+
+    /// [`HttpClient::new`] for a daemon that shares its hosts' budgets with
+    /// the other daemons `share` counts (replicas).
+    pub fn shared(
+        cfg: &HttpConfig,
+        redactor: Redactor,
+        share: BudgetShare,
+    ) -> Result<Self, HttpError> {
         let inner = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.connect_timeout)
@@ -207,7 +218,7 @@ impl HttpClient {
             .map_err(|e| HttpError::Setup(e.to_string()))?;
         Ok(Self {
             inner,
-            limits: Arc::new(HostLimiter::new(cfg)),
+            limits: Arc::new(HostLimiter::shared(cfg, share)),
             max_retries: cfg.max_retries,
             initial_backoff: cfg.initial_backoff,
             max_backoff: cfg.max_backoff,

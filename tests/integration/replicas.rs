@@ -303,6 +303,56 @@ async fn three_replicas_under_load_share_the_sources_and_lose_nothing() {
     assert_no_concurrent_listings(&sim);
 }
 
+/// Per-host budgets are the cluster's: three replicas syncing at once
+/// against one host send no more requests a second, together, than one
+/// daemon may (each keeps to a third, from its heartbeat's live count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_keep_to_one_per_host_budget_together() {
+    const RATE: u64 = 20;
+    let sim = simulator().await;
+    let setup = busy_upstreams(&sim);
+    setup.edit_config(
+        "per_host_requests_per_second = 1000",
+        &format!("per_host_requests_per_second = {RATE}"),
+    );
+    setup.edit_config(
+        "lease_ttl = \"4s\"",
+        "lease_ttl = \"4s\"\nmax_concurrent_syncs = 1",
+    );
+    let Some((_pg, db)) = postgres(&setup, "three_replicas_keep_to_one_budget").await else {
+        return;
+    };
+    let replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n)).collect();
+    wait_until(
+        Duration::from_secs(60),
+        "each replica sharing the budget three ways",
+        || async { (0..3).all(|n| replica_log(&setup, n).contains("shared among 3 live daemons")) },
+    )
+    .await;
+    // Long listings on three sources at once, one per replica (each syncs
+    // one source at a time): unshared, the host would see three budgets.
+    sim.traffic().reset_maxima();
+    sim.ds().seed(PERMITS, 400);
+    sim.ds().seed(GRANTS, 400);
+    sim.calendar().seed(CALENDAR, 400);
+    let mark = now_us();
+    wait_for_a_run_of_each_since(&db, mark, "the new objects synced").await;
+    let seen = sim.max_requests_per_second();
+    stop_all(replicas).await;
+    // Each replica's limiter lets at most one request more than its rate
+    // into a window: three of them, one more each.
+    assert!(
+        seen <= RATE + 3,
+        "the host saw {seen} requests in one second (budget {RATE}/s for the cluster)"
+    );
+    assert!(
+        seen >= RATE / 2,
+        "the load never approached the budget: {seen}/s"
+    );
+    assert_all_match(&setup, &sim).await;
+    assert_no_concurrent_listings(&sim);
+}
+
 /// One démarche of 1,500 dossiers served 20 a page, 30 ms a page: a
 /// listing lasts long enough to be interrupted; every 2 s, `lease_ttl_s`.
 fn one_long_listing(sim: &Simulator, lease_ttl_s: u64) -> Setup {
