@@ -126,7 +126,7 @@ pub(crate) async fn claim_loop(
     ttl: Duration,
     stop: CancellationToken,
 ) {
-    loop {
+    while !stop.is_cancelled() {
         let free = slots.available_permits().saturating_sub(in_flight.count());
         let mut wait = CLAIM_INTERVAL.mul_f64(rand::rng().random_range(0.5..1.5));
         if free > 0 {

@@ -124,6 +124,9 @@ struct Shared {
     in_flight: Arc<InFlight>,
     /// The runners the claim loop hands claimed ticks to.
     runners: watch::Sender<Triggers>,
+    /// The claim loop, awaited at shutdown before the claims are given
+    /// back (a claim it was making must not outlive the give-back).
+    claimer: Option<JoinHandle<()>>,
 }
 
 /// What a reload changed.
@@ -243,21 +246,23 @@ impl Scheduler {
                 schedule,
                 in_flight: Arc::default(),
                 runners: watch::Sender::new(Triggers::default()),
+                claimer: None,
             });
         }
         for source_cfg in config.sources() {
             me.add(source_cfg).await?;
         }
-        if let Some(shared) = &me.shared {
-            shared.runners.send_replace(me.triggers());
-            tokio::spawn(claims::claim_loop(
+        let triggers = me.triggers();
+        if let Some(shared) = &mut me.shared {
+            shared.runners.send_replace(triggers);
+            shared.claimer = Some(tokio::spawn(claims::claim_loop(
                 shared.schedule.clone(),
                 shared.runners.subscribe(),
                 shared.in_flight.clone(),
                 me.limit.clone(),
                 config.scheduler.lease_ttl,
                 me.stop.child_token(),
-            ));
+            )));
         }
         me.cron.start().await?;
         tracing::info!(
@@ -443,10 +448,11 @@ impl Scheduler {
         if let Err(e) = self.cron.shutdown().await {
             tracing::warn!(error = %e, "cron scheduler did not stop cleanly");
         }
-        let tasks: Vec<_> = std::mem::take(&mut self.runners)
+        let mut tasks: Vec<_> = std::mem::take(&mut self.runners)
             .into_values()
             .flat_map(|r| std::iter::once(r.task).chain(r.reporter))
             .collect();
+        tasks.extend(self.shared.as_mut().and_then(|s| s.claimer.take()));
         let done = wait_all(tasks, deadline).await;
         if !done {
             tracing::warn!(?deadline, "syncs still running at the shutdown deadline");
@@ -716,7 +722,10 @@ async fn runs(
         let attempt = engine.run_scheduled(job, source, stop, due_us).await;
         drop((_host, _permit));
         let key = &job.key;
-        if let (true, Some(claims)) = (claimed, claims) {
+        // A run cut short by the shutdown leaves its tick claimed: the
+        // shutdown gives it back as it was due, and another replica runs
+        // it at once, instead of the source waiting for its next tick.
+        if let (true, Some(claims), false) = (claimed, claims, stop.is_cancelled()) {
             claims.done(key).await;
         }
         if let crate::engine::Attempt::Busy(holder) = attempt {

@@ -102,7 +102,19 @@ fn describe_sql(e: &sqlx::Error) -> String {
         Some(state) => postgres_hint(&state),
         None => sqlite_hint(e),
     };
+    let text = e.to_string();
+    let hint = match hint {
+        // pg_hba.conf has a `hostssl` line for us, not a `host` one.
+        Some(_) if text.contains("no encryption") => Some(
+            "the server accepts only TLS connections from here: add sslmode=verify-full (or require) to storage.database",
+        ),
+        other => other,
+    };
     let hint = hint.or(match e {
+        // rustls reports a refused certificate as an I/O error.
+        sqlx::Error::Io(_) if text.contains("certificate") => Some(
+            "the database server's TLS certificate was refused: sslrootcert must name the CA that signed it, and with sslmode=verify-full the URL's host must be a name the certificate names",
+        ),
         sqlx::Error::Io(_) => Some("cannot reach the database server: is it running, and is storage.database's host and port right?"),
         sqlx::Error::Tls(_) => Some("the TLS connection to the database server failed: check sslmode and the server's certificate"),
         sqlx::Error::PoolTimedOut => Some("no database connection came free in time: the server is unreachable or storage.pool_size is too small for the load"),
@@ -147,4 +159,21 @@ fn postgres_hint(state: &str) -> Option<&'static str> {
         s if s.starts_with("08") => "the connection to the database server failed",
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_sql;
+
+    #[test]
+    fn a_refused_server_certificate_is_told_apart_from_an_unreachable_server() {
+        let refused = sqlx::Error::Io(std::io::Error::other(
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        let said = describe_sql(&refused);
+        assert!(said.contains("TLS certificate was refused"), "{said}");
+        assert!(said.contains("UnknownIssuer"), "the cause is kept: {said}");
+        let down = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(describe_sql(&down).contains("cannot reach the database server"));
+    }
 }

@@ -370,6 +370,46 @@ fn one_long_listing(sim: &Simulator, lease_ttl_s: u64) -> Setup {
     setup
 }
 
+/// A replica stopped (SIGTERM) mid-listing gives its tick back: the next
+/// replica runs the source at once, not at its next tick an hour later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_mid_run_gives_its_tick_back_to_the_next() {
+    let sim = simulator().await;
+    let setup = one_long_listing(&sim, 10);
+    setup.edit_config("schedule = \"every 2s\"", "schedule = \"every 1h\"");
+    let Some((_pg, db)) = postgres(&setup, "a_replica_stopped_mid_run").await else {
+        return;
+    };
+    let first = spawn_replica(&setup, 0);
+    wait_until(
+        Duration::from_secs(30),
+        "the first replica mid-listing",
+        || {
+            let db = db.clone();
+            async move {
+                db.count("SELECT count(*) FROM records", &[]).await > 0
+                    && lease_pid(&db, "acme", "permits").await.is_some()
+            }
+        },
+    )
+    .await;
+    stop_all(vec![first]).await;
+    let mark = now_us();
+    let second = spawn_replica(&setup, 1);
+    wait_until(
+        Duration::from_secs(60),
+        "the next replica's run of the given-back tick",
+        || {
+            let db = db.clone();
+            async move { successes_since(&db, "acme", "permits", mark).await > 0 }
+        },
+    )
+    .await;
+    stop_all(vec![second]).await;
+    assert_export_matches(&setup, &sim, "acme", "permits", PERMITS).await;
+    assert_no_concurrent_listings(&sim);
+}
+
 /// Three replicas, once one of them is mid-listing: the replicas, the
 /// holder's pid and its index.
 async fn three_replicas_one_holding(setup: &Setup, db: &Db) -> (Vec<Child>, i64, usize) {

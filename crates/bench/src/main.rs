@@ -16,6 +16,9 @@
 //!   no-change cycle.
 //! * `postgres`: a full sync into a Postgres database as a ratio to the
 //!   same rows bulk-upserted with `COPY` (skipped without a server).
+//! * `replicas`: 100,000 `every 5m` sources shared by three daemons on one
+//!   Postgres: start lateness, overlaps, the claim queries' cost per run,
+//!   and the failover after a SIGKILL (skipped without a server).
 //! * `schedule`: start lateness (p50/p99/max) and overlapping runs of
 //!   10,000 `every 1m` sources in one daemon, next to the lateness of bare
 //!   tokio timers and of the same daemon with 100 sources.
@@ -29,6 +32,7 @@ mod child;
 mod idle;
 mod ingest;
 mod postgres;
+mod replicas;
 mod report;
 mod schedule;
 mod webhook;
@@ -43,7 +47,9 @@ use report::Section;
 const DEFAULT_RECORDS: usize = 200_000;
 
 /// The sections, in the order they run and appear.
-const SECTIONS: &[&str] = &["ingest", "postgres", "idle", "schedule", "webhook"];
+const SECTIONS: &[&str] = &[
+    "ingest", "postgres", "replicas", "idle", "schedule", "webhook",
+];
 
 struct Args {
     records: usize,
@@ -133,6 +139,7 @@ async fn main() -> Result<()> {
         let section = match *name {
             "ingest" => ingest::run(&bin, args.records).await?,
             "postgres" => postgres::run(&bin, args.records).await?,
+            "replicas" => replicas::run(&bin).await?,
             "schedule" => schedule::run(&bin).await?,
             "webhook" => webhook::run(&bin).await?,
             "idle" => idle::run(&bin).await?,

@@ -47,21 +47,21 @@ WHERE excluded.updated_us > r.updated_us
 "#;
 
 /// The server the section creates its databases on.
-fn server() -> String {
+pub(crate) fn server() -> String {
     std::env::var("SYNCHRO_BENCH_POSTGRES")
         .or_else(|_| std::env::var("SYNCHRO_TEST_POSTGRES"))
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1/test".into())
 }
 
 /// A database of its own on the server, dropped by [`Scratch::drop_it`].
-struct Scratch {
+pub(crate) struct Scratch {
     server: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Scratch {
-    async fn create(server: &str) -> Result<Self> {
+    pub(crate) async fn create(server: &str) -> Result<Self> {
         let name = format!(
             "synchro_bench_{}_{}",
             std::process::id(),
@@ -80,7 +80,7 @@ impl Scratch {
         })
     }
 
-    async fn drop_it(self) -> Result<()> {
+    pub(crate) async fn drop_it(self) -> Result<()> {
         let mut admin = PgConnection::connect(&self.server).await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",

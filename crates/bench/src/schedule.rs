@@ -56,15 +56,15 @@ const STARTUP_END: &str =
 
 /// Lateness figures, µs.
 #[derive(Default)]
-struct Lateness {
-    n: usize,
-    p50: i64,
-    p99: i64,
-    max: i64,
+pub(crate) struct Lateness {
+    pub(crate) n: usize,
+    pub(crate) p50: i64,
+    pub(crate) p99: i64,
+    pub(crate) max: i64,
 }
 
 impl Lateness {
-    fn of(mut v: Vec<i64>) -> Self {
+    pub(crate) fn of(mut v: Vec<i64>) -> Self {
         if v.is_empty() {
             return Self::default();
         }
@@ -78,7 +78,7 @@ impl Lateness {
         }
     }
 
-    fn row(&self, what: &str) -> String {
+    pub(crate) fn row(&self, what: &str) -> String {
         format!(
             "| {what} | {} | {} | {} | {} |",
             self.n,
@@ -89,7 +89,7 @@ impl Lateness {
     }
 }
 
-fn ms(us: i64) -> String {
+pub(crate) fn ms(us: i64) -> String {
     format!("{:.1} ms", us as f64 / 1000.0)
 }
 

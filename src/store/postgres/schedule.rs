@@ -29,12 +29,15 @@ WHERE s.schedule <> excluded.schedule
 
 /// Claims the oldest due sources no live claim holds. `SKIP LOCKED`: rows
 /// another replica is claiming at this moment are left to it, not waited
-/// for.
+/// for. The clock is read once, in a sub-select: compared with the
+/// (volatile) function itself, `due_at` would be no index condition, and a
+/// poll that finds nothing due would walk the whole index (35 ms instead of
+/// 0.02 ms over 100,000 sources).
 const CLAIM: &str = r#"
 WITH due AS (
     SELECT tenant, source FROM schedule
-    WHERE due_at <= synchro_now_us()
-      AND (claimed_until IS NULL OR claimed_until <= synchro_now_us())
+    WHERE due_at <= (SELECT synchro_now_us())
+      AND (claimed_until IS NULL OR claimed_until <= (SELECT synchro_now_us()))
     ORDER BY due_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -68,6 +71,13 @@ WHERE s.tenant = u.tenant AND s.source = u.source AND s.claimed_by = $3
 /// at once, as they were.
 const RELEASE_ALL: &str =
     "UPDATE schedule SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1";
+
+/// Scheduling state is not data: a claim or a tick's end lost with the
+/// server's last transactions (a crash) only makes a tick run again, which
+/// syncing allows, and the lease still keeps runs apart. Its statements
+/// therefore commit without waiting for the WAL flush: a claim costs a
+/// round trip, not a disk flush (the records' commits still wait).
+const NO_FLUSH: &str = "SET LOCAL synchronous_commit = off";
 
 /// Splits keys into the two arrays the statements take.
 fn columns(keys: &[SourceKey]) -> (Vec<&str>, Vec<&str>) {
@@ -105,12 +115,15 @@ impl PgStore {
         limit: i64,
         ttl: Duration,
     ) -> Result<Vec<(SourceKey, i64)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(NO_FLUSH).execute(&mut *tx).await?;
         let rows: Vec<(String, String, i64)> = sqlx::query_as(CLAIM)
             .bind(limit)
             .bind(claimer())
             .bind(ttl_micros(ttl))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(rows
             .into_iter()
             .map(|(tenant, source, due)| (SourceKey { tenant, source }, due))
@@ -118,13 +131,16 @@ impl PgStore {
     }
 
     pub async fn schedule_done(&self, key: &SourceKey, next_due_us: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(NO_FLUSH).execute(&mut *tx).await?;
         sqlx::query(DONE)
             .bind(&key.tenant)
             .bind(&key.source)
             .bind(claimer())
             .bind(next_due_us)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
