@@ -188,18 +188,25 @@ async fn ceiling(db: &Scratch, data: &[u8], n: usize) -> Result<f64> {
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
+/// The section `title` says it was skipped when no server answers at
+/// `server` (`None`: one does).
+pub(crate) async fn skipped_without(server: &str, title: &str) -> Option<Section> {
+    let e = PgConnection::connect(server).await.err()?;
+    eprintln!("{title}: skipped, no server at {server}: {e}");
+    Some(Section {
+        title: title.to_string(),
+        body: format!(
+            "Skipped: no Postgres server answered at `{server}` (set `SYNCHRO_BENCH_POSTGRES`).\n"
+        ),
+        misses: Vec::new(),
+    })
+}
+
 pub async fn run(bin: &Path, n: usize) -> Result<Section> {
     let title = "Ingest into Postgres".to_string();
     let server = server();
-    if let Err(e) = PgConnection::connect(&server).await {
-        eprintln!("postgres: skipped, no server at {server}: {e}");
-        return Ok(Section {
-            title,
-            body: format!(
-                "Skipped: no Postgres server answered at `{server}` (set `SYNCHRO_BENCH_POSTGRES`).\n"
-            ),
-            misses: Vec::new(),
-        });
+    if let Some(skipped) = skipped_without(&server, &title).await {
+        return Ok(skipped);
     }
     let sim = Simulator::start(([127, 0, 0, 1], 0).into()).await?;
     sim.ds().seed(1, n);

@@ -26,7 +26,7 @@ use sqlx::{Connection, PgConnection};
 use synchro_simulator::Simulator;
 
 use crate::child::Running;
-use crate::postgres::{Scratch, server};
+use crate::postgres::{Scratch, server, skipped_without};
 use crate::report::{Section, verdict};
 use crate::schedule::{Lateness, ms};
 
@@ -164,15 +164,8 @@ pub async fn run(bin: &Path) -> Result<Section> {
         sources()
     );
     let server = server();
-    if let Err(e) = PgConnection::connect(&server).await {
-        eprintln!("replicas: skipped, no server at {server}: {e}");
-        return Ok(Section {
-            title,
-            body: format!(
-                "Skipped: no Postgres server answered at `{server}` (set `SYNCHRO_BENCH_POSTGRES`).\n"
-            ),
-            misses: Vec::new(),
-        });
+    if let Some(skipped) = skipped_without(&server, &title).await {
+        return Ok(skipped);
     }
     let db = Scratch::create(&server).await?;
     let measured = measure(bin, &db).await;
