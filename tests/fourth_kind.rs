@@ -350,7 +350,13 @@ async fn a_kind_defined_in_a_test_syncs_end_to_end_and_takes_webhook_calls() {
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(serve(
         listener,
-        router(ready, hooks, None, &limits),
+        router(
+            ready,
+            hooks,
+            synchro::server::ChangeFeed::default(),
+            None,
+            &limits,
+        ),
         limits,
         server_stop.clone(),
     ));

@@ -1,4 +1,6 @@
-//! `synchro export`: JSON Lines on stdout, ordered by tenant, source, id.
+//! `synchro export`: JSON Lines on stdout, ordered by tenant, source, id;
+//! with `--since SEQ`, the change feed: the changes after SEQ in seq order,
+//! and with `--follow` the ones committed later, until a signal.
 //!
 //! By default only configured sources: a source removed from the config
 //! keeps its records until `synchro forget` deletes them, and they must not
@@ -13,7 +15,22 @@ use super::select::{parse, unknown_source};
 use super::{CliError, load_config_without_secrets, open_store_read_only, select_sources};
 use crate::config::Config;
 use crate::model::SourceKey;
-use crate::store::{Store, StoreError};
+use crate::store::{ChangeScope, ExportRow, Store, StoreError};
+
+/// What `export` prints.
+pub enum What {
+    /// The records (a snapshot), tombstones too if asked.
+    Records { include_deleted: bool },
+    /// The changes after `since`; with `follow`, until a signal.
+    Changes { since: i64, follow: bool },
+}
+
+/// Changes read per query of the feed.
+const FEED_PAGE: i64 = 1_000;
+
+/// How often `--follow` looks for new changes once it has caught up (the
+/// writer is another process: nothing wakes this one).
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What to export: the names given, or every configured (or, with `--all`,
 /// every stored) source.
@@ -25,7 +42,7 @@ enum Scope {
 pub async fn export(
     path: &Path,
     names: &[String],
-    include_deleted: bool,
+    what: What,
     all: bool,
 ) -> Result<ExitCode, CliError> {
     let config = load_config_without_secrets(path)?;
@@ -52,24 +69,39 @@ pub async fn export(
         store.close().await;
         return Err(e);
     }
-    let scope = match (keys.is_empty(), all) {
-        (false, _) => Scope::Sources(keys),
-        (true, true) => Scope::Everything,
-        (true, false) => Scope::Sources(select_sources(&config, &[])?),
+    let mut out = Lines(std::io::BufWriter::with_capacity(
+        1 << 16,
+        std::io::stdout().lock(),
+    ));
+    let result = match what {
+        What::Records { include_deleted } => {
+            let scope = match (keys.is_empty(), all) {
+                (false, _) => Scope::Sources(keys),
+                (true, true) => Scope::Everything,
+                (true, false) => Scope::Sources(select_sources(&config, &[])?),
+            };
+            match &scope {
+                // An empty list would mean "everything" to the store.
+                Scope::Sources(keys) if keys.is_empty() => Ok(0),
+                Scope::Sources(keys) => {
+                    store
+                        .export(keys, include_deleted, |row| out.line(&row))
+                        .await
+                }
+                Scope::Everything => {
+                    store
+                        .export(&[], include_deleted, |row| out.line(&row))
+                        .await
+                }
+            }
+        }
+        What::Changes { since, follow } => {
+            Feed::new(&config, keys, all)
+                .print(&store, since, follow, &mut out)
+                .await
+        }
     };
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let mut write = |row| {
-        serde_json::to_writer(&mut out, &row).map_err(std::io::Error::other)?;
-        out.write_all(b"\n")
-    };
-    let result = match &scope {
-        // An empty list would mean "everything" to the store.
-        Scope::Sources(keys) if keys.is_empty() => Ok(0),
-        Scope::Sources(keys) => store.export(keys, include_deleted, &mut write).await,
-        Scope::Everything => store.export(&[], include_deleted, &mut write).await,
-    };
-    let flushed = out.flush();
+    let flushed = out.0.flush();
     drop(out);
     store.close().await;
     match (result, flushed) {
@@ -82,6 +114,106 @@ pub async fn export(
         (Err(e), _) => Err(e.into()),
         (_, Err(e)) => Err(anyhow::Error::new(e).context("writing export").into()),
     }
+}
+
+/// What `export --since` prints: the changes of the sources named, or of
+/// every configured source (every stored one with `--all`).
+struct Feed {
+    scope: ChangeScope,
+    /// Without names or `--all`: the configured sources. The feed is read
+    /// whole and filtered here (one seq-ordered scan, whatever the number
+    /// of sources), so that the position still moves past other sources'
+    /// changes.
+    configured: Option<std::collections::HashSet<SourceKey>>,
+}
+
+impl Feed {
+    fn new(config: &Config, keys: Vec<SourceKey>, all: bool) -> Self {
+        match (keys.is_empty(), all) {
+            (false, _) => Self {
+                scope: ChangeScope::Sources(keys),
+                configured: None,
+            },
+            (true, true) => Self {
+                scope: ChangeScope::All,
+                configured: None,
+            },
+            (true, false) => Self {
+                scope: ChangeScope::All,
+                configured: Some(config.sources().map(|s| s.key()).collect()),
+            },
+        }
+    }
+
+    /// Prints the changes after `since`, each flushed as its page ends
+    /// (a reader piping into another program sees them at once); with
+    /// `follow`, then waits for new ones until SIGINT or SIGTERM.
+    async fn print(
+        &self,
+        store: &Store,
+        mut since: i64,
+        follow: bool,
+        out: &mut Lines<impl Write>,
+    ) -> Result<u64, StoreError> {
+        let stop = follow
+            .then(stop_signal)
+            .transpose()
+            .map_err(StoreError::Write)?;
+        let mut printed = 0;
+        loop {
+            let page = store.changes(since, &self.scope, FEED_PAGE).await?;
+            let caught_up = page.rows.len() < FEED_PAGE as usize;
+            for row in page.rows {
+                let key = SourceKey::new(row.tenant.as_str(), row.source.as_str());
+                if self.configured.as_ref().is_none_or(|c| c.contains(&key)) {
+                    out.line(&row).map_err(StoreError::Write)?;
+                    printed += 1;
+                }
+            }
+            since = page.next_since;
+            if !caught_up {
+                continue;
+            }
+            let Some(stop) = &stop else {
+                return Ok(printed);
+            };
+            // Flushes what was printed: nothing else will until a change.
+            out.0.flush().map_err(StoreError::Write)?;
+            if tokio::time::timeout(FOLLOW_POLL, stop.cancelled())
+                .await
+                .is_ok()
+            {
+                return Ok(printed);
+            }
+        }
+    }
+}
+
+/// Export lines on a buffered output.
+struct Lines<W: Write>(std::io::BufWriter<W>);
+
+impl<W: Write> Lines<W> {
+    fn line(&mut self, row: &ExportRow) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.0, row).map_err(std::io::Error::other)?;
+        self.0.write_all(b"\n")
+    }
+}
+
+/// Cancelled at the first SIGINT or SIGTERM.
+fn stop_signal() -> std::io::Result<tokio_util::sync::CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let cancel = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        cancel.cancel();
+    });
+    Ok(stop)
 }
 
 /// The error for a name that is not configured, without `--all`: for a

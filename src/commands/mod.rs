@@ -32,6 +32,9 @@ pub(crate) use select::select_sources;
 pub const EX_CONFIG: u8 = 78;
 /// Bad usage, e.g. an unknown source on the command line.
 pub(crate) const EX_USAGE: u8 = 2;
+/// `export --since`: the position cannot be continued, the reader must
+/// resync (DESIGN.md §1).
+pub(crate) const EX_RESYNC: u8 = 3;
 /// sysexits.h EX_TEMPFAIL: a source was busy (another run held it).
 pub const EX_TEMPFAIL: u8 = 75;
 
@@ -90,16 +93,26 @@ pub enum Command {
         #[arg(long)]
         replicas: bool,
     },
-    /// Records of configured sources as JSON Lines on stdout.
+    /// Records of configured sources as JSON Lines on stdout; with
+    /// `--since`, the changes committed after a position, in order.
     Export {
         /// TENANT/SOURCE_ID (all configured sources if none)
         sources: Vec<String>,
         /// Also deleted records (tombstones), with "deleted":true.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "since")]
         include_deleted: bool,
         /// Also sources stored but no longer in the config (see `forget`).
         #[arg(long)]
         all: bool,
+        /// Only the changes after this position (a line's "seq"; 0 for
+        /// every retained change), tombstones included, in seq order.
+        /// Exit 3 when the position cannot be continued (resync needed).
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+        /// With --since: keep printing changes as they commit, until
+        /// SIGINT or SIGTERM.
+        #[arg(long, requires = "since")]
+        follow: bool,
     },
     /// Delete what is stored about sources removed from the config: records,
     /// progress, runs and import reports, in one transaction.
@@ -154,6 +167,9 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Usage(String),
+    /// A change-feed reader must start over (`export --since`).
+    #[error("{0}")]
+    Resync(String),
     #[error("{}", chain(.0))]
     Other(#[from] anyhow::Error),
 }
@@ -161,7 +177,10 @@ pub enum CliError {
 /// A store error ends the command with exit 1, its causes kept.
 impl From<crate::store::StoreError> for CliError {
     fn from(e: crate::store::StoreError) -> Self {
-        CliError::Other(e.into())
+        match e {
+            e @ crate::store::StoreError::ResyncNeeded { .. } => CliError::Resync(e.to_string()),
+            e => CliError::Other(e.into()),
+        }
     }
 }
 
@@ -185,6 +204,7 @@ impl CliError {
         match self {
             CliError::Config(_) => EX_CONFIG,
             CliError::Usage(_) => EX_USAGE,
+            CliError::Resync(_) => EX_RESYNC,
             CliError::Other(_) => 1,
         }
     }
@@ -237,7 +257,18 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             ref sources,
             include_deleted,
             all,
-        } => export::export(&cli.config, sources, include_deleted, all).await,
+            since,
+            follow,
+        } => {
+            let what = match since {
+                None => export::What::Records { include_deleted },
+                Some(since) => export::What::Changes {
+                    since: i64::try_from(since).unwrap_or(i64::MAX),
+                    follow,
+                },
+            };
+            export::export(&cli.config, sources, what, all).await
+        }
         Command::Forget { ref sources } => forget::forget(&cli.config, sources).await,
         Command::Reset { ref sources } => reset::reset(&cli.config, sources).await,
         Command::Check => check::check(&cli.config).await,

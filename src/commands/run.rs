@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::http::BudgetShare;
 use crate::notify::{self, Watchdog};
 use crate::scheduler::Scheduler;
-use crate::server::{Limits, Readiness, Webhooks, router, serve};
+use crate::server::{ChangeFeed, Limits, Readiness, Webhooks, router, serve};
 use crate::shutdown::Request;
 use crate::store::Store;
 
@@ -41,18 +41,20 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
     let ready = Readiness::default();
     ready.watch_store(store.clone());
     let hooks = Webhooks::default();
+    let feed = ChangeFeed::default();
+    feed.install(&config, &store);
     let server_stop = CancellationToken::new();
     // Limits are fixed at start, like server.listen.
     let limits = Limits::new(&config.server);
     let server = tokio::spawn(serve(
         listener,
-        router(ready.clone(), hooks.clone(), metrics, &limits),
+        router(ready.clone(), hooks.clone(), feed.clone(), metrics, &limits),
         limits,
         server_stop.clone(),
     ));
 
-    let (retention, retention_now) = tokio::sync::watch::channel(config.storage.runs_retention);
-    let pruner = tokio::spawn(prune_runs(store.clone(), retention_now));
+    let (retention, retention_now) = tokio::sync::watch::channel(Retention::of(&config));
+    let pruner = tokio::spawn(prune(store.clone(), retention_now));
     let share = BudgetShare::default();
     let heartbeat = tokio::spawn(heartbeat(store.clone(), share.clone()));
     let mut scheduler = Parts::new(&config, store.clone(), share.clone())?
@@ -77,8 +79,9 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
                             if blocked.is_empty() {
                                 scheduler = reload(scheduler, &config, &new, &store, &share, &stop).await?;
                                 config = new;
-                                retention.send_replace(config.storage.runs_retention);
+                                retention.send_replace(Retention::of(&config));
                                 hooks.install(&config, scheduler.triggers(), scheduler.engine());
+                                feed.install(&config, &store);
                                 watchdog.watch(scheduler.liveness());
                             } else {
                                 tracing::error!(
@@ -99,6 +102,7 @@ pub async fn run(path: &Path) -> Result<ExitCode, CliError> {
     ready.set(false);
     notify::stopping();
     hooks.clear();
+    feed.close();
     tracing::info!("shutting down");
     pruner.abort();
     let _ = pruner.await;
@@ -140,7 +144,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if new.server.listen != old.server.listen {
         changed.push("server.listen changed: restart synchro to listen on the new address");
-    } else if new.server != old.server {
+    } else if new.server.listener_settings() != old.server.listener_settings() {
         changed.push("[server] limits changed: restart synchro to apply them");
     }
     changed
@@ -148,7 +152,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 
 /// Applies a new valid configuration: source by source when only sources
 /// changed, or by restarting the scheduler when global settings changed.
-/// The `[storage]` settings that reach here (`runs_retention`) apply
+/// The `[storage]` settings that reach here (the retentions) apply
 /// without touching the sources.
 async fn reload(
     mut scheduler: Scheduler,
@@ -185,29 +189,57 @@ async fn reload(
         .await
 }
 
-/// How often the daemon prunes the run history (and once at start).
+/// How often the daemon prunes the run history and purges old tombstones
+/// (and once at start).
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3_600);
 
-/// Keeps `runs` bounded: at start, then every [`PRUNE_EVERY`], deletes the
-/// runs older than the current `[storage] runs_retention` (in short batches,
-/// see `store/retention.rs`). Runs until aborted at shutdown.
-async fn prune_runs(store: Store, retention: tokio::sync::watch::Receiver<std::time::Duration>) {
+/// The `[storage]` retentions the pruner applies (a reload changes them).
+#[derive(Clone, Copy)]
+struct Retention {
+    runs: std::time::Duration,
+    tombstones: std::time::Duration,
+}
+
+impl Retention {
+    fn of(config: &Config) -> Self {
+        Self {
+            runs: config.storage.runs_retention,
+            tombstones: config.storage.tombstone_retention,
+        }
+    }
+}
+
+/// Keeps `runs` and tombstones bounded: at start, then every
+/// [`PRUNE_EVERY`], deletes the runs older than the current `[storage]
+/// runs_retention` and the tombstones older than `tombstone_retention` (in
+/// short batches: `retention.rs` and `tombstones.rs` of each backend). Runs
+/// until aborted at shutdown.
+async fn prune(store: Store, retention: tokio::sync::watch::Receiver<Retention>) {
     let mut every = tokio::time::interval(PRUNE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         let max_age = *retention.borrow();
         match store
-            .prune_runs(max_age, crate::store::KEEP_LAST_RUNS)
+            .prune_runs(max_age.runs, crate::store::KEEP_LAST_RUNS)
             .await
         {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 deleted = n,
-                retention = %humantime::format_duration(max_age),
+                retention = %humantime::format_duration(max_age.runs),
                 "pruned the run history"
             ),
             Err(e) => tracing::warn!(error = %e, "could not prune the run history; will retry"),
+        }
+        match store.purge_tombstones(max_age.tombstones).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                purged = n,
+                retention = %humantime::format_duration(max_age.tombstones),
+                "purged old tombstones; change-feed readers behind them must resync"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not purge old tombstones; will retry"),
         }
     }
 }

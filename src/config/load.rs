@@ -66,6 +66,13 @@ mod defaults {
     pub(crate) const RUNS_RETENTION_MIN: Duration = Duration::from_secs(3_600);
     /// "100years" as humantime counts them (365.25 days each): keep-all.
     pub(crate) const RUNS_RETENTION_MAX: Duration = Duration::from_secs(3_155_760_000);
+    /// How long deletions stay visible to change-feed readers: a month,
+    /// so a consumer down for a long weekend (or a month-end batch) still
+    /// learns what was deleted.
+    pub(crate) const TOMBSTONE_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+    /// Shorter would purge deletions before any reader polling on a
+    /// reasonable schedule saw them; tests use it to provoke a resync.
+    pub(crate) const TOMBSTONE_RETENTION_MIN: Duration = Duration::from_secs(1);
     pub(crate) const LISTEN: SocketAddr =
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9750));
     /// Half of the usual 1024 soft file limit: even where `LimitNOFILE` is
@@ -304,7 +311,7 @@ fn build(
 
     let mut top = Table::new(String::new(), map);
     let storage = storage(top.section("storage", &mut p), &ctx, &mut p);
-    let server = server(top.section("server", &mut p), &mut p);
+    let server = server(top.section("server", &mut p), &ctx, &mut p);
     let scheduler = scheduler(top.section("scheduler", &mut p), &mut p);
     let http = http(top.section("http", &mut p), &mut p);
     let tenants = tenants(&mut top, &ctx, kinds, &mut p);
@@ -488,6 +495,14 @@ fn storage(mut t: Table, ctx: &Ctx<'_>, p: &mut Problems) -> StorageConfig {
             p,
         )
         .unwrap_or(defaults::RUNS_RETENTION);
+    let tombstone_retention = t
+        .duration_in(
+            "tombstone_retention",
+            defaults::TOMBSTONE_RETENTION_MIN,
+            defaults::RUNS_RETENTION_MAX,
+            p,
+        )
+        .unwrap_or(defaults::TOMBSTONE_RETENTION);
     t.finish(p);
     StorageConfig {
         database,
@@ -495,6 +510,7 @@ fn storage(mut t: Table, ctx: &Ctx<'_>, p: &mut Problems) -> StorageConfig {
         pool_size,
         busy_timeout,
         runs_retention,
+        tombstone_retention,
     }
 }
 
@@ -528,7 +544,7 @@ fn resolve_database(url: &str, base_dir: &Path) -> String {
     format!("sqlite://{}{query}", full.display())
 }
 
-fn server(mut t: Table, p: &mut Problems) -> ServerConfig {
+fn server(mut t: Table, ctx: &Ctx<'_>, p: &mut Problems) -> ServerConfig {
     let listen = t
         .string("listen", p)
         .and_then(|s| match s.trim().parse() {
@@ -548,11 +564,14 @@ fn server(mut t: Table, p: &mut Problems) -> ServerConfig {
     let max_body_bytes = t
         .int_in("max_body_bytes", MIN_BODY_BYTES, MAX_BODY_BYTES, p)
         .map_or(defaults::MAX_BODY_BYTES, |n| n as usize);
+    let admin_read_token =
+        super::sources::secret(&mut t, "admin_read_token", false, ctx, p).flatten();
     t.finish(p);
     ServerConfig {
         listen,
         max_connections,
         max_body_bytes,
+        admin_read_token,
     }
 }
 
@@ -729,6 +748,7 @@ fn tenants(
             }
         }
         let tenant = id.clone().unwrap_or_default();
+        let read_token = sources::secret(&mut t, "read_token", false, ctx, p).flatten();
         let mut source_ids: HashMap<String, String> = HashMap::new();
         let mut sources = Vec::new();
         for s in t.tables("sources", p) {
@@ -749,7 +769,11 @@ fn tenants(
         }
         t.finish(p);
         match id {
-            Some(id) => out.push(TenantConfig { id, sources }),
+            Some(id) => out.push(TenantConfig {
+                id,
+                read_token,
+                sources,
+            }),
             None => complete = false,
         }
     }

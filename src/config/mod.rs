@@ -58,6 +58,9 @@ pub struct StorageConfig {
     /// daemon (the newest runs of each source are kept whatever their age,
     /// see `store::KEEP_LAST_RUNS`): `runs` would otherwise grow forever.
     pub runs_retention: Duration,
+    /// Tombstones older than this are purged by the daemon; a change-feed
+    /// reader whose position is behind a purged one must resync.
+    pub tombstone_retention: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +72,16 @@ pub struct ServerConfig {
     /// Largest request body (a webhook callback) read, in bytes; a larger
     /// one gets 413 without being read.
     pub max_body_bytes: usize,
+    /// Reads every tenant's changes (`/v1/changes`); none by default.
+    pub admin_read_token: Option<Secret>,
+}
+
+impl ServerConfig {
+    /// The settings the listener is built with (all but the tokens, which
+    /// a reload applies).
+    pub fn listener_settings(&self) -> (std::net::SocketAddr, usize, usize) {
+        (self.listen, self.max_connections, self.max_body_bytes)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +132,9 @@ pub struct HostLimits {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantConfig {
     pub id: String,
+    /// Reads this tenant's changes over HTTP (`/v1/changes`); without it,
+    /// only the admin token reads them.
+    pub read_token: Option<Secret>,
     pub sources: Vec<SourceConfig>,
 }
 
@@ -168,6 +184,8 @@ impl Config {
         self.storage
             .password
             .iter()
+            .chain(&self.server.admin_read_token)
+            .chain(self.tenants.iter().filter_map(|t| t.read_token.as_ref()))
             .cloned()
             .chain(self.sources().flat_map(SourceConfig::secrets))
             .collect()

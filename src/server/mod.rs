@@ -1,12 +1,16 @@
 //! The daemon's HTTP surface: liveness and readiness for orchestrators,
-//! metrics, and the webhooks, routed to the kind that owns the source:
-//! calls that start a sync at once, and calls that carry records to store.
+//! metrics, the change feed (`changes.rs`), and the webhooks, routed to
+//! the kind that owns the source: calls that start a sync at once, and
+//! calls that carry records to store.
 //! It faces clients it cannot trust, so its listener has limits
 //! (`listener.rs`), webhook tokens are checked before a body is read
 //! (`body.rs`), and text from a URL is escaped before it is logged
 //! (`crate::escape`).
 
 mod body;
+mod changes;
+#[cfg(test)]
+mod changes_tests;
 mod listener;
 #[cfg(test)]
 mod tests;
@@ -23,6 +27,7 @@ use axum::routing::{any, get};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use body::BodyLimits;
+pub use changes::{ChangeFeed, NEXT_SINCE};
 pub use listener::{Limits, serve};
 pub use webhooks::Webhooks;
 
@@ -70,6 +75,7 @@ impl Readiness {
 struct AppState {
     ready: Readiness,
     hooks: Webhooks,
+    feed: ChangeFeed,
     metrics: Option<PrometheusHandle>,
     body_limits: BodyLimits,
 }
@@ -79,6 +85,7 @@ struct AppState {
 pub fn router(
     ready: Readiness,
     hooks: Webhooks,
+    feed: ChangeFeed,
     metrics: Option<PrometheusHandle>,
     limits: &Limits,
 ) -> Router {
@@ -87,9 +94,11 @@ pub fn router(
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .route("/webhooks/{kind}/{tenant}/{source}", any(webhooks::call))
+        .route("/v1/changes", get(changes::changes))
         .with_state(AppState {
             ready,
             hooks,
+            feed,
             metrics,
             body_limits: BodyLimits {
                 max_bytes: limits.max_body_bytes,

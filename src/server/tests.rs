@@ -78,7 +78,7 @@ async fn start(limits: Limits) -> Running {
     let stop = CancellationToken::new();
     let task = tokio::spawn(serve(
         listener,
-        router(ready, hooks, None, &limits),
+        router(ready, hooks, super::ChangeFeed::default(), None, &limits),
         limits,
         stop.clone(),
     ));
@@ -485,7 +485,7 @@ async fn a_content_callback_is_committed_through_the_engines_commit_path() {
     let limits = relaxed();
     let task = tokio::spawn(serve(
         listener,
-        router(ready, hooks, None, &limits),
+        router(ready, hooks, super::ChangeFeed::default(), None, &limits),
         limits,
         stop.clone(),
     ));

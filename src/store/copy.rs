@@ -54,6 +54,8 @@ pub enum CopyRow {
         data: String,
         stored_at: i64,
         listing: Option<i64>,
+        /// Its change number, kept: feed readers' positions stay valid.
+        change: i64,
     },
     Progress {
         tenant: String,
@@ -171,6 +173,14 @@ impl Store {
                 }
             }
         }
+        // The change counter last: numbers handed out here (a record
+        // changed since, a purged tombstone) are never handed out there,
+        // and a reader behind this database's purges is told to resync
+        // there too.
+        let (last_seq, purged_through) = self.change_counter().await?;
+        target
+            .raise_change_counter(last_seq, purged_through)
+            .await?;
         Ok(copied)
     }
 }
@@ -197,6 +207,7 @@ where
             data: row.try_get(7)?,
             stored_at: row.try_get(8)?,
             listing: row.try_get(9)?,
+            change: row.try_get(10)?,
         },
         Table::Progress => CopyRow::Progress {
             tenant: row.try_get(0)?,

@@ -41,6 +41,24 @@ pub enum StoreError {
     Busy(String),
     #[error("lost the lease of {key} (epoch {epoch}) to another run; this commit was rolled back")]
     LeaseLost { key: SourceKey, epoch: i64 },
+    /// A change-feed reader cannot continue from its position: changes it
+    /// has not seen left no row behind (tombstones purged after
+    /// `[storage] tombstone_retention`, a forgotten source), or the
+    /// position is not one of this database's.
+    #[error(
+        "resync needed: position {since} cannot be continued ({}); start again from a full \
+         export (every line carries its seq) or from 0",
+        if *.since > *.last_seq {
+            format!("this database's last change is {last_seq}: a position from another database or a restored backup")
+        } else {
+            format!("changes up to {purged_through} were purged before this reader saw them")
+        }
+    )]
+    ResyncNeeded {
+        since: i64,
+        purged_through: i64,
+        last_seq: i64,
+    },
 }
 
 impl StoreError {

@@ -11,6 +11,7 @@
 mod batch;
 #[cfg(test)]
 mod behaviour;
+mod changes;
 mod copy;
 mod error;
 mod identity;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use crate::model::{Page, Progress, RunOutcome, RunRecord, SourceKey};
 
+pub use changes::{ChangeScope, Changes, MAX_CHANGES_PER_PAGE};
 pub use copy::{COPY_BATCH, Copied, CopyAfter, CopyRow, Table};
 pub use error::StoreError;
 pub use identity::pid_alive;
@@ -122,6 +124,9 @@ pub struct Store {
     /// reports, so that its idle reporter waits for it instead of polling
     /// the outbox.
     queued: std::sync::Arc<std::sync::Mutex<QueuedSignals>>,
+    /// Bumped after each commit of this process that changed records:
+    /// what a long-polling change-feed reader waits for.
+    committed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The database behind a [`Store`].
@@ -139,6 +144,7 @@ impl Store {
         Self {
             backend,
             queued: Default::default(),
+            committed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 
@@ -203,6 +209,25 @@ impl Store {
             .subscribe()
     }
 
+    /// Changes after every commit of this process that changed records
+    /// (the change feed's long polls wait on it). Commits of other
+    /// processes (replicas, a `synchro sync`) are not seen here: readers
+    /// poll for those.
+    pub fn records_committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    /// After a commit: wakes the readers waiting for changes if it changed
+    /// records, and the reporter of `key` if it queued reports.
+    fn committed(&self, key: &SourceKey, stats: &PageStats) {
+        if stats.upserted + stats.deleted + stats.removed > 0 {
+            self.committed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        if stats.reports > 0 {
+            self.reports_queued(key);
+        }
+    }
+
     /// Wakes the reporter of `key`, if one listens.
     fn reports_queued(&self, key: &SourceKey) {
         let map = self.queued.lock().unwrap_or_else(|e| e.into_inner());
@@ -229,9 +254,7 @@ impl Store {
             Backend::Sqlite(s) => s.commit_pages(lease, kind, pages).await?,
             Backend::Postgres(s) => s.commit_pages(lease, kind, pages).await?,
         };
-        if stats.reports > 0 {
-            self.reports_queued(&lease.key);
-        }
+        self.committed(&lease.key, &stats);
         Ok(stats)
     }
 
@@ -247,9 +270,7 @@ impl Store {
             Backend::Sqlite(s) => s.commit_records(key, kind, page).await?,
             Backend::Postgres(s) => s.commit_records(key, kind, page).await?,
         };
-        if stats.reports > 0 {
-            self.reports_queued(key);
-        }
+        self.committed(key, &stats);
         Ok(stats)
     }
 
@@ -337,6 +358,13 @@ interface! {
     /// Streams the records of `sources` (every stored source if empty) to
     /// `sink`, in order.
     pub async fn export(&self, sources: &[SourceKey], include_deleted: bool, sink: impl FnMut(ExportRow) -> std::io::Result<()>) -> Result<u64, StoreError>;
+    /// Up to `limit` changes after `since` in `scope`, in change order
+    /// (the change feed); [`StoreError::ResyncNeeded`] when the reader
+    /// cannot continue from `since`.
+    pub async fn changes(&self, since: i64, scope: &ChangeScope, limit: i64) -> Result<Changes, StoreError>;
+    /// Deletes the tombstones stored more than `max_age` ago (readers
+    /// behind them are told to resync); returns how many went.
+    pub async fn purge_tombstones(&self, max_age: Duration) -> Result<u64, StoreError>;
     /// Every source with something stored (records, progress, runs or
     /// import reports), in name order. Scans the tables' key indexes: for
     /// listings and error messages, not for every command.
@@ -368,6 +396,12 @@ interface! {
     /// Writes rows `copy-store` read from another database, in one
     /// transaction; outbox rows arrive unclaimed.
     pub(crate) async fn copy_in(&self, rows: Vec<CopyRow>) -> Result<u64, StoreError>;
+    /// The change counter: the last seq handed out, and the highest seq of
+    /// a change that left no row (purged, forgotten).
+    pub async fn change_counter(&self) -> Result<(i64, i64), StoreError>;
+    /// Raises the change counter to at least another database's
+    /// (`copy-store`: positions of that database's readers stay valid).
+    pub(crate) async fn raise_change_counter(&self, last_seq: i64, purged_through: i64) -> Result<(), StoreError>;
     /// A source whose lease a live run holds now, with its holder, if any.
     pub(crate) async fn any_lease_holder(&self) -> Result<Option<(SourceKey, Holder)>, StoreError>;
     /// This daemon is alive: refreshes its row in `replicas` (every

@@ -33,6 +33,8 @@ impl PageStats {
 /// passed through without re-encoding.
 #[derive(Debug, Serialize)]
 pub struct ExportRow {
+    /// The change number of the record's last stored change.
+    pub seq: i64,
     pub tenant: String,
     pub source: String,
     pub kind: String,

@@ -161,8 +161,10 @@ async fn gone_sync_token_clears_and_resyncs_keeping_old_records_readable_until_d
     let all = setup.export(true).await;
     for id in &silent {
         assert!(
-            !all.iter().any(|l| l["id"].as_str() == Some(id.as_str())),
-            "{id} was deleted upstream without a cancellation and must be gone"
+            all.iter()
+                .any(|l| l["id"].as_str() == Some(id.as_str()) && l["deleted"] == true),
+            "{id} was deleted upstream without a cancellation: the resync must leave a \
+             tombstone (change-feed readers learn it is gone)"
         );
     }
     // The next run is incremental again.
@@ -188,9 +190,13 @@ async fn invalid_sync_token_400_behaves_like_410() {
     );
     assert_calendar_matches(&setup, &sim, "acme", "agenda", CAL).await;
     let all = setup.export(true).await;
+    let swept: Vec<_> = all
+        .iter()
+        .filter(|l| l["id"].as_str() == Some(silent[0].as_str()))
+        .collect();
     assert!(
-        !all.iter()
-            .any(|l| l["id"].as_str() == Some(silent[0].as_str()))
+        swept.len() == 1 && swept[0]["deleted"] == true,
+        "a silently deleted event is a tombstone after the resync: {swept:?}"
     );
 }
 

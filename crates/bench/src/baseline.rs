@@ -15,6 +15,7 @@ ON CONFLICT (tenant, source, id) DO UPDATE SET
     updated_us = excluded.updated_us,
     data = excluded.data,
     stored_at = excluded.stored_at,
+    seq = excluded.seq,
     deleted = CASE WHEN excluded.updated_us > records.updated_us THEN 0 ELSE records.deleted END,
     listing = coalesce(excluded.listing, records.listing)
 WHERE excluded.updated_us > records.updated_us

@@ -102,14 +102,16 @@ async fn ingest_ceiling(
     let cpu_before = child::own_cpu();
     let started = Instant::now();
     let statement = |rows: usize| {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
         format!(
-            "INSERT INTO records (tenant, source, id, kind, updated_at, updated_us, deleted, data, stored_at) \
+            "INSERT INTO records (tenant, source, id, kind, updated_at, updated_us, deleted, data, stored_at, seq) \
              VALUES {values} {}",
             baseline::UPSERT_CONFLICT
         )
     };
     let full = statement(rows_per_stmt);
+    // Change numbers, as synchro gives each row written.
+    let mut seq = 0_i64;
     for chunk in rows.chunks(CEILING_TX_ROWS) {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         for group in chunk.chunks(rows_per_stmt) {
@@ -131,10 +133,18 @@ async fn ingest_ceiling(
                     .bind(us)
                     .bind(deleted)
                     .bind(data)
-                    .bind(us);
+                    .bind(us)
+                    .bind({
+                        seq += 1;
+                        seq
+                    });
             }
             q.execute(&mut *tx).await?;
         }
+        sqlx::query("UPDATE change_seq SET last_seq = ?1 WHERE id = 1")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
     }
     let elapsed = started.elapsed();

@@ -32,13 +32,13 @@ const MAX_RATE: u32 = 100_000;
 /// written out here: the bench uses only the daemon's public API.
 const CEILING_UPSERT: &str = r#"
 INSERT INTO records AS r (tenant, source, id, kind, updated_at, updated_us, deleted, data,
-                          stored_at, listing)
+                          stored_at, listing, seq)
 SELECT 'bench', 'ceiling', s.id, 'demarches', s.updated_at, s.updated_us, s.deleted,
-       s.data::json, s.updated_us, NULL
+       s.data::json, s.updated_us, NULL, row_number() OVER ()
 FROM staging s
 ON CONFLICT (tenant, source, id) DO UPDATE SET
     updated_at = excluded.updated_at, updated_us = excluded.updated_us, data = excluded.data,
-    stored_at = excluded.stored_at,
+    stored_at = excluded.stored_at, seq = excluded.seq,
     deleted = CASE WHEN excluded.updated_us > r.updated_us THEN false ELSE r.deleted END,
     listing = coalesce(excluded.listing, r.listing)
 WHERE excluded.updated_us > r.updated_us

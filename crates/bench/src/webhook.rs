@@ -148,8 +148,8 @@ async fn commit_floor(dir: &Path) -> Result<Vec<Duration>> {
         .synchronous(SqliteSynchronous::Normal);
     let mut conn = SqliteConnection::connect_with(&opts).await?;
     let sql = format!(
-        "INSERT INTO records (tenant, source, id, kind, updated_at, updated_us, deleted, data, stored_at) \
-         VALUES ('bench', 'floor', ?1, 'content', ?2, ?3, 0, ?4, ?3) {}",
+        "INSERT INTO records (tenant, source, id, kind, updated_at, updated_us, deleted, data, stored_at, seq) \
+         VALUES ('bench', 'floor', ?1, 'content', ?2, ?3, 0, ?4, ?3, ?5) {}",
         baseline::UPSERT_CONFLICT
     );
     let data = format!(
@@ -166,6 +166,7 @@ async fn commit_floor(dir: &Path) -> Result<Vec<Duration>> {
             .bind(format_us(us))
             .bind(us)
             .bind(&data)
+            .bind(i as i64 + 1)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

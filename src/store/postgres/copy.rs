@@ -5,8 +5,7 @@ use super::PgStore;
 use crate::store::StoreError;
 use crate::store::copy::{CopyAfter, CopyRow, Table, decode};
 
-const RECORD_COLUMNS: &str =
-    "tenant, source, id, kind, updated_at, updated_us, deleted, data::text, stored_at, listing";
+const RECORD_COLUMNS: &str = "tenant, source, id, kind, updated_at, updated_us, deleted, data::text, stored_at, listing, seq";
 const PROGRESS_COLUMNS: &str = "tenant, source, kind, phase, state, updated_at";
 const RUN_COLUMNS: &str = "id, run_id, tenant, source, kind, started_at, finished_at, outcome, \
                            error, pages, upserted, deleted, scheduled_at";
@@ -58,6 +57,30 @@ impl PgStore {
         rows.iter().map(|row| decode(table, row)).collect()
     }
 
+    pub async fn change_counter(&self) -> Result<(i64, i64), StoreError> {
+        Ok(
+            sqlx::query_as("SELECT last_seq, purged_through FROM change_seq WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn raise_change_counter(
+        &self,
+        last_seq: i64,
+        purged_through: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE change_seq SET last_seq = greatest(last_seq, $1), \
+             purged_through = greatest(purged_through, $2) WHERE id = 1",
+        )
+        .bind(last_seq)
+        .bind(purged_through)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn copy_in(&self, rows: Vec<CopyRow>) -> Result<u64, StoreError> {
         let written = async {
             let mut tx = self.pool.begin().await?;
@@ -75,10 +98,11 @@ impl PgStore {
                         data,
                         stored_at,
                         listing,
+                        change,
                     } => sqlx::query(
                         "INSERT INTO records (tenant, source, id, kind, updated_at, updated_us, \
-                         deleted, data, stored_at, listing) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::json, $9, $10)",
+                         deleted, data, stored_at, listing, seq) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::json, $9, $10, $11)",
                     )
                     .bind(tenant)
                     .bind(source)
@@ -89,7 +113,8 @@ impl PgStore {
                     .bind(deleted)
                     .bind(data)
                     .bind(stored_at)
-                    .bind(listing),
+                    .bind(listing)
+                    .bind(change),
                     CopyRow::Progress {
                         tenant,
                         source,

@@ -15,6 +15,7 @@ mod records;
 mod replicas;
 mod runs;
 mod schedule;
+mod tombstones;
 
 use std::str::FromStr;
 use std::sync::Arc;

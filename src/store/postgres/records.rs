@@ -6,6 +6,7 @@
 
 use crate::model::{Page, Progress, Report, ReportOutcome, SourceKey};
 use crate::store::batch::{Batch, Row};
+use crate::store::changes::SeqAlloc;
 use crate::store::{Lease, PageStats, StoreError};
 
 use super::PgStore;
@@ -19,14 +20,16 @@ type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
 /// text, which is what was received.
 const UPSERT: &str = r#"
 INSERT INTO records AS r (tenant, source, id, kind, updated_at, updated_us, deleted, data,
-                          stored_at, listing)
-SELECT $1, $2, u.id, $3, u.updated_at, u.updated_us, false, u.data::json, $4, $5
-FROM UNNEST($6::text[], $7::text[], $8::bigint[], $9::text[]) AS u(id, updated_at, updated_us, data)
+                          stored_at, listing, seq)
+SELECT $1, $2, u.id, $3, u.updated_at, u.updated_us, false, u.data::json, $4, $5, $10 + u.n
+FROM UNNEST($6::text[], $7::text[], $8::bigint[], $9::text[]) WITH ORDINALITY
+     AS u(id, updated_at, updated_us, data, n)
 ON CONFLICT (tenant, source, id) DO UPDATE SET
     updated_at = excluded.updated_at,
     updated_us = excluded.updated_us,
     data = excluded.data,
     stored_at = excluded.stored_at,
+    seq = excluded.seq,
     deleted = CASE WHEN excluded.updated_us > r.updated_us THEN false ELSE r.deleted END,
     listing = coalesce(excluded.listing, r.listing)
 WHERE excluded.updated_us > r.updated_us
@@ -38,12 +41,14 @@ WHERE excluded.updated_us > r.updated_us
 /// stored with the deletion notice as its payload.
 const TOMBSTONE: &str = r#"
 INSERT INTO records AS r (tenant, source, id, kind, updated_at, updated_us, deleted, data,
-                          stored_at, listing)
-SELECT $1, $2, u.id, $3, u.updated_at, u.updated_us, true, u.data::json, $4, $5
-FROM UNNEST($6::text[], $7::text[], $8::bigint[], $9::text[]) AS u(id, updated_at, updated_us, data)
+                          stored_at, listing, seq)
+SELECT $1, $2, u.id, $3, u.updated_at, u.updated_us, true, u.data::json, $4, $5, $10 + u.n
+FROM UNNEST($6::text[], $7::text[], $8::bigint[], $9::text[]) WITH ORDINALITY
+     AS u(id, updated_at, updated_us, data, n)
 ON CONFLICT (tenant, source, id) DO UPDATE SET
     deleted = true,
     stored_at = excluded.stored_at,
+    seq = excluded.seq,
     listing = coalesce(excluded.listing, r.listing)
 WHERE NOT r.deleted
 "#;
@@ -52,9 +57,22 @@ WHERE NOT r.deleted
 const MARK: &str = "UPDATE records SET listing = $3 \
      WHERE tenant = $1 AND source = $2 AND id = ANY($4::text[]) AND listing IS DISTINCT FROM $3";
 
-/// Removes what a completed full listing did not return.
-const SWEEP: &str = "DELETE FROM records \
-     WHERE tenant = $1 AND source = $2 AND (listing IS NULL OR listing <> $3)";
+/// Turns what a completed full listing did not return into tombstones,
+/// each with its own change number (`$5` + its rank).
+const SWEEP: &str = r#"
+UPDATE records AS r SET deleted = true, stored_at = $4, seq = $5 + s.n
+FROM (SELECT id, row_number() OVER (ORDER BY id) AS n
+      FROM records
+      WHERE tenant = $1 AND source = $2 AND (listing IS NULL OR listing <> $3) AND NOT deleted) AS s
+WHERE r.tenant = $1 AND r.source = $2 AND r.id = s.id
+"#;
+
+/// Takes the change counter for this transaction: every other transaction
+/// that writes records waits here until this one commits, which is what
+/// makes seq order commit order across processes and replicas. Taken
+/// after the fence (the lease row) and before any record row, by every
+/// writer, so that the locks are always taken in the same order.
+pub(super) const TAKE_COUNTER: &str = "SELECT last_seq FROM change_seq WHERE id = 1 FOR UPDATE";
 
 /// Queues import-state reports once per (record, completion date), a
 /// success only for the version stored now.
@@ -210,9 +228,17 @@ impl PgStore {
             if let Some(lease) = fence {
                 check_fence(&mut tx, lease).await?;
             }
+            let (last,): (i64,) = sqlx::query_as(TAKE_COUNTER).fetch_one(&mut *tx).await?;
+            let mut seq = SeqAlloc::after(last);
             let mut stats = PageStats::default();
             for batch in Batch::split(pages, now) {
-                stats.add(write_batch(&mut tx, key, kind, now, batch).await?);
+                stats.add(write_batch(&mut tx, key, kind, now, batch, &mut seq).await?);
+            }
+            if let Some(last) = seq.taken() {
+                sqlx::query("UPDATE change_seq SET last_seq = $1 WHERE id = 1")
+                    .bind(last)
+                    .execute(&mut *tx)
+                    .await?;
             }
             if save_progress {
                 sqlx::query(SAVE_PROGRESS)
@@ -282,6 +308,18 @@ impl PgStore {
     }
 }
 
+/// What the rows of one statement share.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    key: &'a SourceKey,
+    kind: &'a str,
+    now: i64,
+    /// The full listing's generation, if the rows belong to one.
+    listing: Option<i64>,
+    /// Tombstones (`true`) or upserts.
+    deleted: bool,
+}
+
 /// Writes one batch inside the caller's transaction.
 async fn write_batch(
     tx: &mut Tx<'_>,
@@ -289,13 +327,21 @@ async fn write_batch(
     kind: &str,
     now: i64,
     batch: Batch,
+    seq: &mut SeqAlloc,
 ) -> Result<PageStats, StoreError> {
     let mut stats = PageStats::default();
     let written = batch.rows();
     let generation = batch.listing.map(|l| l.generation);
     for (deleted, rows) in batch.segments {
         for chunk in without_repeats(rows) {
-            let n = write_rows(tx, key, kind, now, generation, deleted, chunk).await?;
+            let rows = Rows {
+                key,
+                kind,
+                now,
+                listing: generation,
+                deleted,
+            };
+            let n = write_rows(tx, &rows, chunk, seq).await?;
             if deleted {
                 stats.deleted += n;
             } else {
@@ -319,9 +365,12 @@ async fn write_batch(
                 .bind(&key.tenant)
                 .bind(&key.source)
                 .bind(listing.generation)
+                .bind(now)
+                .bind(seq.last())
                 .execute(&mut **tx)
                 .await?
                 .rows_affected();
+            seq.advance(stats.removed);
         }
     }
     if !batch.reports.is_empty() {
@@ -330,17 +379,24 @@ async fn write_batch(
     Ok(stats)
 }
 
-/// Rows as arrays, one statement.
+/// Rows as arrays, one statement; the row at position `n` (from 1) gets
+/// change number `base + n`.
 async fn write_rows(
     tx: &mut Tx<'_>,
-    key: &SourceKey,
-    kind: &str,
-    now: i64,
-    listing: Option<i64>,
-    deleted: bool,
+    to: &Rows<'_>,
     rows: Vec<Row>,
+    seq: &mut SeqAlloc,
 ) -> Result<u64, StoreError> {
+    let Rows {
+        key,
+        kind,
+        now,
+        listing,
+        deleted,
+    } = *to;
     let n = rows.len();
+    let base = seq.last();
+    seq.advance(n as u64);
     let (mut ids, mut ats, mut us, mut data) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -364,6 +420,7 @@ async fn write_rows(
         .bind(ats)
         .bind(us)
         .bind(data)
+        .bind(base)
         .execute(&mut **tx)
         .await?
         .rows_affected())

@@ -10,7 +10,7 @@ use crate::store::Holder;
 use crate::store::copy::{CopyAfter, CopyRow, Table, decode};
 
 const RECORD_COLUMNS: &str =
-    "tenant, source, id, kind, updated_at, updated_us, deleted, data, stored_at, listing";
+    "tenant, source, id, kind, updated_at, updated_us, deleted, data, stored_at, listing, seq";
 const PROGRESS_COLUMNS: &str = "tenant, source, kind, phase, state, updated_at";
 const RUN_COLUMNS: &str = "id, run_id, tenant, source, kind, started_at, finished_at, outcome, \
                            error, pages, upserted, deleted, scheduled_at";
@@ -60,6 +60,33 @@ impl SqliteStore {
         rows.iter().map(|row| decode(table, row)).collect()
     }
 
+    /// The change counter: the last seq handed out, and the highest one a
+    /// purge or a forget removed.
+    pub async fn change_counter(&self) -> Result<(i64, i64), StoreError> {
+        Ok(
+            sqlx::query_as("SELECT last_seq, purged_through FROM change_seq WHERE id = 1")
+                .fetch_one(&self.reader)
+                .await?,
+        )
+    }
+
+    /// Raises the change counter to another database's (`copy-store`).
+    pub async fn raise_change_counter(
+        &self,
+        last_seq: i64,
+        purged_through: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE change_seq SET last_seq = max(last_seq, ?1), \
+             purged_through = max(purged_through, ?2) WHERE id = 1",
+        )
+        .bind(last_seq)
+        .bind(purged_through)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
     /// Writes copied rows, in one transaction. Outbox rows lose their
     /// claims: no process of this database sends them yet.
     pub async fn copy_in(&self, rows: Vec<CopyRow>) -> Result<u64, StoreError> {
@@ -78,9 +105,11 @@ impl SqliteStore {
                     data,
                     stored_at,
                     listing,
+                    change,
                 } => sqlx::query(
                     "INSERT INTO records (tenant, source, id, kind, updated_at, updated_us, \
-                     deleted, data, stored_at, listing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     deleted, data, stored_at, listing, seq) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(tenant)
                 .bind(source)
@@ -91,7 +120,8 @@ impl SqliteStore {
                 .bind(deleted)
                 .bind(data)
                 .bind(stored_at)
-                .bind(listing),
+                .bind(listing)
+                .bind(change),
                 CopyRow::Progress {
                     tenant,
                     source,

@@ -88,6 +88,17 @@ impl SqliteStore {
             .bind(&key.source)
             .execute(&mut *tx)
             .await?;
+            // Its rows leave no tombstone: a feed reader that has not
+            // seen its changes must resync rather than miss them.
+            sqlx::query(
+                "UPDATE change_seq SET purged_through = max(purged_through, \
+                 coalesce((SELECT max(seq) FROM records WHERE tenant = ?1 AND source = ?2), 0)) \
+                 WHERE id = 1",
+            )
+            .bind(&key.tenant)
+            .bind(&key.source)
+            .execute(&mut *tx)
+            .await?;
             let mut deleted = [0u64; 4];
             for (sql, count) in FORGET.iter().zip(deleted.iter_mut()) {
                 *count = sqlx::query(*sql)

@@ -23,6 +23,7 @@ mod runs;
 mod status;
 #[cfg(test)]
 mod tests;
+mod tombstones;
 
 use std::path::PathBuf;
 use std::str::FromStr;

@@ -13,6 +13,7 @@ use super::{SqliteStore, StoreError, now_us};
 use crate::model::SourceKey;
 use crate::model::{Page, Progress, Report, ReportOutcome};
 use crate::store::batch::{Batch, Row};
+use crate::store::changes::SeqAlloc;
 use crate::store::{Lease, PageStats};
 
 /// Upsert rule: a version replaces the stored one only if it is newer by the
@@ -28,6 +29,7 @@ ON CONFLICT (tenant, source, id) DO UPDATE SET
     updated_us = excluded.updated_us,
     data = excluded.data,
     stored_at = excluded.stored_at,
+    seq = excluded.seq,
     deleted = CASE WHEN excluded.updated_us > records.updated_us THEN 0 ELSE records.deleted END,
     listing = coalesce(excluded.listing, records.listing)
 WHERE excluded.updated_us > records.updated_us
@@ -47,6 +49,7 @@ const TOMBSTONE_CONFLICT: &str = r#"
 ON CONFLICT (tenant, source, id) DO UPDATE SET
     deleted = 1,
     stored_at = excluded.stored_at,
+    seq = excluded.seq,
     listing = coalesce(excluded.listing, records.listing)
 WHERE records.deleted = 0
 "#;
@@ -59,7 +62,7 @@ WHERE records.deleted = 0
 const ROWS_PER_STATEMENT: usize = 64;
 
 /// The multi-row statements, by rows: `[64, 32, 16, 8, 4, 2, 1]`, each row
-/// ten anonymous `?` parameters in the column order of the INSERT. (Numbered
+/// eleven anonymous `?` parameters in the column order of the INSERT. (Numbered
 /// `?NNN` parameters shared by all rows would bind fewer values, but the
 /// driver looks each one up by name, a linear scan in SQLite: quadratic in
 /// the parameters of a statement, and a top entry of the profile.)
@@ -72,12 +75,12 @@ impl RowStatements {
         let mut by_rows = Vec::new();
         let mut rows = ROWS_PER_STATEMENT;
         while rows >= 1 {
-            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
             by_rows.push((
                 rows,
                 format!(
                     "INSERT INTO records (tenant, source, id, kind, updated_at, updated_us, \
-                     deleted, data, stored_at, listing) VALUES {values} {conflict}"
+                     deleted, data, stored_at, listing, seq) VALUES {values} {conflict}"
                 ),
             ));
             rows /= 2;
@@ -105,16 +108,21 @@ WHERE tenant = ?1 AND source = ?2 AND id IN (SELECT j.value FROM json_each(?4) A
   AND listing IS NOT ?3
 "#;
 
-/// Removes what a completed full listing did not return. The source's
-/// rowids come from the key index alone (a covering scan) and SQLite visits
-/// them in rowid order, i.e. table pages in file order, each read once:
-/// filtering straight off the key index visited rows in id order, one
-/// table page per row, and a listing of 200,000 events spent ~0.5 s of its
-/// last commit reading pages back from the OS (~0.2 s this way).
+/// Turns what a completed full listing did not return into tombstones,
+/// each with its own change number (`?5` + its rank), so that feed readers
+/// learn it is gone. The source's rowids come from the key index alone (a
+/// covering scan) and SQLite visits them in rowid order, i.e. table pages
+/// in file order, each read once: filtering straight off the key index
+/// visited rows in id order, one table page per row, and a listing of
+/// 200,000 events spent ~0.5 s of its last commit reading pages back from
+/// the OS (~0.2 s this way).
 pub(super) const SWEEP: &str = r#"
-DELETE FROM records
-WHERE rowid IN (SELECT rowid FROM records WHERE tenant = ?1 AND source = ?2)
-  AND (listing IS NULL OR listing <> ?3)
+UPDATE records SET deleted = 1, stored_at = ?4, seq = ?5 + s.n
+FROM (SELECT rowid AS gone, row_number() OVER (ORDER BY rowid) AS n
+      FROM records
+      WHERE rowid IN (SELECT rowid FROM records WHERE tenant = ?1 AND source = ?2)
+        AND (listing IS NULL OR listing <> ?3) AND deleted = 0) AS s
+WHERE records.rowid = s.gone
 "#;
 
 /// Queues import-state reports: once per (record, completion date) ever
@@ -157,6 +165,7 @@ async fn write_rows(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     statements: &RowStatements,
     shared: &Shared,
+    seq: &mut SeqAlloc,
     deleted: bool,
     rows: Vec<Row>,
 ) -> Result<u64, StoreError> {
@@ -178,7 +187,8 @@ async fn write_rows(
                     .bind(deleted)
                     .bind(row.data)
                     .bind(shared.now)
-                    .bind(row.listing);
+                    .bind(row.listing)
+                    .bind(seq.next());
             }
             changed += q.execute(&mut **tx).await?.rows_affected();
         }
@@ -193,14 +203,16 @@ async fn write_batch(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     key: &SourceKey,
     shared: &Shared,
+    seq: &mut SeqAlloc,
 ) -> Result<PageStats, StoreError> {
     let mut stats = PageStats::default();
     let written = batch.rows();
     for (deleted, rows) in batch.segments {
         if deleted {
-            stats.deleted += write_rows(tx, tombstone_statements(), shared, true, rows).await?;
+            stats.deleted +=
+                write_rows(tx, tombstone_statements(), shared, seq, true, rows).await?;
         } else {
-            stats.upserted += write_rows(tx, upsert_statements(), shared, false, rows).await?;
+            stats.upserted += write_rows(tx, upsert_statements(), shared, seq, false, rows).await?;
         }
     }
     if let Some(listing) = batch.listing {
@@ -224,9 +236,12 @@ async fn write_batch(
                 .bind(&key.tenant)
                 .bind(&key.source)
                 .bind(listing.generation)
+                .bind(shared.now)
+                .bind(seq.last())
                 .execute(&mut **tx)
                 .await?
                 .rows_affected();
+            seq.advance(stats.removed);
         }
     }
     if let Some(json) = encode_reports(&batch.reports)? {
@@ -250,11 +265,29 @@ async fn write_pages(
     shared: &Shared,
     pages: Vec<Page>,
 ) -> Result<PageStats, StoreError> {
+    let mut seq = SeqAlloc::after(read_last_seq(tx).await?);
     let mut total = PageStats::default();
     for batch in Batch::split(pages, shared.now) {
-        total.add(write_batch(batch, tx, key, shared).await?);
+        total.add(write_batch(batch, tx, key, shared, &mut seq).await?);
+    }
+    if let Some(last) = seq.taken() {
+        sqlx::query("UPDATE change_seq SET last_seq = ?1 WHERE id = 1")
+            .bind(last)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(total)
+}
+
+/// The change counter, inside the writer's transaction (which no other
+/// writer can run beside).
+pub(super) async fn read_last_seq(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+) -> Result<i64, StoreError> {
+    let (last,): (i64,) = sqlx::query_as("SELECT last_seq FROM change_seq WHERE id = 1")
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(last)
 }
 
 /// Who commits, which decides whether progress is saved and how the

@@ -475,6 +475,8 @@ async fn the_sweep_visits_the_table_in_rowid_order() {
     .bind("t")
     .bind("s")
     .bind(1_i64)
+    .bind(0_i64)
+    .bind(0_i64)
     .fetch_all(&store.sqlite().writer)
     .await
     .expect("plan");
