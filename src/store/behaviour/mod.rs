@@ -4,6 +4,7 @@
 
 mod forget;
 mod leases;
+mod views;
 
 use serde_json::json;
 
