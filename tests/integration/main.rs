@@ -22,3 +22,4 @@ mod reload;
 mod replicas;
 mod scale;
 mod untrusted;
+mod views;

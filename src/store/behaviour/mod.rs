@@ -5,6 +5,7 @@
 mod changes;
 mod forget;
 mod leases;
+mod views;
 
 use serde_json::json;
 
