@@ -96,7 +96,10 @@ impl ClaimCtx {
     pub(crate) async fn done(&self, key: &SourceKey) {
         let now = crate::time::now_us();
         let next = self.grid.next_after(now).unwrap_or(i64::MAX);
-        if let Err(e) = self.shared.done(key, next).await {
+        // Boxed: the Postgres transaction's state is ~14 KB, and every
+        // runner's task (see `run_loop`) would otherwise carry it inline
+        // while it waits for its next tick, on SQLite too.
+        if let Err(e) = Box::pin(self.shared.done(key, next)).await {
             tracing::warn!(tenant = %key.tenant, source = %key.source, error = %e,
                 "could not move the source to its next tick: its claim will lapse");
         }
