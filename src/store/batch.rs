@@ -3,6 +3,8 @@
 //! Postgres: arrays through `UNNEST`), in page order, with the same result
 //! as page-by-page writes. Backend-neutral: only the writing differs.
 
+use std::collections::HashSet;
+
 use serde_json::value::RawValue;
 
 use crate::model::{Listing, Page, Record, Report, Tombstone};
@@ -146,4 +148,25 @@ fn tombstone_rows(deletes: Vec<Tombstone>, now: i64, listing: Option<i64>) -> Ve
             }
         })
         .collect()
+}
+
+/// The ids of deletions dated before `cutoff` (the last tombstone purge's):
+/// each is stored only if the store holds a row for it (see
+/// [`keep_held_deletions`]); the backend looks them up.
+pub(crate) fn stale_deletion_ids(rows: &[Row], cutoff: i64) -> Vec<&str> {
+    rows.iter()
+        .filter(|r| r.updated_us < cutoff)
+        .map(|r| r.id.as_str())
+        .collect()
+}
+
+/// Drops the deletions dated before `cutoff` of records the store holds
+/// no row for (`held`: those it does). Such a deletion is either of a
+/// record never stored, which no reader saw, or one whose tombstone the
+/// retention purged, which readers saw already or are told to resync
+/// over: an upstream that reports deletions with a look-back (Démarches
+/// Simplifiées) would otherwise bring a purged tombstone back as a new
+/// change.
+pub(crate) fn keep_held_deletions(rows: &mut Vec<Row>, cutoff: i64, held: &HashSet<String>) {
+    rows.retain(|r| r.updated_us >= cutoff || held.contains(&r.id));
 }

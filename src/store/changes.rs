@@ -13,15 +13,25 @@ use super::{ExportRow, SourceKey};
 pub(crate) struct SeqAlloc {
     read: i64,
     last: i64,
+    purge_cutoff_us: i64,
 }
 
 impl SeqAlloc {
-    /// Starts after `last_seq`, the counter as the transaction read it.
-    pub(crate) fn after(last_seq: i64) -> Self {
+    /// Starts after `last_seq`, the counter as the transaction read it,
+    /// with the last purge's cutoff read from the same row.
+    pub(crate) fn after(last_seq: i64, purge_cutoff_us: i64) -> Self {
         Self {
             read: last_seq,
             last: last_seq,
+            purge_cutoff_us,
         }
+    }
+
+    /// The `stored_at` before which the last tombstone purge removed
+    /// tombstones: deletions dated before it are stored only for records
+    /// the store holds (see `batch::keep_held_deletions`).
+    pub(crate) fn purge_cutoff_us(&self) -> i64 {
+        self.purge_cutoff_us
     }
 
     /// The next number.
@@ -129,7 +139,7 @@ mod tests {
 
     #[test]
     fn numbers_follow_the_counter_and_reservations_leave_gaps_unreused() {
-        let mut seq = SeqAlloc::after(41);
+        let mut seq = SeqAlloc::after(41, 0);
         assert_eq!(seq.taken(), None);
         assert_eq!(seq.next(), 42);
         assert_eq!(seq.last(), 42);

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{export, page, rec, tomb};
-use crate::model::{Listing, SourceKey};
+use super::{export, page, raw, rec, tomb};
+use crate::model::{Listing, SourceKey, Tombstone};
 use crate::store::test_db::both_backends;
 use crate::store::{ChangeScope, Changes, ExportRow, Store, StoreError};
 
@@ -187,6 +187,57 @@ both_backends! {
             store.changes(deleted_at + 1, &ChangeScope::All, 10).await,
             Err(StoreError::ResyncNeeded { .. })
         ));
+    }
+
+    async fn a_deletion_reported_again_after_its_purge_is_no_new_change(store: Store) {
+        let key = SourceKey::new("t", "s");
+        // A deletion the upstream dates long ago, as Démarches Simplifiées
+        // lists them again and again within its look-back.
+        let old = |id: &str| Tombstone {
+            id: id.into(),
+            deleted_at: Some("2024-01-02T00:00:00Z".into()),
+            data: raw(serde_json::json!({ "number": id })),
+        };
+        let at = "2024-01-01T10:00:00Z";
+        store
+            .commit_page(&key, "k", &page(vec![rec("a", at, 1), rec("e", at, 1)], vec![], "1"))
+            .await
+            .expect("commit");
+        // Before any purge, every deletion is stored: `a` held, `b` never.
+        store
+            .commit_page(&key, "k", &page(vec![], vec![old("a"), old("b")], "2"))
+            .await
+            .expect("delete");
+        assert_eq!(store.purge_tombstones(Duration::ZERO).await.expect("purge"), 2);
+        let head = all_head(&store).await;
+
+        // Listed again after the purge: neither comes back as a change.
+        store
+            .commit_page(&key, "k", &page(vec![], vec![old("a"), old("b")], "3"))
+            .await
+            .expect("again");
+        let after = changes(&store, head, &ChangeScope::All, 100).await;
+        assert!(after.rows.is_empty(), "purged tombstones came back: {:?}", lines(&after.rows));
+        let ids: Vec<String> = export(&store, true).await.into_iter().map(|r| r.0).collect();
+        assert_eq!(ids, ["e"], "only the live record is stored");
+
+        // Still stored: an old-dated deletion of a record held (live, or
+        // upserted earlier in the same commit), and a recent deletion of a
+        // record never held.
+        store
+            .commit_page(
+                &key,
+                "k",
+                &page(vec![rec("d", at, 1)], vec![old("d"), old("e"), tomb("c")], "4"),
+            )
+            .await
+            .expect("delete held");
+        let after = changes(&store, head, &ChangeScope::All, 100).await;
+        let mut got: Vec<(String, bool)> =
+            after.rows.iter().map(|r| (r.id.clone(), r.deleted)).collect();
+        got.sort();
+        assert_eq!(got, [("c".into(), true), ("d".into(), true), ("e".into(), true)]);
+        seqs_rise(&after.rows, head);
     }
 
     async fn forgetting_a_source_sends_readers_behind_it_to_resync(store: Store) {

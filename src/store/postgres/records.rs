@@ -4,8 +4,10 @@
 //! cut where an id repeats: Postgres refuses to update one row twice in a
 //! statement), listing marks and sweep, reports, progress; one transaction.
 
+use std::collections::HashSet;
+
 use crate::model::{Page, Progress, Report, ReportOutcome, SourceKey};
-use crate::store::batch::{Batch, Row};
+use crate::store::batch::{Batch, Row, keep_held_deletions, stale_deletion_ids};
 use crate::store::changes::SeqAlloc;
 use crate::store::{Lease, PageStats, StoreError};
 
@@ -72,7 +74,8 @@ WHERE r.tenant = $1 AND r.source = $2 AND r.id = s.id
 /// makes seq order commit order across processes and replicas. Taken
 /// after the fence (the lease row) and before any record row, by every
 /// writer, so that the locks are always taken in the same order.
-pub(super) const TAKE_COUNTER: &str = "SELECT last_seq FROM change_seq WHERE id = 1 FOR UPDATE";
+pub(super) const TAKE_COUNTER: &str =
+    "SELECT last_seq, purge_cutoff_us FROM change_seq WHERE id = 1 FOR UPDATE";
 
 /// Queues import-state reports once per (record, completion date), a
 /// success only for the version stored now.
@@ -228,8 +231,9 @@ impl PgStore {
             if let Some(lease) = fence {
                 check_fence(&mut tx, lease).await?;
             }
-            let (last,): (i64,) = sqlx::query_as(TAKE_COUNTER).fetch_one(&mut *tx).await?;
-            let mut seq = SeqAlloc::after(last);
+            let (last, cutoff): (i64, i64) =
+                sqlx::query_as(TAKE_COUNTER).fetch_one(&mut *tx).await?;
+            let mut seq = SeqAlloc::after(last, cutoff);
             let mut stats = PageStats::default();
             for batch in Batch::split(pages, now) {
                 stats.add(write_batch(&mut tx, key, kind, now, batch, &mut seq).await?);
@@ -320,6 +324,34 @@ struct Rows<'a> {
     deleted: bool,
 }
 
+/// The ids among `$3` the source holds a row for, live or tombstone.
+const HELD: &str =
+    "SELECT id FROM records WHERE tenant = $1 AND source = $2 AND id = ANY($3::text[])";
+
+/// Drops the deletions [`keep_held_deletions`] says not to store again;
+/// looks up only those dated before the purge cutoff (usually none).
+async fn drop_stale_deletions(
+    tx: &mut Tx<'_>,
+    key: &SourceKey,
+    cutoff: i64,
+    rows: &mut Vec<Row>,
+) -> Result<(), StoreError> {
+    let stale = stale_deletion_ids(rows, cutoff);
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let held: HashSet<String> = sqlx::query_scalar(HELD)
+        .bind(&key.tenant)
+        .bind(&key.source)
+        .bind(stale)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+    keep_held_deletions(rows, cutoff, &held);
+    Ok(())
+}
+
 /// Writes one batch inside the caller's transaction.
 async fn write_batch(
     tx: &mut Tx<'_>,
@@ -332,7 +364,10 @@ async fn write_batch(
     let mut stats = PageStats::default();
     let written = batch.rows();
     let generation = batch.listing.map(|l| l.generation);
-    for (deleted, rows) in batch.segments {
+    for (deleted, mut rows) in batch.segments {
+        if deleted {
+            drop_stale_deletions(tx, key, seq.purge_cutoff_us(), &mut rows).await?;
+        }
         for chunk in without_repeats(rows) {
             let rows = Rows {
                 key,

@@ -16,6 +16,11 @@ const PURGE: &str = "DELETE FROM records WHERE (tenant, source, id) IN \
       WHERE deleted AND stored_at < $1 ORDER BY stored_at LIMIT $2) \
      RETURNING seq";
 
+/// Raised in the purge's transaction, under the counter's lock (see
+/// `batch::keep_held_deletions`).
+const RAISE_CUTOFF: &str =
+    "UPDATE change_seq SET purge_cutoff_us = greatest(purge_cutoff_us, $1) WHERE id = 1";
+
 impl PgStore {
     pub async fn purge_tombstones(&self, max_age: Duration) -> Result<u64, StoreError> {
         let max_age_us = i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX);
@@ -26,12 +31,17 @@ impl PgStore {
             sqlx::query(super::records::TAKE_COUNTER)
                 .execute(&mut *tx)
                 .await?;
+            sqlx::query(RAISE_CUTOFF)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
             let seqs: Vec<(i64,)> = sqlx::query_as(PURGE)
                 .bind(cutoff)
                 .bind(PURGE_BATCH)
                 .fetch_all(&mut *tx)
                 .await?;
             let Some(highest) = seqs.iter().map(|(s,)| *s).max() else {
+                tx.commit().await?;
                 return Ok(purged);
             };
             sqlx::query(

@@ -5,6 +5,7 @@
 //! never a round trip per row; the small parts (listing marks, reports) go
 //! through `json_each`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::journal::{self, Entry};
@@ -12,7 +13,7 @@ use super::lease;
 use super::{SqliteStore, StoreError, now_us};
 use crate::model::SourceKey;
 use crate::model::{Page, Progress, Report, ReportOutcome};
-use crate::store::batch::{Batch, Row};
+use crate::store::batch::{Batch, Row, keep_held_deletions, stale_deletion_ids};
 use crate::store::changes::SeqAlloc;
 use crate::store::{Lease, PageStats};
 
@@ -207,8 +208,9 @@ async fn write_batch(
 ) -> Result<PageStats, StoreError> {
     let mut stats = PageStats::default();
     let written = batch.rows();
-    for (deleted, rows) in batch.segments {
+    for (deleted, mut rows) in batch.segments {
         if deleted {
+            drop_stale_deletions(tx, key, seq.purge_cutoff_us(), &mut rows).await?;
             stats.deleted +=
                 write_rows(tx, tombstone_statements(), shared, seq, true, rows).await?;
         } else {
@@ -265,7 +267,7 @@ async fn write_pages(
     shared: &Shared,
     pages: Vec<Page>,
 ) -> Result<PageStats, StoreError> {
-    let mut seq = SeqAlloc::after(read_last_seq(tx).await?);
+    let mut seq = read_counter(tx).await?;
     let mut total = PageStats::default();
     for batch in Batch::split(pages, shared.now) {
         total.add(write_batch(batch, tx, key, shared, &mut seq).await?);
@@ -281,13 +283,43 @@ async fn write_pages(
 
 /// The change counter, inside the writer's transaction (which no other
 /// writer can run beside).
-pub(super) async fn read_last_seq(
+async fn read_counter(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-) -> Result<i64, StoreError> {
-    let (last,): (i64,) = sqlx::query_as("SELECT last_seq FROM change_seq WHERE id = 1")
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(last)
+) -> Result<SeqAlloc, StoreError> {
+    let (last, cutoff): (i64, i64) =
+        sqlx::query_as("SELECT last_seq, purge_cutoff_us FROM change_seq WHERE id = 1")
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(SeqAlloc::after(last, cutoff))
+}
+
+/// The ids among `ids` the source holds a row for, live or tombstone.
+const HELD: &str = "SELECT id FROM records \
+     WHERE tenant = ?1 AND source = ?2 AND id IN (SELECT j.value FROM json_each(?3) AS j)";
+
+/// Drops the deletions [`keep_held_deletions`] says not to store again;
+/// looks up only those dated before the purge cutoff (usually none).
+async fn drop_stale_deletions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    key: &SourceKey,
+    cutoff: i64,
+    rows: &mut Vec<Row>,
+) -> Result<(), StoreError> {
+    let stale = stale_deletion_ids(rows, cutoff);
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let ids = serde_json::to_string(&stale).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let held: HashSet<String> = sqlx::query_scalar(HELD)
+        .bind(&key.tenant)
+        .bind(&key.source)
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+    keep_held_deletions(rows, cutoff, &held);
+    Ok(())
 }
 
 /// Who commits, which decides whether progress is saved and how the

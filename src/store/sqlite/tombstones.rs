@@ -19,6 +19,11 @@ const PURGE: &str = "DELETE FROM records WHERE rowid IN \
       WHERE deleted = 1 AND stored_at < ?1 ORDER BY stored_at LIMIT ?2) \
      RETURNING seq";
 
+/// Raised before the purge, in its transaction: no commit can bring back
+/// a tombstone the purge removes (see `batch::keep_held_deletions`).
+const RAISE_CUTOFF: &str =
+    "UPDATE change_seq SET purge_cutoff_us = max(purge_cutoff_us, ?1) WHERE id = 1";
+
 impl SqliteStore {
     /// Deletes the tombstones stored more than `max_age` ago; returns how
     /// many went.
@@ -28,12 +33,17 @@ impl SqliteStore {
         let mut purged = 0;
         loop {
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::query(RAISE_CUTOFF)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
             let seqs: Vec<(i64,)> = sqlx::query_as(PURGE)
                 .bind(cutoff)
                 .bind(PURGE_BATCH)
                 .fetch_all(&mut *tx)
                 .await?;
             let Some(highest) = seqs.iter().map(|(s,)| *s).max() else {
+                tx.commit().await?;
                 return Ok(purged);
             };
             sqlx::query(
