@@ -2,7 +2,6 @@
 //! who may read what (every path and parameter tried with every kind of
 //! token), paging, the resync answer and long polls.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -43,13 +42,7 @@ fn config(dir: &Path) -> crate::config::Config {
         source("x"),
         source("x"),
     );
-    crate::config::load_str(
-        &toml,
-        Path::new("t.toml"),
-        &HashMap::new(),
-        &crate::sources::Kinds::builtin(),
-    )
-    .expect("test config")
+    super::tests::config_from(&toml)
 }
 
 fn page(ids: &[&str], deletes: &[&str]) -> Page {

@@ -50,8 +50,13 @@ fn content_source_config(dir: &Path) -> crate::config::Config {
          endpoint = \"http://127.0.0.1:9/v1\"\ntoken = \"t\"\nwebhook_token = \"{TOKEN}\"\n",
         dir.join("t.db").display()
     );
+    config_from(&toml)
+}
+
+/// A test's config, from its TOML text (no environment, built-in kinds).
+pub(super) fn config_from(toml: &str) -> crate::config::Config {
     crate::config::load_str(
-        &toml,
+        toml,
         Path::new("t.toml"),
         &HashMap::new(),
         &crate::sources::Kinds::builtin(),

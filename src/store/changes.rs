@@ -3,7 +3,33 @@
 //! the counter in its own SQL (see the `change_seq` migrations for why the
 //! numbers follow commit order on each).
 
-use super::{ExportRow, SourceKey};
+use std::time::Duration;
+
+use super::{ExportRow, SourceKey, Store, StoreError};
+
+/// Tombstones removed per purge transaction: short, so that the syncs'
+/// commits slip in between.
+pub(crate) const PURGE_BATCH: i64 = 500;
+
+impl Store {
+    /// Deletes the tombstones stored more than `max_age` ago
+    /// (`[storage] tombstone_retention`), oldest first, a batch per
+    /// transaction; each raises `purged_through` to the highest seq it
+    /// removed, so that a reader behind it is told to resync, never left
+    /// with a silent gap. Returns how many went.
+    pub async fn purge_tombstones(&self, max_age: Duration) -> Result<u64, StoreError> {
+        let max_age_us = i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX);
+        let cutoff = crate::time::now_us().saturating_sub(max_age_us);
+        let mut purged = 0;
+        loop {
+            let n = self.purge_tombstone_batch(cutoff).await?;
+            purged += n;
+            if n < PURGE_BATCH as u64 {
+                return Ok(purged);
+            }
+        }
+    }
+}
 
 /// Hands out the change numbers of one commit: the transaction reads the
 /// counter once (on Postgres, locking it until commit), numbers its rows
@@ -97,11 +123,19 @@ pub struct Changes {
     pub next_since: i64,
 }
 
+/// Reads the counter as a [`Head`] (the same on every backend).
+pub(crate) const READ_HEAD: &str =
+    "SELECT last_seq, purged_through, purge_cutoff_us FROM change_seq WHERE id = 1";
+
 /// The counter as a reader's snapshot saw it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub(crate) struct Head {
+    /// The last seq handed out.
     pub last_seq: i64,
+    /// The highest seq of a change that left no row (purged, forgotten).
     pub purged_through: i64,
+    /// The last tombstone purge's cutoff (see [`SeqAlloc::purge_cutoff_us`]).
+    pub purge_cutoff_us: i64,
 }
 
 impl Head {
@@ -153,6 +187,7 @@ mod tests {
         let head = Head {
             last_seq: 100,
             purged_through: 40,
+            purge_cutoff_us: 0,
         };
         assert!(head.check(0).is_ok(), "from the beginning");
         assert!(head.check(40).is_ok(), "saw the last purged change");

@@ -177,9 +177,8 @@ impl Store {
         // changed since, a purged tombstone) are never handed out there,
         // and a reader behind this database's purges is told to resync
         // there too.
-        let (last_seq, purged_through) = self.change_counter().await?;
         target
-            .raise_change_counter(last_seq, purged_through)
+            .raise_change_counter(self.change_counter().await?)
             .await?;
         Ok(copied)
     }
@@ -420,6 +419,10 @@ mod tests {
             return;
         };
         let key = fill(&from).await;
+        // A purge that removes nothing still sets the purge cutoff, which
+        // the copy must carry (a deletion listed again stays dropped).
+        let twenty_years = std::time::Duration::from_secs(20 * 365 * 86_400);
+        assert_eq!(from.purge_tombstones(twenty_years).await.expect("purge"), 0);
         let mut seen = Vec::new();
         let copied = from
             .copy_to(&into, |table, n| seen.push((table, n)))
@@ -432,6 +435,12 @@ mod tests {
         assert_eq!(seen[1], (Table::Records, records));
 
         assert_eq!(dump(&from).await, dump(&into).await);
+        let counter = from.change_counter().await.expect("counter");
+        assert!(
+            counter.purge_cutoff_us > 0 && counter.last_seq > 0,
+            "{counter:?}"
+        );
+        assert_eq!(into.change_counter().await.expect("counter"), counter);
         let exported = export(&into).await;
         assert_eq!(export(&from).await, exported);
         assert!(

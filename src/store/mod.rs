@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use crate::model::{Page, Progress, RunOutcome, RunRecord, SourceKey};
 
+use changes::Head;
 pub use changes::{ChangeScope, Changes, MAX_CHANGES_PER_PAGE};
 pub use copy::{COPY_BATCH, Copied, CopyAfter, CopyRow, Table};
 pub use error::StoreError;
@@ -362,9 +363,10 @@ interface! {
     /// (the change feed); [`StoreError::ResyncNeeded`] when the reader
     /// cannot continue from `since`.
     pub async fn changes(&self, since: i64, scope: &ChangeScope, limit: i64) -> Result<Changes, StoreError>;
-    /// Deletes the tombstones stored more than `max_age` ago (readers
-    /// behind them are told to resync); returns how many went.
-    pub async fn purge_tombstones(&self, max_age: Duration) -> Result<u64, StoreError>;
+    /// One batch of [`Store::purge_tombstones`]: up to `PURGE_BATCH`
+    /// tombstones stored before `cutoff`, in one transaction that also
+    /// raises the counter's horizon and cutoff; returns how many went.
+    pub(crate) async fn purge_tombstone_batch(&self, cutoff: i64) -> Result<u64, StoreError>;
     /// Every source with something stored (records, progress, runs or
     /// import reports), in name order. Scans the tables' key indexes: for
     /// listings and error messages, not for every command.
@@ -396,12 +398,11 @@ interface! {
     /// Writes rows `copy-store` read from another database, in one
     /// transaction; outbox rows arrive unclaimed.
     pub(crate) async fn copy_in(&self, rows: Vec<CopyRow>) -> Result<u64, StoreError>;
-    /// The change counter: the last seq handed out, and the highest seq of
-    /// a change that left no row (purged, forgotten).
-    pub async fn change_counter(&self) -> Result<(i64, i64), StoreError>;
+    /// The change counter (`copy-store`).
+    pub(crate) async fn change_counter(&self) -> Result<Head, StoreError>;
     /// Raises the change counter to at least another database's
     /// (`copy-store`: positions of that database's readers stay valid).
-    pub(crate) async fn raise_change_counter(&self, last_seq: i64, purged_through: i64) -> Result<(), StoreError>;
+    pub(crate) async fn raise_change_counter(&self, to: Head) -> Result<(), StoreError>;
     /// A source whose lease a live run holds now, with its holder, if any.
     pub(crate) async fn any_lease_holder(&self) -> Result<Option<(SourceKey, Holder)>, StoreError>;
     /// This daemon is alive: refreshes its row in `replicas` (every

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::PgStore;
 use crate::model::SourceKey;
-use crate::store::changes::{ChangeScope, Changes, Head, MAX_CHANGES_PER_PAGE};
+use crate::store::changes::{ChangeScope, Changes, Head, MAX_CHANGES_PER_PAGE, READ_HEAD};
 use crate::store::types::stored_payload;
 use crate::store::{ExportRow, Forgotten, StoreError};
 
@@ -102,14 +102,7 @@ impl PgStore {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
-        let (last_seq, purged_through): (i64, i64) =
-            sqlx::query_as("SELECT last_seq, purged_through FROM change_seq WHERE id = 1")
-                .fetch_one(&mut *tx)
-                .await?;
-        let head = Head {
-            last_seq,
-            purged_through,
-        };
+        let head: Head = sqlx::query_as(READ_HEAD).fetch_one(&mut *tx).await?;
         head.check(since)?;
         let rows = sqlx::query(CHANGES)
             .bind(since)

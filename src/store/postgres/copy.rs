@@ -3,6 +3,7 @@
 
 use super::PgStore;
 use crate::store::StoreError;
+use crate::store::changes::{Head, READ_HEAD};
 use crate::store::copy::{CopyAfter, CopyRow, Table, decode};
 
 const RECORD_COLUMNS: &str = "tenant, source, id, kind, updated_at, updated_us, deleted, data::text, stored_at, listing, seq";
@@ -57,25 +58,19 @@ impl PgStore {
         rows.iter().map(|row| decode(table, row)).collect()
     }
 
-    pub async fn change_counter(&self) -> Result<(i64, i64), StoreError> {
-        Ok(
-            sqlx::query_as("SELECT last_seq, purged_through FROM change_seq WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+    pub async fn change_counter(&self) -> Result<Head, StoreError> {
+        Ok(sqlx::query_as(READ_HEAD).fetch_one(&self.pool).await?)
     }
 
-    pub async fn raise_change_counter(
-        &self,
-        last_seq: i64,
-        purged_through: i64,
-    ) -> Result<(), StoreError> {
+    pub async fn raise_change_counter(&self, to: Head) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE change_seq SET last_seq = greatest(last_seq, $1), \
-             purged_through = greatest(purged_through, $2) WHERE id = 1",
+             purged_through = greatest(purged_through, $2), \
+             purge_cutoff_us = greatest(purge_cutoff_us, $3) WHERE id = 1",
         )
-        .bind(last_seq)
-        .bind(purged_through)
+        .bind(to.last_seq)
+        .bind(to.purged_through)
+        .bind(to.purge_cutoff_us)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -7,6 +7,7 @@ use super::now_us;
 use super::{SqliteStore, StoreError};
 use crate::model::SourceKey;
 use crate::store::Holder;
+use crate::store::changes::{Head, READ_HEAD};
 use crate::store::copy::{CopyAfter, CopyRow, Table, decode};
 
 const RECORD_COLUMNS: &str =
@@ -60,28 +61,19 @@ impl SqliteStore {
         rows.iter().map(|row| decode(table, row)).collect()
     }
 
-    /// The change counter: the last seq handed out, and the highest one a
-    /// purge or a forget removed.
-    pub async fn change_counter(&self) -> Result<(i64, i64), StoreError> {
-        Ok(
-            sqlx::query_as("SELECT last_seq, purged_through FROM change_seq WHERE id = 1")
-                .fetch_one(&self.reader)
-                .await?,
-        )
+    pub async fn change_counter(&self) -> Result<Head, StoreError> {
+        Ok(sqlx::query_as(READ_HEAD).fetch_one(&self.reader).await?)
     }
 
-    /// Raises the change counter to another database's (`copy-store`).
-    pub async fn raise_change_counter(
-        &self,
-        last_seq: i64,
-        purged_through: i64,
-    ) -> Result<(), StoreError> {
+    pub async fn raise_change_counter(&self, to: Head) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE change_seq SET last_seq = max(last_seq, ?1), \
-             purged_through = max(purged_through, ?2) WHERE id = 1",
+             purged_through = max(purged_through, ?2), \
+             purge_cutoff_us = max(purge_cutoff_us, ?3) WHERE id = 1",
         )
-        .bind(last_seq)
-        .bind(purged_through)
+        .bind(to.last_seq)
+        .bind(to.purged_through)
+        .bind(to.purge_cutoff_us)
         .execute(&self.writer)
         .await?;
         Ok(())

@@ -8,7 +8,7 @@ use sqlx::Row;
 use super::{SqliteStore, StoreError};
 use crate::model::SourceKey;
 use crate::store::ExportRow;
-use crate::store::changes::{ChangeScope, Changes, Head, MAX_CHANGES_PER_PAGE};
+use crate::store::changes::{ChangeScope, Changes, Head, MAX_CHANGES_PER_PAGE, READ_HEAD};
 use crate::store::types::stored_payload;
 
 /// The columns of an export line, in [`export_row`]'s order.
@@ -106,14 +106,7 @@ impl SqliteStore {
     ) -> Result<Changes, StoreError> {
         let limit = limit.clamp(1, MAX_CHANGES_PER_PAGE);
         let mut tx = self.reader.begin().await?;
-        let (last_seq, purged_through): (i64, i64) =
-            sqlx::query_as("SELECT last_seq, purged_through FROM change_seq WHERE id = 1")
-                .fetch_one(&mut *tx)
-                .await?;
-        let head = Head {
-            last_seq,
-            purged_through,
-        };
+        let head: Head = sqlx::query_as(READ_HEAD).fetch_one(&mut *tx).await?;
         head.check(since)?;
         let query = match scope {
             ChangeScope::All => sqlx::query(CHANGES_ALL).bind(since).bind(limit),
