@@ -2,6 +2,7 @@
 """Follows synchro's change feed (GET /v1/changes) and keeps a local copy.
 
 Usage: SYNCHRO_READ_TOKEN=... consume_changes.py [http://127.0.0.1:9750] [state.json]
+(with ONCE=1: reads up to the newest change, then exits)
 Stores its position with the data it applied (one file, replaced atomically),
 so a restart continues where it stopped: no change missed, none applied twice.
 """
@@ -11,8 +12,9 @@ url = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:9750"
 path = sys.argv[2] if len(sys.argv) > 2 else "state.json"
 state = json.load(open(path)) if os.path.exists(path) else {"since": 0, "records": {}}
 token = os.environ["SYNCHRO_READ_TOKEN"]
+once = os.environ.get("ONCE")  # stop at the head instead of waiting for more
 while True:
-    req = urllib.request.Request(f"{url}/v1/changes?since={state['since']}&wait=30",
+    req = urllib.request.Request(f"{url}/v1/changes?since={state['since']}&wait={0 if once else 30}",
                                  headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(req, timeout=60) as answer:
@@ -32,5 +34,5 @@ while True:
     with open(path + ".tmp", "w") as f:
         json.dump(state, f)
     os.replace(path + ".tmp", path)
-    if os.environ.get("ONCE") and not lines:
+    if once and not lines:
         break

@@ -12,6 +12,7 @@ mod crash_safety;
 mod daemon;
 mod demarches_sync;
 mod deploy;
+mod examples;
 mod fault_suite;
 mod hostile;
 mod leases;
