@@ -13,6 +13,7 @@ mod daemon;
 mod demarches_sync;
 mod deploy;
 mod fault_suite;
+mod feed;
 mod hostile;
 mod leases;
 mod listener;
