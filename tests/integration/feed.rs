@@ -257,6 +257,8 @@ struct Consumer {
     cli: bool,
     client: reqwest::Client,
     copy: Copy,
+    /// Times the current replica did not answer and the next was tried.
+    switches: u64,
 }
 
 /// A read that got no answer (the daemon is down): try another way.
@@ -274,6 +276,7 @@ impl Consumer {
                 .build()
                 .expect("client"),
             copy: Copy::default(),
+            switches: 0,
         }
     }
 
@@ -291,6 +294,7 @@ impl Consumer {
         };
         let Ok(answer) = answer else {
             self.current = (self.current + 1) % self.ports.len();
+            self.switches += 1;
             return Err(NoAnswer);
         };
         assert_eq!(
@@ -299,7 +303,10 @@ impl Consumer {
             answer.status, answer.body
         );
         let lines = parse_lines(&answer.body, "/v1/changes");
-        assert!(lines.len() <= limit as usize, "{url}: more than {limit} lines");
+        assert!(
+            lines.len() <= limit as usize,
+            "{url}: more than {limit} lines"
+        );
         let next = answer.next_since.expect("Synchro-Next-Since");
         self.copy.apply(&lines, &format!("GET {url}"));
         assert!(
@@ -330,8 +337,7 @@ impl Consumer {
         );
         let text = String::from_utf8(out.stdout).expect("utf8");
         let lines = parse_lines(&text, "export --since");
-        self.copy
-            .apply(&lines, &format!("export --since {since}"));
+        self.copy.apply(&lines, &format!("export --since {since}"));
         self.copy.cli_reads += 1;
         lines.len()
     }
@@ -361,9 +367,11 @@ impl Consumer {
         // SIGINT stops it cleanly once it catches the signal (before, the
         // signal's default action would end it).
         let pid = child.id();
-        wait_until(Duration::from_secs(20), "export --follow handling SIGINT", || async move {
-            catches_sigint(pid)
-        })
+        wait_until(
+            Duration::from_secs(20),
+            "export --follow handling SIGINT",
+            || async move { catches_sigint(pid) },
+        )
         .await;
         tokio::time::sleep(window).await;
         signal(&child, "INT");
@@ -382,11 +390,7 @@ impl Consumer {
     /// One read, by a way `rng` picks among those available; HTTP retried
     /// on the next replica (or through the CLI) when unanswered.
     async fn read_some(&mut self, rng: &mut StdRng) {
-        let way = if self.cli {
-            rng.random_range(0..10)
-        } else {
-            0
-        };
+        let way = if self.cli { rng.random_range(0..10) } else { 0 };
         match way {
             0..=5 => {
                 let limit = [1, 3, 10, 50, 1000][rng.random_range(0..5)];
@@ -433,7 +437,11 @@ impl Consumer {
 }
 
 /// Follows the feed until `stop`, then hands back the consumer.
-fn follow(mut consumer: Consumer, mut rng: StdRng, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Consumer> {
+fn follow(
+    mut consumer: Consumer,
+    mut rng: StdRng,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Consumer> {
     tokio::spawn(async move {
         while !stop.load(Ordering::SeqCst) {
             consumer.read_some(&mut rng).await;
@@ -486,7 +494,11 @@ fn assert_same(what: &str, got: &BTreeMap<Key, Value>, expected: &BTreeMap<Key, 
 /// received the last change of every stored record, tombstones included.
 async fn assert_consumer_exact(setup: &Setup, sim: &Simulator, copy: &Copy) {
     let expected = upstream(sim).await;
-    assert_same("the consumer's copy against upstream", &copy.records, &expected);
+    assert_same(
+        "the consumer's copy against upstream",
+        &copy.records,
+        &expected,
+    );
     let mut exported = BTreeMap::new();
     for l in setup.export(false).await {
         exported.insert(key_of(&l), l["data"].clone());
@@ -496,7 +508,8 @@ async fn assert_consumer_exact(setup: &Setup, sim: &Simulator, copy: &Copy) {
         let (tenant, source, id) = key_of(&l);
         let seq = l["seq"].as_i64().expect("seq");
         assert!(
-            copy.seen.contains(&(tenant.clone(), source.clone(), id.clone(), seq)),
+            copy.seen
+                .contains(&(tenant.clone(), source.clone(), id.clone(), seq)),
             "the consumer never received {tenant}/{source}/{id} seq {seq} (deleted: {})",
             l["deleted"]
         );
@@ -623,8 +636,8 @@ async fn mutate(
             "content create"
         }
         12 => {
-            let state = ["pending", "confirmed", "completed", "canceled", "failed"]
-                [rng.random_range(0..5)];
+            let state =
+                ["pending", "confirmed", "completed", "canceled", "failed"][rng.random_range(0..5)];
             if let Some(id) = pick(rng, &requests) {
                 sim.content().set_state(id, state);
             }
@@ -647,7 +660,9 @@ async fn mutate(
                 sim.calendar().update(CALENDAR, &id);
             }
             let _ = client
-                .post(format!("http://127.0.0.1:{port}/webhooks/calendar/globex/team"))
+                .post(format!(
+                    "http://127.0.0.1:{port}/webhooks/calendar/globex/team"
+                ))
                 .header("X-Goog-Channel-Token", CHANNEL_TOKEN)
                 .header("X-Goog-Resource-State", "exists")
                 .send()
@@ -655,9 +670,15 @@ async fn mutate(
             "calendar webhook"
         }
         _ => {
-            let source = ["acme/permits", "acme/translations", "globex/team"][rng.random_range(0..3)];
+            let source =
+                ["acme/permits", "acme/translations", "globex/team"][rng.random_range(0..3)];
             let out = setup.run(&["reset", source]).await;
-            assert_eq!(out.status.code(), Some(0), "reset {source}: {}", stderr(&out));
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "reset {source}: {}",
+                stderr(&out)
+            );
             "reset"
         }
     }
@@ -666,7 +687,9 @@ async fn mutate(
 /// Waits until some upstream request lands after now (a sync is under
 /// way), then a little more, at random.
 async fn mid_sync(sim: &Simulator, rng: &mut StdRng) {
-    let total = |sim: &Simulator| sim.ds().requests() + sim.calendar().requests() + sim.content().requests();
+    let total = |sim: &Simulator| {
+        sim.ds().requests() + sim.calendar().requests() + sim.content().requests()
+    };
     let before = total(sim);
     wait_until(Duration::from_secs(20), "a sync under way", || {
         let now = total(sim);
@@ -759,8 +782,398 @@ async fn a_consumer_following_the_feed_through_restarts_and_kills_keeps_an_exact
         copy.records.len(),
         started.elapsed().as_secs_f64()
     );
-    assert!(copy.http_reads > 0 && copy.cli_reads > 0, "both ways were used");
-    assert!(counter(&db).await.0 >= copy.since, "a position beyond the head");
+    assert!(
+        copy.http_reads > 0 && copy.cli_reads > 0,
+        "both ways were used"
+    );
+    assert!(
+        counter(&db).await.0 >= copy.since,
+        "a position beyond the head"
+    );
     assert_consumer_exact(&setup, &sim, copy).await;
     assert_integrity(&db).await;
+}
+
+/// The test's Postgres database: the suite's when it runs on Postgres, else
+/// a fresh one the config is pointed at; `None` (skipped) without a server.
+async fn postgres(setup: &Setup, test: &str) -> Option<(Option<PgDb>, Db)> {
+    if let Some(pg) = &setup.pg {
+        return Some((None, Db::Postgres(pg.url.clone())));
+    }
+    let pg = PgDb::create(test).await?;
+    setup.edit_config(&setup.database_url(), &pg.url);
+    let db = Db::Postgres(pg.url.clone());
+    Some((Some(pg), db))
+}
+
+/// Replica `n`: `synchro run` listening on `port`, with its own log file.
+fn spawn_replica(setup: &Setup, n: usize, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(setup.dir.path().join(format!("replica-{n}.log")))
+        .expect("log file");
+    let err = log.try_clone().expect("log file");
+    Command::new(bin())
+        .arg("--config")
+        .arg(&setup.config)
+        .args(["--log-format", "text", "run"])
+        .env_remove("RUST_LOG")
+        .env("SYNCHRO__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .expect("spawn a replica")
+}
+
+/// Three replicas on one Postgres database under random upstream changes,
+/// one of them killed (-9) at a time and started again, the first one
+/// while the consumer reads from it: a consumer of `/v1/changes` that moves
+/// to another replica when its own dies receives every seq once and in
+/// order, and ends with exactly the upstreams' records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_of_three_replicas_moves_on_when_one_is_killed_and_keeps_an_exact_copy() {
+    const ROUNDS: usize = 16;
+    let test = "a_consumer_of_three_replicas_moves_on_when_one_is_killed_and_keeps_an_exact_copy";
+    let started = Instant::now();
+    let sim = simulator().await;
+    let setup = chaos_setup(&sim);
+    let Some((_pg, db)) = postgres(&setup, "feed_three_replicas").await else {
+        return;
+    };
+    let mut rng = seeded_rng(test);
+    let setup = Arc::new(setup);
+    let client = reqwest::Client::new();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut replicas: Vec<Option<Child>> = ports
+        .iter()
+        .enumerate()
+        .map(|(n, port)| Some(spawn_replica(&setup, n, *port)))
+        .collect();
+    for port in &ports {
+        wait_ready(*port).await;
+    }
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    // Reads from replica 0 first, over HTTP only.
+    let consumer = follow(
+        Consumer::new(setup.clone(), ports.clone(), false),
+        StdRng::seed_from_u64(rng.random()),
+        stop_reading.clone(),
+    );
+
+    let mut hidden = Vec::new();
+    let mut kills = 0;
+    for round in 0..ROUNDS {
+        let mark = now_us();
+        let live = (0..3)
+            .find(|n| replicas[*n].is_some())
+            .expect("a live replica");
+        let mut done = Vec::new();
+        for _ in 0..rng.random_range(2..8) {
+            done.push(mutate(&sim, &mut rng, &mut hidden, &setup, ports[live], &client).await);
+        }
+        let dead = (0..3).find(|n| replicas[*n].is_none());
+        let action = match dead {
+            // The consumer's own replica first.
+            None if round == 1 || (round > 1 && rng.random_bool(0.4)) => {
+                let n = if round == 1 {
+                    0
+                } else {
+                    rng.random_range(0..3)
+                };
+                mid_sync(&sim, &mut rng).await;
+                kill(replicas[n].take().expect("live"));
+                kills += 1;
+                format!("SIGKILL replica {n}")
+            }
+            Some(n) if rng.random_bool(0.5) => {
+                replicas[n] = Some(spawn_replica(&setup, n, ports[n]));
+                wait_ready(ports[n]).await;
+                format!("replica {n} started again")
+            }
+            _ => "-".into(),
+        };
+        eprintln!("round {round}: {done:?}, replicas: {action}");
+        if rng.random_bool(0.5) {
+            wait_for_a_run_of_each_since(&db, mark, &format!("round {round} synced")).await;
+        }
+    }
+
+    sim.ds().clear_faults();
+    sim.calendar().clear_faults();
+    sim.content().clear_faults();
+    let mark = now_us();
+    wait_for_a_run_of_each_since(&db, mark, "a quiescent run of each source").await;
+    stop_reading.store(true, Ordering::SeqCst);
+    let mut consumer = consumer.await.expect("the consumer");
+    consumer.catch_up(true).await;
+    for child in replicas.into_iter().flatten() {
+        stop(child).await;
+    }
+    consumer.catch_up(false).await;
+    let copy = &consumer.copy;
+    eprintln!(
+        "{kills} kills; the consumer read {} lines up to seq {} in {} HTTP reads, \
+         moved to another replica {} times; {} live records; {:.1}s",
+        copy.lines,
+        copy.highest,
+        copy.http_reads,
+        consumer.switches,
+        copy.records.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(consumer.switches > 0, "the consumer never had to move on");
+    assert_consumer_exact(&setup, &sim, copy).await;
+}
+
+/// The max `seq` of these export lines (0 without any).
+fn max_seq(lines: &[Value]) -> i64 {
+    lines
+        .iter()
+        .map(|l| l["seq"].as_i64().expect("seq"))
+        .max()
+        .unwrap_or(0)
+}
+
+/// With `tombstone_retention = "1s"`, the daemon's purge (at start, then
+/// hourly) removes the tombstones a reader has not seen: that reader gets
+/// 410 and `export --since` exit 3 with the reason; a reader at the head,
+/// or at exactly the purge horizon, goes on; `0` always works and no
+/// longer shows the purged tombstones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_the_tombstone_retention_must_resync_and_one_at_the_head_goes_on() {
+    let sim = simulator().await;
+    sim.ds().seed(PERMITS, 12);
+    sim.calendar().seed(CALENDAR, 12);
+    let setup = Setup::build_all(
+        &sim,
+        &[DsSource::new("acme", "permits", PERMITS)],
+        &[CalSource::new("globex", "team", CALENDAR)],
+        &[],
+    );
+    setup.edit_config("[storage]\n", "[storage]\ntombstone_retention = \"1s\"\n");
+    setup.edit_config(
+        "listen = ",
+        &format!("admin_read_token = \"{ADMIN_TOKEN}\"\nlisten = "),
+    );
+    let port = setup.use_free_port();
+    let db = setup.db();
+    let client = reqwest::Client::new();
+    let admin = bearer(ADMIN_TOKEN);
+
+    setup.sync_ok(&[]).await;
+    // A reader that applied everything so far.
+    let behind = max_seq(&setup.export(true).await);
+    assert!(behind > 0);
+    // Deletions of each kind: hidden and purged dossiers, cancelled events.
+    let numbers = sim.ds().live_numbers(PERMITS);
+    sim.ds().hide(numbers[0]);
+    sim.ds().purge(numbers[1], None);
+    let events = sim.calendar().live_events(CALENDAR);
+    for e in &events[..2] {
+        sim.calendar()
+            .cancel(CALENDAR, e["id"].as_str().expect("event id"));
+    }
+    setup.sync_ok(&[]).await;
+    let tombstones: Vec<Value> = setup
+        .export(true)
+        .await
+        .into_iter()
+        .filter(|l| l["deleted"] == true)
+        .collect();
+    assert_eq!(tombstones.len(), 4, "{tombstones:?}");
+    let newest_tombstone = max_seq(&tombstones);
+    let head = max_seq(&setup.export(true).await);
+    // Before the purge, the reader behind goes on and gets them.
+    let out = setup.run(&["export", "--since", &behind.to_string()]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines = parse_lines(&String::from_utf8_lossy(&out.stdout), "export --since");
+    assert_eq!(
+        lines.iter().filter(|l| l["deleted"] == true).count(),
+        4,
+        "the reader behind sees the deletions before the purge"
+    );
+    assert_eq!(counter(&db).await.1, 0, "nothing purged yet");
+
+    // The tombstones grow older than the retention; the daemon purges
+    // them as it starts.
+    wait_until(
+        Duration::from_secs(20),
+        "tombstones older than the retention",
+        || {
+            let db = db.clone();
+            async move {
+                let cutoff = now_us() - 1_100_000;
+                db.count(
+                    &format!(
+                        "SELECT count(*) FROM records WHERE deleted = TRUE AND stored_at < {cutoff}"
+                    ),
+                    &[],
+                )
+                .await
+                    == 4
+            }
+        },
+    )
+    .await;
+    let daemon = setup.spawn(&["run"]);
+    wait_ready(port).await;
+    wait_until(Duration::from_secs(20), "the daemon's purge", || {
+        let db = db.clone();
+        async move { counter(&db).await.1 >= newest_tombstone }
+    })
+    .await;
+    let (last_seq, purged_through) = counter(&db).await;
+    assert_eq!(
+        purged_through, newest_tombstone,
+        "the horizon is the newest purged tombstone"
+    );
+    wait_until(Duration::from_secs(20), "the purge logged", || async {
+        setup.spawned_stderr().contains("purged old tombstones")
+    })
+    .await;
+
+    // Behind the horizon (and beyond the head): 410 and exit 3, with the
+    // reason, whatever the way of reading.
+    for since in [behind, purged_through - 1, last_seq + 1_000] {
+        let url = changes_url(port, &format!("since={since}&limit=10"));
+        let answer = get(&client, &url, Some(&admin)).await.expect("answer");
+        assert_eq!(answer.status, 410, "{url}: {}", answer.body);
+        assert!(answer.body.contains("resync needed"), "{}", answer.body);
+        assert!(answer.next_since.is_none(), "a refusal gives no position");
+        assert!(
+            !answer.body.contains('{'),
+            "no data with a 410: {}",
+            answer.body
+        );
+        let since = since.to_string();
+        for args in [
+            vec!["export", "--since", &since],
+            vec!["export", "--since", &since, "--follow"],
+            vec!["export", "--since", &since, "globex/team"],
+        ] {
+            let out = setup.run(&args).await;
+            assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+            assert!(out.stdout.is_empty(), "{args:?} printed lines");
+            let err = stderr(&out);
+            assert!(
+                err.contains(&format!(
+                    "resync needed: position {since} cannot be continued"
+                )),
+                "{args:?}: {err}"
+            );
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+    // The horizon itself and the head go on: 200 and exit 0.
+    for since in [purged_through, head, last_seq, 0] {
+        let url = changes_url(port, &format!("since={since}"));
+        let answer = get(&client, &url, Some(&admin)).await.expect("answer");
+        assert_eq!(answer.status, 200, "{url}: {}", answer.body);
+        let lines = parse_lines(&answer.body, &url);
+        assert!(lines.iter().all(|l| l["seq"].as_i64() > Some(since)));
+        let out = setup.run(&["export", "--since", &since.to_string()]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "since {since}: {}",
+            stderr(&out)
+        );
+    }
+    // From 0: every retained change, the purged tombstones no more.
+    let url = changes_url(port, "since=0&limit=10000");
+    let answer = get(&client, &url, Some(&admin)).await.expect("answer");
+    let from_zero = parse_lines(&answer.body, &url);
+    // (Calendar's: DS lists its deletions again within its look-back,
+    // which the next test is about.)
+    let returned: Vec<(Key, i64)> = from_zero
+        .iter()
+        .filter(|l| {
+            l["deleted"] == true
+                && l["kind"] == "calendar"
+                && tombstones.iter().any(|t| key_of(t) == key_of(l))
+        })
+        .map(|l| (key_of(l), l["seq"].as_i64().expect("seq")))
+        .collect();
+    assert!(
+        returned.is_empty(),
+        "purged tombstones back in the feed: {returned:?}"
+    );
+    stop(daemon).await;
+}
+
+/// A DS tombstone purged by the retention stays purged: DS's
+/// `deletedDossiers` and `pendingDeletedDossiers` list a deletion again for
+/// as long as it is within the sync's look-back, and the next syncs must not
+/// store it as a new change (a reader would get a deletion of a record it
+/// may never have had, or had already deleted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_demarches_tombstone_does_not_come_back_when_ds_lists_it_again() {
+    let sim = simulator().await;
+    sim.ds().seed(PERMITS, 12);
+    let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", PERMITS)]);
+    setup.edit_config("[storage]\n", "[storage]\ntombstone_retention = \"1s\"\n");
+    let port = setup.use_free_port();
+    let db = setup.db();
+    setup.sync_ok(&[]).await;
+    let numbers = sim.ds().live_numbers(PERMITS);
+    sim.ds().hide(numbers[0]);
+    sim.ds().purge(numbers[1], None);
+    setup.sync_ok(&[]).await;
+    let newest_tombstone = max_seq(&setup.export(true).await);
+    assert_eq!(tombstone_keys(&setup).await.len(), 2);
+    wait_until(
+        Duration::from_secs(20),
+        "tombstones older than the retention",
+        || {
+            let db = db.clone();
+            async move {
+                let cutoff = now_us() - 1_100_000;
+                db.count(
+                    &format!(
+                        "SELECT count(*) FROM records WHERE deleted = TRUE AND stored_at < {cutoff}"
+                    ),
+                    &[],
+                )
+                .await
+                    == 2
+            }
+        },
+    )
+    .await;
+    // The daemon purges them as it starts (and syncs the source).
+    let daemon = setup.spawn(&["run"]);
+    wait_ready(port).await;
+    wait_until(Duration::from_secs(20), "the daemon's purge", || {
+        let db = db.clone();
+        async move { counter(&db).await.1 >= newest_tombstone }
+    })
+    .await;
+    stop(daemon).await;
+    // Syncs after the purge, whatever the daemon's first one did.
+    setup.sync_ok(&[]).await;
+    setup.sync_ok(&[]).await;
+    let back = tombstone_keys(&setup).await;
+    assert!(
+        back.is_empty(),
+        "purged tombstones came back (hidden dossier {}, purged dossier {}): {back:?}",
+        numbers[0],
+        numbers[1]
+    );
+    assert_eq!(
+        sim.ds().live_numbers(PERMITS).len(),
+        setup.export(false).await.len()
+    );
+}
+
+/// The keys of the stored tombstones.
+async fn tombstone_keys(setup: &Setup) -> Vec<Key> {
+    setup
+        .export(true)
+        .await
+        .iter()
+        .filter(|l| l["deleted"] == true)
+        .map(key_of)
+        .collect()
 }
