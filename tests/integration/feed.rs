@@ -1177,3 +1177,294 @@ async fn tombstone_keys(setup: &Setup) -> Vec<Key> {
         .map(key_of)
         .collect()
 }
+
+const ACME_TOKEN: &str = "acme-read-token-3f9a61";
+const GLOBEX_TOKEN: &str = "globex-read-token-77b2c0";
+
+/// Every line of the feed `authorization` reads from 0 with `query`, page
+/// by page (`limit` lines) following `Synchro-Next-Since`, each page 200.
+async fn read_all(
+    client: &reqwest::Client,
+    port: u16,
+    authorization: &str,
+    query: &str,
+    limit: u32,
+) -> Vec<Value> {
+    let mut since = 0;
+    let mut all = Vec::new();
+    loop {
+        let url = changes_url(port, &format!("since={since}&limit={limit}{query}"));
+        let answer = get(client, &url, Some(authorization))
+            .await
+            .expect("answer");
+        assert_eq!(answer.status, 200, "{url}: {}", answer.body);
+        let lines = parse_lines(&answer.body, &url);
+        since = answer.next_since.expect("Synchro-Next-Since");
+        if lines.is_empty() {
+            return all;
+        }
+        all.extend(lines);
+    }
+}
+
+/// (tenant, source, id, seq) of lines, sorted.
+fn changes_of(lines: &[Value]) -> Vec<(Key, i64)> {
+    let mut out: Vec<(Key, i64)> = lines
+        .iter()
+        .map(|l| (key_of(l), l["seq"].as_i64().expect("seq")))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Read tokens on the running daemon: a tenant's token reads its tenant's
+/// changes only (paged, per source, long polls included: another tenant's
+/// commit does not end its wait, nor show), the admin token reads all; a
+/// tenant token asking for another tenant's source gets 403, whether the
+/// source exists or not; without a valid token (none, wrong, a valid one
+/// in another scheme) every combination of parameters gets the same 401
+/// and no data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_tokens_keep_each_tenant_to_its_own_changes_on_the_daemon() {
+    let sim = simulator().await;
+    sim.ds().seed(PERMITS, 15);
+    sim.calendar().seed(CALENDAR, 15);
+    sim.content().seed(10, 5);
+    let mut team = CalSource::new("globex", "team", CALENDAR);
+    team.channel_token = Some(CHANNEL_TOKEN);
+    let mut translations = ContentSource::new("acme", "translations");
+    translations.webhook_token = Some(HOOK_TOKEN);
+    let setup = Setup::build_all(
+        &sim,
+        &[DsSource::new("acme", "permits", PERMITS)],
+        &[team],
+        &[translations],
+    );
+    // acme's token from a file, globex's literal.
+    let token_file = setup.dir.path().join("acme-read-token");
+    std::fs::write(&token_file, ACME_TOKEN).expect("token file");
+    setup.edit_config(
+        "\n[[tenants]]\nid = \"acme\"\n",
+        &format!(
+            "\n[[tenants]]\nid = \"acme\"\nread_token = {{ file = \"{}\" }}\n",
+            token_file.display()
+        ),
+    );
+    setup.edit_config(
+        "\n[[tenants]]\nid = \"globex\"\n",
+        &format!("\n[[tenants]]\nid = \"globex\"\nread_token = \"{GLOBEX_TOKEN}\"\n"),
+    );
+    setup.edit_config(
+        "listen = ",
+        &format!("admin_read_token = \"{ADMIN_TOKEN}\"\nlisten = "),
+    );
+    let port = setup.use_free_port();
+    setup.sync_ok(&[]).await;
+    let started = now_us();
+    let daemon = setup.spawn(&["run"]);
+    wait_ready(port).await;
+    // The daemon's start-up runs are over: what is stored stays put.
+    wait_for_a_run_of_each_since(&setup.db(), started, "the start-up runs").await;
+    let client = reqwest::Client::new();
+    let (acme, globex, admin) = (
+        bearer(ACME_TOKEN),
+        bearer(GLOBEX_TOKEN),
+        bearer(ADMIN_TOKEN),
+    );
+
+    // Each token reads exactly its part of what is stored, over pages.
+    let stored = setup.export(true).await;
+    let of = |pred: &dyn Fn(&Value) -> bool| -> Vec<(Key, i64)> {
+        let lines: Vec<Value> = stored.iter().filter(|l| pred(l)).cloned().collect();
+        changes_of(&lines)
+    };
+    let acme_part = of(&|l| l["tenant"] == "acme");
+    let globex_part = of(&|l| l["tenant"] == "globex");
+    assert!(!acme_part.is_empty() && !globex_part.is_empty());
+    for limit in [1, 7, 1000] {
+        let got = read_all(&client, port, &acme, "", limit).await;
+        assert_eq!(changes_of(&got), acme_part, "acme's token, limit {limit}");
+        let got = read_all(&client, port, &globex, "", limit).await;
+        assert_eq!(
+            changes_of(&got),
+            globex_part,
+            "globex's token, limit {limit}"
+        );
+        let got = read_all(&client, port, &admin, "", limit).await;
+        assert_eq!(
+            changes_of(&got),
+            of(&|_| true),
+            "the admin token, limit {limit}"
+        );
+    }
+    // A tenant's own source, and the admin's view of any.
+    for (token, source) in [
+        (&acme, "acme/permits"),
+        (&acme, "acme/translations"),
+        (&globex, "globex/team"),
+        (&admin, "globex/team"),
+        (&admin, "acme/permits"),
+    ] {
+        let got = read_all(&client, port, token, &format!("&source={source}"), 5).await;
+        let (tenant, name) = source.split_once('/').expect("T/S");
+        assert_eq!(
+            changes_of(&got),
+            of(&|l| l["tenant"] == tenant && l["source"] == name),
+            "{source}"
+        );
+    }
+
+    // Another tenant's source: 403 whether it exists or not, the same
+    // answer, no data; whatever else is asked (a bad parameter is named
+    // first: 400, no data either).
+    let mut forbidden = HashSet::new();
+    for (token, source) in [
+        (&acme, "globex/team"),
+        (&acme, "globex/no-such-source"),
+        (&acme, "nobody/team"),
+        (&globex, "acme/permits"),
+        (&globex, "acme/translations"),
+    ] {
+        for extra in ["", "&limit=1", "&wait=0.2", "&limit=10000&wait=0"] {
+            for since in ["0", "5"] {
+                let url = changes_url(port, &format!("since={since}&source={source}{extra}"));
+                let answer = get(&client, &url, Some(token)).await.expect("answer");
+                assert_eq!(answer.status, 403, "{url}: {}", answer.body);
+                assert!(answer.next_since.is_none(), "{url}: a position with a 403");
+                forbidden.insert(answer.body);
+            }
+        }
+    }
+    assert_eq!(forbidden.len(), 1, "403 answers differ: {forbidden:?}");
+    let body = forbidden.into_iter().next().expect("a 403");
+    assert!(!body.contains('{'), "{body}");
+
+    // No valid token: 401 for every query, the same answer, no data.
+    let wrong = [
+        None,
+        Some("Bearer wrong-token".to_string()),
+        Some(format!("Basic {ACME_TOKEN}")),
+        Some(format!("Token {ADMIN_TOKEN}")),
+        Some(ACME_TOKEN.to_string()),
+        Some(format!("Bearer{ADMIN_TOKEN}")),
+        Some("Bearer ".to_string()),
+        Some(format!("Bearer {ACME_TOKEN}x")),
+        Some(format!(
+            "Bearer {}",
+            &GLOBEX_TOKEN[..GLOBEX_TOKEN.len() - 1]
+        )),
+    ];
+    let mut refusals = HashSet::new();
+    let mut asked = 0;
+    for since in [None, Some("0"), Some("3"), Some("-1"), Some("x")] {
+        for source in [
+            None,
+            Some("acme/permits"),
+            Some("globex/team"),
+            Some("nope"),
+        ] {
+            for limit in [None, Some("1"), Some("0")] {
+                for wait in [None, Some("0.5"), Some("99")] {
+                    let query: Vec<String> = [
+                        since.map(|v| format!("since={v}")),
+                        source.map(|v| format!("source={v}")),
+                        limit.map(|v| format!("limit={v}")),
+                        wait.map(|v| format!("wait={v}")),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                    let url = changes_url(port, &query.join("&"));
+                    for auth in &wrong {
+                        let answer = get(&client, &url, auth.as_deref()).await.expect("answer");
+                        assert_eq!(answer.status, 401, "{url} with {auth:?}: {}", answer.body);
+                        assert_eq!(answer.www_authenticate.as_deref(), Some("Bearer"));
+                        assert!(answer.next_since.is_none(), "{url}: a position with a 401");
+                        refusals.insert(answer.body);
+                        asked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(refusals.len(), 1, "401 answers differ: {refusals:?}");
+    let body = refusals.into_iter().next().expect("a 401");
+    assert!(!body.contains('{') && !body.contains("acme"), "{body}");
+    eprintln!("{asked} requests without a valid token, all 401");
+
+    // Long polls: acme waits at the head; globex's commit neither ends its
+    // wait nor shows; acme's own next change ends it at once.
+    let head = read_all(&client, port, &admin, "", 1000)
+        .await
+        .iter()
+        .map(|l| l["seq"].as_i64().expect("seq"))
+        .max()
+        .expect("changes");
+    let waiting = {
+        let client = client.clone();
+        let url = changes_url(port, &format!("since={head}&wait=30"));
+        let acme = acme.clone();
+        tokio::spawn(async move {
+            let asked = Instant::now();
+            let answer = get(&client, &url, Some(&acme)).await.expect("answer");
+            (answer, asked.elapsed())
+        })
+    };
+    let event = sim.calendar().create(CALENDAR);
+    let poke = client
+        .post(format!(
+            "http://127.0.0.1:{port}/webhooks/calendar/globex/team"
+        ))
+        .header("X-Goog-Channel-Token", CHANNEL_TOKEN)
+        .header("X-Goog-Resource-State", "exists")
+        .send()
+        .await
+        .expect("calendar webhook");
+    assert!(poke.status().is_success(), "{}", poke.status());
+    wait_until(
+        Duration::from_secs(20),
+        "globex's new event in the feed",
+        || {
+            let (client, admin, event) = (client.clone(), admin.clone(), event.clone());
+            async move {
+                let url = changes_url(port, &format!("since={head}&source=globex/team"));
+                let answer = get(&client, &url, Some(&admin)).await.expect("answer");
+                parse_lines(&answer.body, &url)
+                    .iter()
+                    .any(|l| l["id"] == event.as_str())
+            }
+        },
+    )
+    .await;
+    assert!(
+        !waiting.is_finished(),
+        "acme's wait ended at another tenant's commit"
+    );
+    let request = sim.content().seed(1, 1)[0];
+    let status = sim
+        .content()
+        .deliver(
+            &format!("http://127.0.0.1:{port}/webhooks/content/acme/translations"),
+            HOOK_TOKEN,
+            &sim.content().webhook_body(request),
+        )
+        .await;
+    assert_eq!(status, 200, "content webhook");
+    let (answer, waited) = waiting.await.expect("join");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let lines = parse_lines(&answer.body, "acme's long poll");
+    assert_eq!(
+        lines.iter().map(key_of).collect::<Vec<_>>(),
+        vec![(
+            "acme".to_string(),
+            "translations".to_string(),
+            request.to_string()
+        )],
+        "acme's long poll answers its own change only"
+    );
+    assert!(
+        waited < Duration::from_secs(25),
+        "answered at the commit, not at the deadline: {waited:?}"
+    );
+    stop(daemon).await;
+}
