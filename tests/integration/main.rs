@@ -14,6 +14,7 @@ mod demarches_sync;
 mod deploy;
 mod examples;
 mod fault_suite;
+mod feed;
 mod hostile;
 mod leases;
 mod listener;
