@@ -1085,15 +1085,11 @@ async fn a_reader_behind_the_tombstone_retention_must_resync_and_one_at_the_head
     let url = changes_url(port, "since=0&limit=10000");
     let answer = get(&client, &url, Some(&admin)).await.expect("answer");
     let from_zero = parse_lines(&answer.body, &url);
-    // (Calendar's: DS lists its deletions again within its look-back,
-    // which the next test is about.)
+    // (DS lists its deletions again within its look-back, which the next
+    // test is about at length.)
     let returned: Vec<(Key, i64)> = from_zero
         .iter()
-        .filter(|l| {
-            l["deleted"] == true
-                && l["kind"] == "calendar"
-                && tombstones.iter().any(|t| key_of(t) == key_of(l))
-        })
+        .filter(|l| l["deleted"] == true && tombstones.iter().any(|t| key_of(t) == key_of(l)))
         .map(|l| (key_of(l), l["seq"].as_i64().expect("seq")))
         .collect();
     assert!(
