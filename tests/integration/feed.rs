@@ -195,7 +195,7 @@ async fn counter(db: &Db) -> (i64, i64) {
 /// What a consumer of the feed holds: its position, a copy of the live
 /// records, and everything it ever received, checked as it comes.
 #[derive(Default)]
-struct Copy {
+struct LocalCopy {
     /// Where it reads on from.
     since: i64,
     /// The highest seq received.
@@ -210,7 +210,7 @@ struct Copy {
     follow_reads: u64,
 }
 
-impl Copy {
+impl LocalCopy {
     /// Applies the lines of one read, in their order: each must come after
     /// everything received before (never a seq twice, never out of order).
     fn apply(&mut self, lines: &[Value], via: &str) {
@@ -256,7 +256,7 @@ struct Consumer {
     current: usize,
     cli: bool,
     client: reqwest::Client,
-    copy: Copy,
+    copy: LocalCopy,
     /// Times the current replica did not answer and the next was tried.
     switches: u64,
 }
@@ -275,7 +275,7 @@ impl Consumer {
                 .timeout(Duration::from_secs(20))
                 .build()
                 .expect("client"),
-            copy: Copy::default(),
+            copy: LocalCopy::default(),
             switches: 0,
         }
     }
@@ -492,7 +492,7 @@ fn assert_same(what: &str, got: &BTreeMap<Key, Value>, expected: &BTreeMap<Key, 
 /// every source synced after that and the consumer caught up: the
 /// consumer's copy is the upstreams' state and `synchro export`'s, and it
 /// received the last change of every stored record, tombstones included.
-async fn assert_consumer_exact(setup: &Setup, sim: &Simulator, copy: &Copy) {
+async fn assert_consumer_exact(setup: &Setup, sim: &Simulator, copy: &LocalCopy) {
     let expected = upstream(sim).await;
     assert_same(
         "the consumer's copy against upstream",
