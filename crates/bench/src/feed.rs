@@ -139,9 +139,9 @@ struct IngestPair {
     /// Whole processes (start-up, migrations, exit included).
     before_process: Vec<Duration>,
     after_process: Vec<Duration>,
-    /// The current binary numbered every record 1..=N without a gap.
-    after_numbered: bool,
-    /// The before binary's database has no `seq` column.
+    /// How the current binary numbered the records (first round).
+    after_numbering: Option<Numbering>,
+    /// The before binary's database has no `seq` column (first round).
     before_unnumbered: bool,
 }
 
@@ -166,25 +166,54 @@ impl IngestPair {
     }
 }
 
-/// Whether the store's `records` has a `seq` column, and if so whether
-/// every record has a distinct one from 1 to the count.
-async fn numbering(db: &Path) -> Result<(bool, bool)> {
+/// How a store numbered its records: `None` without a `seq` column.
+#[derive(Clone, Copy)]
+struct Numbering {
+    records: i64,
+    distinct: i64,
+    min: i64,
+    max: i64,
+    /// `change_seq.last_seq`.
+    counter: i64,
+}
+
+impl Numbering {
+    /// Every record has its own number, and the counter is at or past the
+    /// highest (a row a write skips, not newer than the stored one, still
+    /// takes a number: gaps are allowed).
+    fn sound(&self) -> bool {
+        self.records > 0
+            && self.distinct == self.records
+            && self.min >= 1
+            && self.max <= self.counter
+    }
+}
+
+async fn numbering(db: &Path) -> Result<Option<Numbering>> {
     let opts = SqliteConnectOptions::new().filename(db).read_only(true);
     let mut conn = SqliteConnection::connect_with(&opts).await?;
     let (has_seq,): (i64,) =
         sqlx::query_as("SELECT count(*) FROM pragma_table_info('records') WHERE name = 'seq'")
             .fetch_one(&mut conn)
             .await?;
-    let mut gapless = false;
+    let mut numbering = None;
     if has_seq > 0 {
-        let (n, distinct, min, max): (i64, i64, Option<i64>, Option<i64>) =
-            sqlx::query_as("SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM records")
-                .fetch_one(&mut conn)
-                .await?;
-        gapless = n > 0 && distinct == n && min == Some(1) && max == Some(n);
+        let (records, distinct, min, max, counter): (i64, i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT seq), coalesce(min(seq), 0), coalesce(max(seq), 0), \
+             (SELECT last_seq FROM change_seq WHERE id = 1) FROM records",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        numbering = Some(Numbering {
+            records,
+            distinct,
+            min,
+            max,
+            counter,
+        });
     }
     conn.close().await?;
-    Ok((has_seq > 0, gapless))
+    Ok(numbering)
 }
 
 /// [`ROUNDS`] full syncs of `kind` by each binary, each into a fresh
@@ -203,7 +232,7 @@ async fn ingest_pair(
         after: Vec::new(),
         before_process: Vec::new(),
         after_process: Vec::new(),
-        after_numbered: true,
+        after_numbering: None,
         before_unnumbered: true,
     };
     for round in 0..ROUNDS {
@@ -227,11 +256,11 @@ async fn ingest_pair(
                 })?;
             pair.records = sync.records;
             if round == 0 {
-                let (has_seq, gapless) = numbering(&db).await?;
+                let numbered = numbering(&db).await?;
                 if is_before {
-                    pair.before_unnumbered = !has_seq;
+                    pair.before_unnumbered = numbered.is_none();
                 } else {
-                    pair.after_numbered = gapless;
+                    pair.after_numbering = numbered;
                 }
             }
             eprintln!(
@@ -382,6 +411,8 @@ struct Throughput {
     feed_requests: usize,
     feed_bytes: usize,
     select: Vec<Duration>,
+    /// The same with a row buffer of a whole page.
+    select_paged: Vec<Duration>,
     /// The daemon's CPU time over all feed reads, if `/proc` told.
     daemon_cpu: Option<Duration>,
     /// The bench's own CPU time over the feed reads (the HTTP client).
@@ -417,9 +448,15 @@ type ChangeRow = (
 );
 
 /// The same rows from the file: the feed's columns, `seq` order, the same
-/// pages (`seq > ?` through the seq index, [`PAGE_LIMIT`] rows each).
-async fn read_file(db: &Path) -> Result<usize> {
-    let mut conn = read_only(db).await?;
+/// pages (`seq > ?` through the seq index, [`PAGE_LIMIT`] rows each); with
+/// sqlx's default row buffer (50 rows between its worker thread and the
+/// caller, as the daemon's readers have) or one of a whole page.
+async fn read_file(db: &Path, page_buffer: bool) -> Result<usize> {
+    let mut opts = SqliteConnectOptions::new().filename(db).read_only(true);
+    if page_buffer {
+        opts = opts.row_buffer_size(PAGE_LIMIT);
+    }
+    let mut conn = SqliteConnection::connect_with(&opts).await?;
     let (mut since, mut n) = (0_i64, 0);
     loop {
         let rows: Vec<ChangeRow> = sqlx::query_as(
@@ -440,6 +477,14 @@ async fn read_file(db: &Path) -> Result<usize> {
     }
     conn.close().await?;
     Ok(n)
+}
+
+/// The reads of the backlog compared.
+#[derive(Clone, Copy, PartialEq)]
+enum Read {
+    Feed,
+    File,
+    FilePaged,
 }
 
 async fn throughput(bin: &Path, sim: &Simulator, n: usize) -> Result<Throughput> {
@@ -478,17 +523,16 @@ async fn throughput(bin: &Path, sim: &Simulator, n: usize) -> Result<Throughput>
         feed_requests: 0,
         feed_bytes: 0,
         select: Vec::new(),
+        select_paged: Vec::new(),
         daemon_cpu: Some(Duration::ZERO),
         client_cpu: Duration::ZERO,
     };
+    // The three reads in turn, each round starting one further along.
+    const READS: [Read; 3] = [Read::Feed, Read::File, Read::FilePaged];
     for round in 0..READ_ROUNDS {
-        let order = if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for feed in order {
-            if feed {
+        for k in 0..READS.len() {
+            let read = READS[(round + k) % READS.len()];
+            if read == Read::Feed {
                 let cpu_before = child::cpu_time(daemon.pid());
                 let own_before = child::own_cpu();
                 let started = Instant::now();
@@ -514,19 +558,25 @@ async fn throughput(bin: &Path, sim: &Simulator, n: usize) -> Result<Throughput>
                 );
                 t.feed.push(took);
             } else {
+                let paged = read == Read::FilePaged;
                 let started = Instant::now();
-                let rows = read_file(&db).await?;
+                let rows = read_file(&db, paged).await?;
                 let took = started.elapsed();
                 if rows as i64 != changes {
                     bail!("the file read gave {rows} rows of {changes}");
                 }
                 eprintln!(
-                    "file read {}: {rows} rows in {:.2} s ({:.0}/s)",
+                    "file read{} {}: {rows} rows in {:.2} s ({:.0}/s)",
+                    if paged { " (page buffer)" } else { "" },
                     round + 1,
                     took.as_secs_f64(),
                     rows as f64 / took.as_secs_f64().max(1e-9)
                 );
-                t.select.push(took);
+                if paged {
+                    t.select_paged.push(took);
+                } else {
+                    t.select.push(took);
+                }
             }
         }
     }
@@ -820,21 +870,43 @@ fn render(
             }
             let checks: Vec<String> = pairs
                 .iter()
-                .filter(|p| !p.after_numbered || !p.before_unnumbered)
-                .map(|p| {
-                    format!(
-                        "{}: after numbered 1..N without a gap: {}, before without `seq`: {}",
+                .filter(|p| !p.before_unnumbered || !p.after_numbering.is_some_and(|n| n.sound()))
+                .map(|p| match p.after_numbering {
+                    Some(n) => format!(
+                        "{}: after: {} records, {} distinct seqs from {} to {}, counter {}; \
+                         before without `seq`: {}",
                         p.kind.name(),
-                        p.after_numbered,
+                        n.records,
+                        n.distinct,
+                        n.min,
+                        n.max,
+                        n.counter,
                         p.before_unnumbered
-                    )
+                    ),
+                    None => format!(
+                        "{}: after: no `seq` column; before without `seq`: {}",
+                        p.kind.name(),
+                        p.before_unnumbered
+                    ),
                 })
                 .collect();
             if checks.is_empty() {
-                s.push_str(
-                    "\nChecked on the first round's databases: the current binary numbered \
-                     every record 1 to N without a gap; the before binary's `records` has no \
-                     `seq` column.\n\n",
+                let numbers = joined(pairs.iter().filter_map(|p| {
+                    let n = p.after_numbering?;
+                    Some(format!(
+                        "{} {} records, seqs {} to {}",
+                        p.kind.name(),
+                        n.records,
+                        n.min,
+                        n.max
+                    ))
+                }));
+                let _ = write!(
+                    s,
+                    "\nChecked on the first round's databases: the before binary's `records` \
+                     has no `seq` column; the current binary gave every record its own seq, \
+                     none above the counter ({numbers}; a row a page repeats, not newer than \
+                     the stored one, still takes a number, hence the gaps).\n\n"
                 );
             } else {
                 let _ = write!(
@@ -851,7 +923,8 @@ fn render(
     }
 
     let rate = |d: Duration| t.changes as f64 / d.as_secs_f64().max(1e-9);
-    let (feed, select) = (median(&t.feed), median(&t.select));
+    let (feed, select, paged) = (median(&t.feed), median(&t.select), median(&t.select_paged));
+    let runs = |v: &[Duration]| joined(v.iter().map(|d| format!("{:.2}", d.as_secs_f64())));
     let _ = write!(
         s,
         "### `/v1/changes` throughput\n\n\
@@ -860,12 +933,16 @@ fn render(
          process, admin read token): the whole feed read from `since=0` with \
          `limit={PAGE_LIMIT}`, each next request from `Synchro-Next-Since`, bodies \
          received and their lines counted, not parsed ({} requests, {:.0} MB of NDJSON). \
-         Baseline: the same rows read straight from the SQLite file by sqlx (the feed's \
-         columns, in `seq` order, the same pages of {PAGE_LIMIT} through the seq index), \
-         no HTTP, no JSON. {READ_ROUNDS} reads each, alternating; medians.\n\n\
-         | Read | Median | Changes/s | Runs, s |\n|---|---:|---:|---|\n\
-         | SQLite file, sqlx (baseline) | {} | {:.0} | {} |\n\
-         | `GET /v1/changes` | {} | {:.0} | {} |\n\n\
+         Baseline: the same rows read straight from the SQLite file by sqlx in this \
+         process (the feed's columns, in `seq` order, the same pages of {PAGE_LIMIT} \
+         through the seq index), no HTTP, no JSON; once with sqlx's default row buffer \
+         (50 rows between its worker thread and the caller, as the daemon's readers \
+         have), once with a buffer of a whole page. {READ_ROUNDS} reads each, in turn; \
+         medians.\n\n\
+         | Read | Median | Changes/s | Feed's ratio to it | Runs, s |\n|---|---:|---:|---:|---|\n\
+         | SQLite file, sqlx, default row buffer (baseline) | {} | {:.0} | {:.1} % | {} |\n\
+         | SQLite file, sqlx, row buffer of a page | {} | {:.0} | {:.1} % | {} |\n\
+         | **`GET /v1/changes`** | {} | {:.0} | | {} |\n\n\
          The feed serves **{:.1} %** of the baseline's rate.",
         t.changes,
         t.avg_bytes,
@@ -874,10 +951,15 @@ fn render(
         t.feed_bytes as f64 / 1e6,
         secs(select),
         rate(select),
-        joined(t.select.iter().map(|d| format!("{:.2}", d.as_secs_f64()))),
+        rate(feed) / rate(select).max(1e-9) * 100.0,
+        runs(&t.select),
+        secs(paged),
+        rate(paged),
+        rate(feed) / rate(paged).max(1e-9) * 100.0,
+        runs(&t.select_paged),
         secs(feed),
         rate(feed),
-        joined(t.feed.iter().map(|d| format!("{:.2}", d.as_secs_f64()))),
+        runs(&t.feed),
         rate(feed) / rate(select).max(1e-9) * 100.0
     );
     let total = (t.changes.max(1) as f64) * t.feed.len().max(1) as f64;
