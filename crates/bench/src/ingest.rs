@@ -26,7 +26,7 @@ use crate::report::{Section, verdict};
 const CEILING_TX_ROWS: usize = 1_000;
 const CEILING_ATTEMPTS: usize = 3;
 /// The highest per-host request rate the configuration accepts.
-const MAX_RATE: u32 = 100_000;
+pub(crate) const MAX_RATE: u32 = 100_000;
 /// Full syncs per connector, each followed by a same-payload ceiling run.
 const SYNC_ATTEMPTS: usize = 3;
 const CEILING_PAYLOAD_BYTES: usize = 1_024;
@@ -228,14 +228,14 @@ async fn request_floor(sim: &Simulator, kind: Kind) -> Result<Duration> {
 // ---------------------------------------------------------------- end to end
 
 #[derive(Clone, Copy, PartialEq)]
-enum Kind {
+pub(crate) enum Kind {
     Demarches,
     Calendar,
     Content,
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Demarches => "demarches",
             Kind::Calendar => "calendar",
@@ -243,7 +243,7 @@ impl Kind {
         }
     }
 
-    fn source_toml(self, sim: &Simulator) -> String {
+    pub(crate) fn source_toml(self, sim: &Simulator) -> String {
         match self {
             Kind::Demarches => format!(
                 "endpoint = \"{}\"\ntoken = \"{}\"\ndemarche = 1\npage_size = 100\n",
@@ -263,7 +263,7 @@ impl Kind {
         }
     }
 
-    fn seed(self, sim: &Simulator, n: usize) {
+    pub(crate) fn seed(self, sim: &Simulator, n: usize) {
         match self {
             Kind::Demarches => {
                 sim.ds().seed(1, n);
@@ -334,18 +334,18 @@ impl E2e {
 }
 
 /// What one full sync into a fresh database measured.
-struct FullSync {
-    run: Duration,
-    pages: i64,
-    records: i64,
-    avg_bytes: f64,
-    process: child::Finished,
-    sim_cpu: Duration,
+pub(crate) struct FullSync {
+    pub(crate) run: Duration,
+    pub(crate) pages: i64,
+    pub(crate) records: i64,
+    pub(crate) avg_bytes: f64,
+    pub(crate) process: child::Finished,
+    pub(crate) sim_cpu: Duration,
 }
 
 /// A full sync of `kind` into a fresh database at `db` (config beside it),
 /// from the simulator as seeded.
-async fn full_sync(
+pub(crate) async fn full_sync(
     bin: &Path,
     sim: &Simulator,
     kind: Kind,

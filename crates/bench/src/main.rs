@@ -2,7 +2,7 @@
 //! the same run, written to `BENCHMARKS.md` with the machine and the command.
 //!
 //! ```text
-//! cargo build --release && cargo run --release -p synchro-bench -- [--records N] [--only a,b] [--out FILE]
+//! cargo build --release && cargo run --release -p synchro-bench -- [--records N] [--only a,b] [--out FILE] [--before-binary PATH]
 //! ```
 //!
 //! It drives the release `synchro` binary (built beside it) as a child
@@ -26,9 +26,19 @@
 //!   to the committed row, next to `/healthz` and a bare commit.
 //! * `idle`: 1,000 sources synced and idle next to a 1-source baseline:
 //!   RSS, CPU over a minute, and the requests of a no-change cycle.
+//! * `feed`: the change feed. Full syncs by the current binary and by the
+//!   binary of the commit before the change feed, interleaved (the ratio of
+//!   the medians); `/v1/changes` reading a backlog of N changes next to the
+//!   same rows read from the SQLite file; push notification → change in a
+//!   waiting reader's answer, next to the webhook's own `200`. The before
+//!   binary is `--before-binary PATH` (or `SYNCHRO_BENCH_BEFORE_BIN`);
+//!   without it the section builds one with `crates/bench/before.sh` (a
+//!   `git worktree` of that commit under `target/feed-before`, first build
+//!   several minutes); `--before-binary none` skips that comparison.
 
 mod baseline;
 mod child;
+mod feed;
 mod idle;
 mod ingest;
 mod postgres;
@@ -48,20 +58,29 @@ const DEFAULT_RECORDS: usize = 200_000;
 
 /// The sections, in the order they run and appear.
 const SECTIONS: &[&str] = &[
-    "ingest", "postgres", "replicas", "idle", "schedule", "webhook",
+    "ingest", "postgres", "replicas", "idle", "schedule", "webhook", "feed",
 ];
 
 struct Args {
     records: usize,
     only: Vec<String>,
     out: Option<PathBuf>,
+    /// The `synchro` binary from before the change feed (`feed` section).
+    before_binary: Option<PathBuf>,
 }
+
+/// Where the `feed` section finds the before binary when `--before-binary`
+/// is not given.
+const BEFORE_BIN_ENV: &str = "SYNCHRO_BENCH_BEFORE_BIN";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         records: DEFAULT_RECORDS,
         only: SECTIONS.iter().map(|s| s.to_string()).collect(),
         out: None,
+        before_binary: std::env::var_os(BEFORE_BIN_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
     };
     let mut partial = false;
     let mut it = std::env::args().skip(1);
@@ -88,11 +107,21 @@ fn parse_args() -> Result<Args> {
                 partial = true;
             }
             "--out" => args.out = Some(PathBuf::from(it.next().context("--out needs a path")?)),
+            "--before-binary" => {
+                args.before_binary = Some(PathBuf::from(
+                    it.next()
+                        .context("--before-binary needs a path (or none)")?,
+                ));
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--records N (default {DEFAULT_RECORDS})] [--only {}] [--out FILE]\n\
-                     A full run writes BENCHMARKS.md; with --only it writes only to --out.",
-                    SECTIONS.join(",")
+                    "usage: bench [--records N (default {DEFAULT_RECORDS})] [--only {}] [--out FILE] \
+                     [--before-binary PATH|none]\n\
+                     A full run writes BENCHMARKS.md; with --only it writes only to --out.\n\
+                     --before-binary (or {BEFORE_BIN_ENV}): synchro built from {} for the feed \
+                     section; without it, crates/bench/before.sh builds one.",
+                    SECTIONS.join(","),
+                    feed::BEFORE_COMMIT
                 );
                 std::process::exit(0);
             }
@@ -117,6 +146,9 @@ fn command_line(args: &Args) -> String {
     }
     if args.only.len() != SECTIONS.len() {
         extra.push(format!("--only {}", args.only.join(",")));
+    }
+    if let Some(before) = &args.before_binary {
+        extra.push(format!("--before-binary {}", before.display()));
     }
     if !extra.is_empty() {
         cmd.push_str(" -- ");
@@ -143,6 +175,7 @@ async fn main() -> Result<()> {
             "schedule" => schedule::run(&bin).await?,
             "webhook" => webhook::run(&bin).await?,
             "idle" => idle::run(&bin).await?,
+            "feed" => feed::run(&bin, args.records, args.before_binary.as_deref()).await?,
             _ => unreachable!("SECTIONS and this match list the same names"),
         };
         sections.push(section);

@@ -64,7 +64,7 @@ impl Load {
 }
 
 /// Nearest-rank percentile of sorted samples (zero when there are none).
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -72,7 +72,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
@@ -125,7 +125,7 @@ where
 }
 
 /// Sends one request and wants a 200.
-async fn expect_ok(req: reqwest::RequestBuilder) -> Result<(), String> {
+pub(crate) async fn expect_ok(req: reqwest::RequestBuilder) -> Result<(), String> {
     match req.send().await {
         Ok(r) if r.status() == reqwest::StatusCode::OK => {
             // Read the body so the connection goes back to the pool.
@@ -247,7 +247,7 @@ async fn verify(db: &Path, sent: &[Sent]) -> Result<Verified> {
 }
 
 /// Polls `check` until it holds or `deadline` passes.
-async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<()>
+pub(crate) async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
