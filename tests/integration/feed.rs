@@ -6,7 +6,7 @@
 //! tenant to its own changes on the running daemon.
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -46,14 +46,6 @@ fn key_of(line: &Value) -> Key {
 
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// Whether process `pid` catches SIGINT (Linux: `SigCgt` in its status).
@@ -134,17 +126,9 @@ async fn wait_ready(port: u16) {
 }
 
 /// SIGTERM, then the exit: 0, within the shutdown deadline.
-async fn stop(mut child: Child) {
+async fn stop(child: Child) {
     signal(&child, "TERM");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            assert_eq!(status.code(), Some(0), "the daemon exited {status:?}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "the daemon did not stop");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_exits_0(child).await;
 }
 
 /// SIGKILL, and the process reaped.
@@ -153,33 +137,10 @@ fn kill(mut child: Child) {
     child.wait().expect("reap");
 }
 
-/// Successful runs of a source that started after `since_us`.
-async fn successes_since(db: &Db, tenant: &str, source: &str, since_us: i64) -> i64 {
-    db.count(
-        &format!(
-            "SELECT count(*) FROM runs WHERE tenant = ?1 AND source = ?2 \
-             AND outcome = 'success' AND started_at > {since_us}"
-        ),
-        &[tenant, source],
-    )
-    .await
-}
-
 /// Waits until every source has a successful run that started after
 /// `since_us`: the copy then holds every upstream change made before.
 async fn wait_for_a_run_of_each_since(db: &Db, since_us: i64, what: &str) {
-    wait_until(Duration::from_secs(60), what, || {
-        let db = db.clone();
-        async move {
-            for (tenant, source) in SOURCES {
-                if successes_since(&db, tenant, source, since_us).await == 0 {
-                    return false;
-                }
-            }
-            true
-        }
-    })
-    .await;
+    wait_for_runs_since(db, &SOURCES, since_us, Duration::from_secs(60), what).await;
 }
 
 /// The database's counter: (last_seq, purged_through).
@@ -190,6 +151,40 @@ async fn counter(db: &Db) -> (i64, i64) {
         db.count("SELECT purged_through FROM change_seq WHERE id = 1", &[])
             .await,
     )
+}
+
+/// Waits until the `tombstones` stored are older than the tests' 1 s
+/// retention, then starts the daemon, which purges them as it starts, and
+/// waits until its purge raised the horizon to `newest_tombstone`.
+async fn start_purging(setup: &Setup, port: u16, tombstones: i64, newest_tombstone: i64) -> Child {
+    let db = setup.db();
+    wait_until(
+        Duration::from_secs(20),
+        "tombstones older than the retention",
+        || {
+            let db = db.clone();
+            async move {
+                let cutoff = now_us() - 1_100_000;
+                db.count(
+                    &format!(
+                        "SELECT count(*) FROM records WHERE deleted = TRUE AND stored_at < {cutoff}"
+                    ),
+                    &[],
+                )
+                .await
+                    == tombstones
+            }
+        },
+    )
+    .await;
+    let daemon = setup.spawn(&["run"]);
+    wait_ready(port).await;
+    wait_until(Duration::from_secs(20), "the daemon's purge", || {
+        let db = db.clone();
+        async move { counter(&db).await.1 >= newest_tombstone }
+    })
+    .await;
+    daemon
 }
 
 /// What a consumer of the feed holds: its position, a copy of the live
@@ -806,27 +801,6 @@ async fn postgres(setup: &Setup, test: &str) -> Option<(Option<PgDb>, Db)> {
     Some((Some(pg), db))
 }
 
-/// Replica `n`: `synchro run` listening on `port`, with its own log file.
-fn spawn_replica(setup: &Setup, n: usize, port: u16) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(setup.dir.path().join(format!("replica-{n}.log")))
-        .expect("log file");
-    let err = log.try_clone().expect("log file");
-    Command::new(bin())
-        .arg("--config")
-        .arg(&setup.config)
-        .args(["--log-format", "text", "run"])
-        .env_remove("RUST_LOG")
-        .env("SYNCHRO__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err)
-        .spawn()
-        .expect("spawn a replica")
-}
-
 /// Three replicas on one Postgres database under random upstream changes,
 /// one of them killed (-9) at a time and started again, the first one
 /// while the consumer reads from it: a consumer of `/v1/changes` that moves
@@ -849,7 +823,7 @@ async fn a_consumer_of_three_replicas_moves_on_when_one_is_killed_and_keeps_an_e
     let mut replicas: Vec<Option<Child>> = ports
         .iter()
         .enumerate()
-        .map(|(n, port)| Some(spawn_replica(&setup, n, *port)))
+        .map(|(n, port)| Some(spawn_replica(&setup, n, Some(*port))))
         .collect();
     for port in &ports {
         wait_ready(*port).await;
@@ -888,7 +862,7 @@ async fn a_consumer_of_three_replicas_moves_on_when_one_is_killed_and_keeps_an_e
                 format!("SIGKILL replica {n}")
             }
             Some(n) if rng.random_bool(0.5) => {
-                replicas[n] = Some(spawn_replica(&setup, n, ports[n]));
+                replicas[n] = Some(spawn_replica(&setup, n, Some(ports[n])));
                 wait_ready(ports[n]).await;
                 format!("replica {n} started again")
             }
@@ -998,32 +972,7 @@ async fn a_reader_behind_the_tombstone_retention_must_resync_and_one_at_the_head
 
     // The tombstones grow older than the retention; the daemon purges
     // them as it starts.
-    wait_until(
-        Duration::from_secs(20),
-        "tombstones older than the retention",
-        || {
-            let db = db.clone();
-            async move {
-                let cutoff = now_us() - 1_100_000;
-                db.count(
-                    &format!(
-                        "SELECT count(*) FROM records WHERE deleted = TRUE AND stored_at < {cutoff}"
-                    ),
-                    &[],
-                )
-                .await
-                    == 4
-            }
-        },
-    )
-    .await;
-    let daemon = setup.spawn(&["run"]);
-    wait_ready(port).await;
-    wait_until(Duration::from_secs(20), "the daemon's purge", || {
-        let db = db.clone();
-        async move { counter(&db).await.1 >= newest_tombstone }
-    })
-    .await;
+    let daemon = start_purging(&setup, port, 4, newest_tombstone).await;
     let (last_seq, purged_through) = counter(&db).await;
     assert_eq!(
         purged_through, newest_tombstone,
@@ -1111,7 +1060,6 @@ async fn a_purged_demarches_tombstone_does_not_come_back_when_ds_lists_it_again(
     let setup = Setup::new(&sim, &[DsSource::new("acme", "permits", PERMITS)]);
     setup.edit_config("[storage]\n", "[storage]\ntombstone_retention = \"1s\"\n");
     let port = setup.use_free_port();
-    let db = setup.db();
     setup.sync_ok(&[]).await;
     let numbers = sim.ds().live_numbers(PERMITS);
     sim.ds().hide(numbers[0]);
@@ -1119,33 +1067,8 @@ async fn a_purged_demarches_tombstone_does_not_come_back_when_ds_lists_it_again(
     setup.sync_ok(&[]).await;
     let newest_tombstone = max_seq(&setup.export(true).await);
     assert_eq!(tombstone_keys(&setup).await.len(), 2);
-    wait_until(
-        Duration::from_secs(20),
-        "tombstones older than the retention",
-        || {
-            let db = db.clone();
-            async move {
-                let cutoff = now_us() - 1_100_000;
-                db.count(
-                    &format!(
-                        "SELECT count(*) FROM records WHERE deleted = TRUE AND stored_at < {cutoff}"
-                    ),
-                    &[],
-                )
-                .await
-                    == 2
-            }
-        },
-    )
-    .await;
     // The daemon purges them as it starts (and syncs the source).
-    let daemon = setup.spawn(&["run"]);
-    wait_ready(port).await;
-    wait_until(Duration::from_secs(20), "the daemon's purge", || {
-        let db = db.clone();
-        async move { counter(&db).await.1 >= newest_tombstone }
-    })
-    .await;
+    let daemon = start_purging(&setup, port, 2, newest_tombstone).await;
     stop(daemon).await;
     // Syncs after the purge, whatever the daemon's first one did.
     setup.sync_ok(&[]).await;

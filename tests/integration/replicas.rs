@@ -6,7 +6,7 @@
 //! they skipped without it.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use synchro_simulator::{Fault, Simulator};
@@ -72,57 +72,14 @@ const SOURCES: [(&str, &str); 5] = [
     ("acme", "translations"),
 ];
 
-/// Replica `n`: `synchro run` with its own log file.
-fn spawn_replica(setup: &Setup, n: usize) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(setup.dir.path().join(format!("replica-{n}.log")))
-        .expect("log file");
-    let err = log.try_clone().expect("log file");
-    Command::new(bin())
-        .arg("--config")
-        .arg(&setup.config)
-        .args(["--log-format", "text", "run"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err)
-        .spawn()
-        .expect("spawn a replica")
-}
-
 fn replica_log(setup: &Setup, n: usize) -> String {
     std::fs::read_to_string(setup.dir.path().join(format!("replica-{n}.log"))).unwrap_or_default()
-}
-
-/// Runs of every source that succeeded and started after `since_us`.
-async fn successes_since(db: &Db, tenant: &str, source: &str, since_us: i64) -> i64 {
-    db.count(
-        &format!(
-            "SELECT count(*) FROM runs WHERE tenant = ?1 AND source = ?2 \
-             AND outcome = 'success' AND started_at > {since_us}"
-        ),
-        &[tenant, source],
-    )
-    .await
 }
 
 /// Waits until every source has a successful run that started after
 /// `since_us`: the copy then reflects every upstream change made before.
 async fn wait_for_a_run_of_each_since(db: &Db, since_us: i64, what: &str) {
-    wait_until(Duration::from_secs(90), what, || {
-        let db = db.clone();
-        async move {
-            for (tenant, source) in SOURCES {
-                if successes_since(&db, tenant, source, since_us).await == 0 {
-                    return false;
-                }
-            }
-            true
-        }
-    })
-    .await;
+    wait_for_runs_since(db, &SOURCES, since_us, Duration::from_secs(90), what).await;
 }
 
 /// Every source equals its upstream.
@@ -198,16 +155,8 @@ async fn stop_all(replicas: Vec<Child>) {
     for child in &replicas {
         signal(child, "TERM");
     }
-    for mut child in replicas {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                assert_eq!(status.code(), Some(0), "a replica exited {status:?}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "a replica did not stop");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    for child in replicas {
+        assert_exits_0(child).await;
     }
 }
 
@@ -257,7 +206,7 @@ async fn three_replicas_under_load_share_the_sources_and_lose_nothing() {
     let Some((_pg, db)) = postgres(&setup, "three_replicas_under_load").await else {
         return;
     };
-    let replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n)).collect();
+    let replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n, None)).collect();
     for round in 0..3 {
         mutate(&sim, round).await;
         let mark = now_us();
@@ -322,7 +271,7 @@ async fn three_replicas_keep_to_one_per_host_budget_together() {
     let Some((_pg, db)) = postgres(&setup, "three_replicas_keep_to_one_budget").await else {
         return;
     };
-    let replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n)).collect();
+    let replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n, None)).collect();
     wait_until(
         Duration::from_secs(60),
         "each replica sharing the budget three ways",
@@ -380,7 +329,7 @@ async fn a_replica_stopped_mid_run_gives_its_tick_back_to_the_next() {
     let Some((_pg, db)) = postgres(&setup, "a_replica_stopped_mid_run").await else {
         return;
     };
-    let first = spawn_replica(&setup, 0);
+    let first = spawn_replica(&setup, 0, None);
     wait_until(
         Duration::from_secs(30),
         "the first replica mid-listing",
@@ -395,7 +344,7 @@ async fn a_replica_stopped_mid_run_gives_its_tick_back_to_the_next() {
     .await;
     stop_all(vec![first]).await;
     let mark = now_us();
-    let second = spawn_replica(&setup, 1);
+    let second = spawn_replica(&setup, 1, None);
     wait_until(
         Duration::from_secs(60),
         "the next replica's run of the given-back tick",
@@ -413,7 +362,7 @@ async fn a_replica_stopped_mid_run_gives_its_tick_back_to_the_next() {
 /// Three replicas, once one of them is mid-listing: the replicas, the
 /// holder's pid and its index.
 async fn three_replicas_one_holding(setup: &Setup, db: &Db) -> (Vec<Child>, i64, usize) {
-    let replicas: Vec<Child> = (0..3).map(|n| spawn_replica(setup, n)).collect();
+    let replicas: Vec<Child> = (0..3).map(|n| spawn_replica(setup, n, None)).collect();
     let pids: Vec<i64> = replicas.iter().map(|c| i64::from(c.id())).collect();
     wait_until(Duration::from_secs(30), "a replica mid-listing", || {
         let db = db.clone();
@@ -507,7 +456,7 @@ async fn replicas_whose_database_sessions_are_terminated_recover_and_lose_nothin
         (Some(pg), _) | (None, Some(pg)) => pg.url.clone(),
         (None, None) => unreachable!("a Postgres database"),
     };
-    let mut replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n)).collect();
+    let mut replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n, None)).collect();
     wait_for_a_run_of_each_since(&db, 0, "first syncs").await;
     mutate(&sim, 0).await;
     // Every session of every replica, twice, while they sync.
@@ -547,7 +496,7 @@ async fn a_rolling_restart_and_scaling_three_to_one_to_three_lose_nothing() {
     let Some((_pg, db)) = postgres(&setup, "a_rolling_restart_and_scaling").await else {
         return;
     };
-    let mut replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n)).collect();
+    let mut replicas: Vec<Child> = (0..3).map(|n| spawn_replica(&setup, n, None)).collect();
     wait_for_a_run_of_each_since(&db, 0, "first syncs").await;
 
     // Rolling restart: one replica at a time, upstream moving meanwhile.
@@ -555,7 +504,7 @@ async fn a_rolling_restart_and_scaling_three_to_one_to_three_lose_nothing() {
         mutate(&sim, n).await;
         let old = replicas.remove(0);
         stop_all(vec![old]).await;
-        replicas.push(spawn_replica(&setup, 3 + n));
+        replicas.push(spawn_replica(&setup, 3 + n, None));
         let mark = now_us();
         wait_for_a_run_of_each_since(&db, mark, &format!("syncs after restarting replica {n}"))
             .await;
@@ -572,7 +521,7 @@ async fn a_rolling_restart_and_scaling_three_to_one_to_three_lose_nothing() {
 
     // 1 → 3: the new ones take their share.
     let mut replicas = vec![survivor];
-    replicas.extend((6..8).map(|n| spawn_replica(&setup, n)));
+    replicas.extend((6..8).map(|n| spawn_replica(&setup, n, None)));
     mutate(&sim, 4).await;
     let mark = now_us();
     wait_for_a_run_of_each_since(&db, mark, "three replicas again").await;

@@ -644,3 +644,85 @@ pub fn seeded_rng(test: &str) -> rand::rngs::StdRng {
     eprintln!("{test}: random seed {seed} (replay with {SEED_VAR}={seed})");
     rand::rngs::StdRng::seed_from_u64(seed)
 }
+
+/// A free port on 127.0.0.1 (bound and released: for a daemon that needs
+/// a fixed one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Successful runs of a source that started after `since_us`.
+pub async fn successes_since(db: &Db, tenant: &str, source: &str, since_us: i64) -> i64 {
+    db.count(
+        &format!(
+            "SELECT count(*) FROM runs WHERE tenant = ?1 AND source = ?2 \
+             AND outcome = 'success' AND started_at > {since_us}"
+        ),
+        &[tenant, source],
+    )
+    .await
+}
+
+/// Waits until each of `sources` (tenant, source) has a successful run that
+/// started after `since_us`: the database then holds every upstream change
+/// made before.
+pub async fn wait_for_runs_since(
+    db: &Db,
+    sources: &[(&str, &str)],
+    since_us: i64,
+    timeout: Duration,
+    what: &str,
+) {
+    wait_until(timeout, what, || {
+        let db = db.clone();
+        async move {
+            for (tenant, source) in sources {
+                if successes_since(&db, tenant, source, since_us).await == 0 {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+}
+
+/// Replica `n`: `synchro run` with its own log file (`replica-{n}.log`
+/// in the setup's folder), listening on `port` if given.
+pub fn spawn_replica(setup: &Setup, n: usize, port: Option<u16>) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(setup.dir.path().join(format!("replica-{n}.log")))
+        .expect("log file");
+    let err = log.try_clone().expect("log file");
+    let mut cmd = Command::new(bin());
+    cmd.arg("--config")
+        .arg(&setup.config)
+        .args(["--log-format", "text", "run"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err);
+    if let Some(port) = port {
+        cmd.env("SYNCHRO__SERVER__LISTEN", format!("127.0.0.1:{port}"));
+    }
+    cmd.spawn().expect("spawn a replica")
+}
+
+/// Waits (30 s at most) for `child` to exit, and checks it exited 0.
+pub async fn assert_exits_0(mut child: Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            assert_eq!(status.code(), Some(0), "the daemon exited {status:?}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
