@@ -11,6 +11,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
+use tokio_util::sync::CancellationToken;
+
 use super::select::{parse, unknown_source};
 use super::{CliError, load_config_without_secrets, open_store_read_only, select_sources};
 use crate::config::Config;
@@ -45,6 +47,15 @@ pub async fn export(
     what: What,
     all: bool,
 ) -> Result<ExitCode, CliError> {
+    // `--follow` ends at SIGINT or SIGTERM: caught from the start, so that
+    // one arriving while the config loads or the database opens stops it
+    // as cleanly (exit 0) as one arriving later.
+    let stop = match what {
+        What::Changes { follow: true, .. } => {
+            Some(stop_signal().map_err(|e| anyhow::Error::new(e).context("catching signals"))?)
+        }
+        _ => None,
+    };
     let config = load_config_without_secrets(path)?;
     // Names are checked against the config before the database is opened:
     // a malformed or unknown name is a usage error (exit 2) even where
@@ -95,9 +106,9 @@ pub async fn export(
                 }
             }
         }
-        What::Changes { since, follow } => {
+        What::Changes { since, .. } => {
             Feed::new(&config, keys, all)
-                .print(&store, since, follow, &mut out)
+                .print(&store, since, stop.as_ref(), &mut out)
                 .await
         }
     };
@@ -147,18 +158,14 @@ impl Feed {
 
     /// Prints the changes after `since`, each flushed as its page ends
     /// (a reader piping into another program sees them at once); with
-    /// `follow`, then waits for new ones until SIGINT or SIGTERM.
+    /// `stop` (`--follow`), then waits for new ones until it is cancelled.
     async fn print(
         &self,
         store: &Store,
         mut since: i64,
-        follow: bool,
+        stop: Option<&CancellationToken>,
         out: &mut Lines<impl Write>,
     ) -> Result<u64, StoreError> {
-        let stop = follow
-            .then(stop_signal)
-            .transpose()
-            .map_err(StoreError::Write)?;
         let mut printed = 0;
         loop {
             let page = store.changes(since, &self.scope, FEED_PAGE).await?;
@@ -174,7 +181,7 @@ impl Feed {
             if !caught_up {
                 continue;
             }
-            let Some(stop) = &stop else {
+            let Some(stop) = stop else {
                 return Ok(printed);
             };
             // Flushes what was printed: nothing else will until a change.
@@ -200,9 +207,9 @@ impl<W: Write> Lines<W> {
 }
 
 /// Cancelled at the first SIGINT or SIGTERM.
-fn stop_signal() -> std::io::Result<tokio_util::sync::CancellationToken> {
+fn stop_signal() -> std::io::Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
-    let stop = tokio_util::sync::CancellationToken::new();
+    let stop = CancellationToken::new();
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let cancel = stop.clone();
